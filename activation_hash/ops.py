@@ -1,0 +1,160 @@
+"""Python face of the compiled ops: loading, fake (meta) implementations, autograd.
+
+Every op lives in ``torch.ops.activation_hash`` (schemas in csrc/ops.cpp). When the compiled
+extension cannot be loaded, the functions here run the pure-PyTorch versions of
+:mod:`activation_hash.reference` instead, after one warning; :func:`backend` tells which.
+Set ``ACTIVATION_HASH_REQUIRE_EXTENSION=1`` to make a missing extension an error.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+from activation_hash import reference
+
+try:
+    from activation_hash import _C  # noqa: F401  (registers torch.ops.activation_hash.*)
+
+    _LOAD_ERROR: Exception | None = None
+except ImportError as err:  # pragma: no cover - exercised by the no-extension CI leg
+    _LOAD_ERROR = err
+    if os.environ.get("ACTIVATION_HASH_REQUIRE_EXTENSION") == "1":
+        raise ImportError(
+            "activation_hash: the compiled extension was required "
+            "(ACTIVATION_HASH_REQUIRE_EXTENSION=1) but could not be loaded") from err
+    warnings.warn(
+        f"activation_hash: compiled extension not available ({err}); using the pure-PyTorch "
+        "reference kernels, which are correct but slower. Build it with `make build`.",
+        RuntimeWarning, stacklevel=2)
+
+HAS_EXTENSION = _LOAD_ERROR is None
+
+
+def backend() -> str:
+    """``"extension"`` when the compiled kernels are in use, else ``"reference"``."""
+    return "extension" if HAS_EXTENSION else "reference"
+
+
+def cpu_isa() -> str:
+    """The CPU kernel family chosen at run time: ``"avx512"``, ``"avx2"`` or ``"scalar"``
+    (``"reference"`` without the extension)."""
+    return torch.ops.activation_hash.cpu_isa() if HAS_EXTENSION else "reference"
+
+
+def cuda_built() -> bool:
+    """Whether the extension holds CUDA kernels (registered for the CUDA dispatch key)."""
+    return HAS_EXTENSION and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "activation_hash::pack_signs", "CUDA")
+
+
+# ---- fake implementations (shapes only), for torch.compile and meta tensors -------------
+
+if HAS_EXTENSION:
+    _ops = torch.ops.activation_hash
+
+    def _words_like(x: torch.Tensor) -> torch.Tensor:
+        n = 1
+        for s in x.shape[1:]:
+            n *= s
+        return x.new_empty((x.shape[0], (n + 63) // 64), dtype=torch.int64)
+
+    @torch.library.register_fake("activation_hash::pack_signs")
+    def _pack_signs_fake(x):
+        reference.check_activation(x)
+        return _words_like(x)
+
+    @torch.library.register_fake("activation_hash::relu_pack")
+    def _relu_pack_fake(x, negative_slope):
+        reference.check_activation(x)
+        return torch.empty_like(x), _words_like(x)
+
+    @torch.library.register_fake("activation_hash::relu_mask_backward")
+    def _relu_mask_backward_fake(grad_y, words, negative_slope):
+        reference.check_activation(grad_y, "grad_y")
+        return torch.empty_like(grad_y, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("activation_hash::unpack_bits")
+    def _unpack_bits_fake(words, n):
+        return words.new_empty((words.shape[0], n), dtype=torch.bool)
+
+    # ---- autograd: relu_pack saves only the packed words -------------------------------
+
+    def _relu_pack_setup(ctx, inputs, output):
+        _, negative_slope = inputs
+        ctx.save_for_backward(output[1])
+        ctx.negative_slope = negative_slope
+
+    def _relu_pack_backward(ctx, grad_y, grad_words):
+        (words,) = ctx.saved_tensors
+        return _ops.relu_mask_backward(grad_y, words, ctx.negative_slope), None
+
+    torch.library.register_autograd("activation_hash::relu_pack", _relu_pack_backward,
+                                    setup_context=_relu_pack_setup)
+
+    def _mask_backward_setup(ctx, inputs, output):
+        _, words, negative_slope = inputs
+        ctx.save_for_backward(words)
+        ctx.negative_slope = negative_slope
+
+    def _mask_backward_backward(ctx, grad_grad_x):  # the op is linear in grad_y
+        (words,) = ctx.saved_tensors
+        return _ops.relu_mask_backward(grad_grad_x, words, ctx.negative_slope), None, None
+
+    torch.library.register_autograd("activation_hash::relu_mask_backward",
+                                    _mask_backward_backward, setup_context=_mask_backward_setup)
+
+
+class _ReferenceReluPack(torch.autograd.Function):
+    """Fallback autograd for relu_pack without the extension (also saves only the words)."""
+
+    @staticmethod
+    def forward(ctx, x, negative_slope):
+        y, words = reference.relu_pack(x, negative_slope)
+        ctx.save_for_backward(words)
+        ctx.negative_slope = negative_slope
+        ctx.mark_non_differentiable(words)
+        return y, words
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_words):
+        (words,) = ctx.saved_tensors
+        return reference.relu_mask_backward(grad_y, words, ctx.negative_slope), None
+
+
+# ---- the public functions ----------------------------------------------------------------
+
+def pack_signs(x: torch.Tensor) -> torch.Tensor:
+    """Packed signs of a batch. x ``[B, ...]`` float -> int64 ``[B, ceil(n / 64)]`` where n is
+    the per-sample size and bit j is ``x[b].flatten()[j] > 0`` (logical C order, any memory
+    format; -0.0 and NaN give 0)."""
+    return _ops.pack_signs(x) if HAS_EXTENSION else reference.pack_signs(x)
+
+
+def relu_pack(x: torch.Tensor, negative_slope: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """ReLU (``negative_slope == 0``) or LeakyReLU of x and its packed signs, in one pass.
+
+    Returns ``(y, words)``: y like ``torch.relu(x)`` / ``F.leaky_relu(x, negative_slope)``
+    (same values, same memory format), words as :func:`pack_signs`. Differentiable in x;
+    autograd saves only the words for backward.
+    """
+    negative_slope = float(negative_slope)
+    if HAS_EXTENSION:
+        return _ops.relu_pack(x, negative_slope)
+    return _ReferenceReluPack.apply(x, negative_slope)
+
+
+def relu_mask_backward(grad_y: torch.Tensor, words: torch.Tensor,
+                       negative_slope: float = 0.0) -> torch.Tensor:
+    """Gradient through a ReLU/LeakyReLU from its packed signs. grad_y ``[B, ...]``, words
+    ``[B, W]`` -> grad_x ``[B, ...]`` (contiguous)."""
+    negative_slope = float(negative_slope)
+    if HAS_EXTENSION:
+        return _ops.relu_mask_backward(grad_y, words, negative_slope)
+    return reference.relu_mask_backward(grad_y, words, negative_slope)
+
+
+def unpack_bits(words: torch.Tensor, n: int) -> torch.Tensor:
+    """Inverse of :func:`pack_signs`: int64 words ``[B, W]`` -> bool ``[B, n]``."""
+    return _ops.unpack_bits(words, int(n)) if HAS_EXTENSION else reference.unpack_bits(words, n)

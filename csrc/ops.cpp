@@ -1,0 +1,27 @@
+// The one place where the operator schemas of namespace `activation_hash` are declared.
+// Kernels register against these names in csrc/cpu/*.cpp (CPU) and csrc/cuda/*.cu (CUDA).
+#include <Python.h>
+#include <torch/library.h>
+
+#include "cpu/isa.h"
+
+extern "C" {
+// `import activation_hash._C` loads this shared library and so runs the registrations below.
+__attribute__((visibility("default"))) PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(activation_hash, m) {
+  // x [B, ...] float -> words int64 [B, ceil(n / 64)], bit j = x[b].flatten()[j] > 0.
+  m.def("pack_signs(Tensor x) -> Tensor");
+  // x [B, ...] -> (y = ReLU or LeakyReLU of x, same shape; words = pack_signs(x)).
+  m.def("relu_pack(Tensor x, float negative_slope) -> (Tensor, Tensor)");
+  // grad_y [B, ...], words [B, W] -> grad_x = grad_y where the bit is 1, else grad_y * slope.
+  m.def("relu_mask_backward(Tensor grad_y, Tensor words, float negative_slope) -> Tensor");
+  // words int64 [B, W] -> bool [B, n], the inverse of pack_signs on the first n bits.
+  m.def("unpack_bits(Tensor words, int n) -> Tensor");
+  // Which CPU kernels run time dispatch chose: "avx512", "avx2" or "scalar".
+  m.def("cpu_isa() -> str", [] { return std::string(activation_hash::cpu::isa_name()); });
+}

@@ -1,0 +1,226 @@
+"""The compiled ops against the pure-PyTorch reference, bit for bit."""
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import activation_hash as ah
+from activation_hash import reference as ref
+from helpers import assert_same_values
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+SLOPES = [0.0, 0.01, 0.2]
+SPECIAL = [0.0, -0.0, float("nan"), float("inf"), -float("inf"), 1e-30, -1e-30, 1.0, -1.0]
+
+
+def activations(shape, dtype, device, special_fraction=0.3, seed=0):
+    """Random values with -0.0, +0.0, NaN, inf and tiny values sprinkled in."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    pick = torch.rand(shape, generator=g) < special_fraction
+    specials = torch.tensor(SPECIAL, dtype=torch.float64)
+    x[pick] = specials[torch.randint(len(SPECIAL), (int(pick.sum()),), generator=g)]
+    return x.to(dtype=dtype, device=device)
+
+
+def check_all_ops(x, slope):
+    words = ah.pack_signs(x)
+    assert torch.equal(words, ref.pack_signs(x))
+    y, words2 = ah.relu_pack(x, slope)
+    y_ref, _ = ref.relu_pack(x, slope)
+    assert torch.equal(words2, words)
+    assert_same_values(y, y_ref)
+    n = ref.units_per_sample(x)
+    assert torch.equal(ah.unpack_bits(words, n), ref.unpack_bits(words, n))
+    g = activations(x.shape, x.dtype, x.device, seed=1)
+    assert_same_values(ah.relu_mask_backward(g, words, slope),
+                       ref.relu_mask_backward(g, words, slope))
+
+
+shapes = st.lists(st.integers(1, 9), min_size=0, max_size=3).flatmap(
+    lambda rest: st.tuples(st.integers(0, 5), st.just(rest)))
+
+
+@given(shape=shapes, per_sample=st.integers(1, 300), dtype=st.sampled_from(DTYPES),
+       slope=st.sampled_from(SLOPES), seed=st.integers(0, 2**16))
+def test_ops_match_reference_random(shape, per_sample, dtype, slope, seed):
+    batch, rest = shape
+    x = activations((batch, per_sample, *rest), dtype, "cpu", seed=seed)
+    check_all_ops(x, slope)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 127, 128, 1000, 4099])
+@pytest.mark.parametrize("slope", SLOPES)
+def test_ops_match_reference_widths(device, dtype, n, slope):
+    check_all_ops(activations((7, n), dtype, device), slope)
+
+
+def test_bits_are_strictly_positive_and_little_endian(device):
+    x = torch.tensor([[1.0, -0.0, 0.0, float("nan"), float("inf"), -float("inf"), 1e-45, -1.0]],
+                     device=device)
+    assert ah.unpack_bits(ah.pack_signs(x), 8).tolist() == [
+        [True, False, False, False, True, False, True, False]]
+    bits = torch.rand(5, 300) > 0.5
+    words = ah.pack_signs(torch.where(bits, 1.0, -1.0).to(device))
+    assert np.array_equal(words.cpu().numpy().view(np.uint8), _packbits_padded(bits.numpy()))
+
+
+def _packbits_padded(bits):
+    """np.packbits(bitorder="little"), each row padded with zero bytes to whole words."""
+    packed = np.packbits(bits, axis=1, bitorder="little")
+    out = np.zeros((bits.shape[0], ((bits.shape[1] + 63) // 64) * 8), np.uint8)
+    out[:, :packed.shape[1]] = packed
+    return out
+
+
+def test_padding_bits_are_zero(device):
+    words = ah.pack_signs(torch.ones(3, 70, device=device))
+    assert words[:, 0].eq(-1).all() and words[:, 1].eq((1 << 6) - 1).all()
+
+
+def test_empty_batch(device):
+    for shape in [(0, 5), (0, 3, 4, 4), (0, 64)]:
+        x = torch.randn(shape, device=device)
+        y, words = ah.relu_pack(x, 0.0)
+        assert y.shape == x.shape and words.shape == (0, ref.words_for_bits(ref.units_per_sample(x)))
+        assert ah.relu_mask_backward(x, words, 0.0).shape == x.shape
+        assert ah.unpack_bits(words, ref.units_per_sample(x)).shape == (0, ref.units_per_sample(x))
+
+
+def test_zero_units_per_sample(device):
+    x = torch.randn(4, 0, device=device)
+    assert ah.pack_signs(x).shape == (4, 0)
+    assert ah.unpack_bits(ah.pack_signs(x), 0).shape == (4, 0)
+
+
+def test_non_contiguous_inputs_use_logical_order(device):
+    base = activations((6, 40, 3), torch.float32, device)
+    for x in [base.transpose(1, 2), base[:, ::2], base[::2], base.permute(2, 0, 1)]:
+        assert not x.is_contiguous()
+        check_all_ops(x, 0.0)
+        check_all_ops(x, 0.1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_channels_last(device, dtype):
+    x = activations((3, 5, 7, 9), dtype, device).contiguous(memory_format=torch.channels_last)
+    y, words = ah.relu_pack(x, 0.0)
+    assert torch.equal(words, ref.pack_signs(x.contiguous()))
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert_same_values(y, torch.relu(x))
+    assert y.stride() == torch.relu(x).stride()
+    check_all_ops(x, 0.05)
+
+
+@pytest.mark.parametrize("bad", [torch.int32, torch.int64, torch.bool, torch.complex64,
+                                 torch.uint8])
+def test_bad_dtype_raises_type_error(device, bad):
+    x = torch.zeros(2, 3, dtype=bad, device=device)
+    with pytest.raises(TypeError, match="float32"):
+        ah.pack_signs(x)
+    with pytest.raises(TypeError, match="float32"):
+        ah.relu_pack(x)
+
+
+def test_zero_dim_raises_value_error(device):
+    with pytest.raises(ValueError, match="batch dimension"):
+        ah.pack_signs(torch.tensor(1.0, device=device))
+    with pytest.raises(ValueError, match="batch dimension"):
+        ah.relu_pack(torch.tensor(1.0, device=device))
+
+
+def test_bad_words_raise(device):
+    g = torch.randn(2, 100, device=device)
+    with pytest.raises(ValueError, match=r"shape \[2, 2\]"):
+        ah.relu_mask_backward(g, torch.zeros(2, 3, dtype=torch.int64, device=device))
+    with pytest.raises(TypeError, match="int64"):
+        ah.relu_mask_backward(g, torch.zeros(2, 2, dtype=torch.int32, device=device))
+    with pytest.raises(ValueError, match="2-D"):
+        ah.unpack_bits(torch.zeros(4, dtype=torch.int64, device=device), 10)
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        ah.unpack_bits(torch.zeros(4, 1, dtype=torch.int64, device=device), -1)
+    with pytest.raises(ValueError, match=r"shape \[4, 2\] .* got \[4, 1\]"):
+        ah.unpack_bits(torch.zeros(4, 1, dtype=torch.int64, device=device), 65)
+
+
+def test_reference_raises_the_same_errors():
+    with pytest.raises(TypeError, match="float32"):
+        ref.pack_signs(torch.zeros(2, 3, dtype=torch.int32))
+    with pytest.raises(ValueError, match="batch dimension"):
+        ref.relu_pack(torch.tensor(1.0), 0.0)
+    with pytest.raises(ValueError, match=r"shape \[2, 2\]"):
+        ref.relu_mask_backward(torch.randn(2, 100), torch.zeros(2, 3, dtype=torch.int64), 0.0)
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.1])
+def test_opcheck(device, slope):
+    # opcheck compares with allclose (NaN != NaN), so no NaN here; -0.0 and 0.0 stay.
+    x = torch.randn(4, 3, 70, device=device)
+    x[x.abs() < 0.2] = 0.0
+    x[x.abs() > 2.0] = -0.0
+    x.requires_grad_()
+    torch.library.opcheck(torch.ops.activation_hash.pack_signs, (x.detach(),))
+    torch.library.opcheck(torch.ops.activation_hash.relu_pack, (x, slope))
+    words = ah.pack_signs(x.detach())
+    g = torch.randn(4, 3, 70, device=device, requires_grad=True)
+    torch.library.opcheck(torch.ops.activation_hash.relu_mask_backward, (g, words, slope))
+    torch.library.opcheck(torch.ops.activation_hash.unpack_bits, (words, 210))
+
+
+def test_extension_is_in_use():
+    # `make test` sets ACTIVATION_HASH_REQUIRE_EXTENSION=1: a missing build must fail here.
+    if os.environ.get("ACTIVATION_HASH_REQUIRE_EXTENSION") == "1":
+        assert ah.backend() == "extension"
+    assert ah.ops.cpu_isa() in {"avx512", "avx2", "scalar", "reference"}
+
+
+def test_cuda_kernels_registered_when_cuda_is_buildable():
+    ops = ["pack_signs", "relu_pack", "relu_mask_backward", "unpack_bits"]
+    expect_cuda = (ah.backend() == "extension" and torch.version.cuda is not None
+                   and shutil.which("nvcc") is not None
+                   and os.environ.get("ACTIVATION_HASH_CUDA", "auto") != "0")
+    for op in ops:
+        has = torch._C._dispatch_has_kernel_for_dispatch_key(f"activation_hash::{op}", "CUDA")
+        assert has == expect_cuda, (op, has, expect_cuda)
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"activation_hash::{op}", "CPU") \
+            == (ah.backend() == "extension")
+
+
+_ISA_SCRIPT = """
+import torch, activation_hash as ah
+from activation_hash import reference as ref
+assert ah.ops.cpu_isa() == {isa!r}, ah.ops.cpu_isa()
+g = torch.Generator().manual_seed(0)
+for n in [1, 5, 63, 64, 65, 200, 1027]:
+    for slope in [0.0, 0.1]:
+        x = torch.randn(9, n, generator=g)
+        x[x.abs() < 0.1] = -0.0
+        y, w = ah.relu_pack(x, slope)
+        yr, wr = ref.relu_pack(x, slope)
+        assert torch.equal(w, wr) and torch.equal(y.view(torch.int32), yr.view(torch.int32))
+        gy = torch.randn(9, n, generator=g)
+        assert torch.equal(ah.relu_mask_backward(gy, w, slope).view(torch.int32),
+                           ref.relu_mask_backward(gy, w, slope).view(torch.int32))
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2"])
+def test_every_cpu_kernel_family(isa):
+    """Run the float32 kernels of a lower ISA level on this CPU (capped by environment)."""
+    if ah.backend() != "extension":
+        pytest.skip("no compiled extension: nothing to dispatch")
+    best = ah.ops.cpu_isa()
+    if isa == "avx2" and best == "scalar":
+        pytest.skip("this CPU has no AVX2")
+    env = dict(os.environ, ACTIVATION_HASH_ISA=isa)
+    out = subprocess.run([sys.executable, "-c", _ISA_SCRIPT.format(isa=isa)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
