@@ -71,13 +71,16 @@ def extension():
 
     debug = os.environ.get("ACTIVATION_HASH_DEBUG") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-    cxx = opt + ["-fvisibility=hidden", "-Wall", "-Wno-unknown-pragmas"]
+    sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
+    # at::parallel_for is an inline OpenMP loop in torch's headers: without -fopenmp it runs on
+    # one thread. The soname libgomp.so.1 resolves to the runtime torch has already loaded.
+    cxx = opt + ["-fvisibility=hidden", "-Wall", "-fopenmp"]
     kwargs = dict(
         name="activation_hash._C",
         sources=sources,
         include_dirs=[os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "include")],
         extra_compile_args={"cxx": cxx},
+        extra_link_args=["-fopenmp"],
         define_macros=[],
         py_limited_api=True,
     )

@@ -79,31 +79,7 @@ if HAS_EXTENSION:
     def _unpack_bits_fake(words, n):
         return words.new_empty((words.shape[0], n), dtype=torch.bool)
 
-    # ---- autograd: relu_pack saves only the packed words -------------------------------
-
-    def _relu_pack_setup(ctx, inputs, output):
-        _, negative_slope = inputs
-        ctx.save_for_backward(output[1])
-        ctx.negative_slope = negative_slope
-
-    def _relu_pack_backward(ctx, grad_y, grad_words):
-        (words,) = ctx.saved_tensors
-        return _ops.relu_mask_backward(grad_y, words, ctx.negative_slope), None
-
-    torch.library.register_autograd("activation_hash::relu_pack", _relu_pack_backward,
-                                    setup_context=_relu_pack_setup)
-
-    def _mask_backward_setup(ctx, inputs, output):
-        _, words, negative_slope = inputs
-        ctx.save_for_backward(words)
-        ctx.negative_slope = negative_slope
-
-    def _mask_backward_backward(ctx, grad_grad_x):  # the op is linear in grad_y
-        (words,) = ctx.saved_tensors
-        return _ops.relu_mask_backward(grad_grad_x, words, ctx.negative_slope), None, None
-
-    torch.library.register_autograd("activation_hash::relu_mask_backward",
-                                    _mask_backward_backward, setup_context=_mask_backward_setup)
+    # Autograd of relu_pack / relu_mask_backward is registered in C++ (csrc/autograd.cpp).
 
 
 class _ReferenceReluPack(torch.autograd.Function):
@@ -129,7 +105,7 @@ def pack_signs(x: torch.Tensor) -> torch.Tensor:
     """Packed signs of a batch. x ``[B, ...]`` float -> int64 ``[B, ceil(n / 64)]`` where n is
     the per-sample size and bit j is ``x[b].flatten()[j] > 0`` (logical C order, any memory
     format; -0.0 and NaN give 0)."""
-    return _ops.pack_signs(x) if HAS_EXTENSION else reference.pack_signs(x)
+    return _ops.pack_signs.default(x) if HAS_EXTENSION else reference.pack_signs(x)
 
 
 def relu_pack(x: torch.Tensor, negative_slope: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,7 +117,7 @@ def relu_pack(x: torch.Tensor, negative_slope: float = 0.0) -> tuple[torch.Tenso
     """
     negative_slope = float(negative_slope)
     if HAS_EXTENSION:
-        return _ops.relu_pack(x, negative_slope)
+        return _ops.relu_pack.default(x, negative_slope)
     return _ReferenceReluPack.apply(x, negative_slope)
 
 
@@ -151,7 +127,7 @@ def relu_mask_backward(grad_y: torch.Tensor, words: torch.Tensor,
     ``[B, W]`` -> grad_x ``[B, ...]`` (contiguous)."""
     negative_slope = float(negative_slope)
     if HAS_EXTENSION:
-        return _ops.relu_mask_backward(grad_y, words, negative_slope)
+        return _ops.relu_mask_backward.default(grad_y, words, negative_slope)
     return reference.relu_mask_backward(grad_y, words, negative_slope)
 
 

@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "activation_hash/bits.h"
 #include "activation_hash/checks.h"
@@ -22,6 +23,7 @@
 #define AH_X86 1
 #define AH_AVX2 __attribute__((target("avx2,fma,popcnt")))
 #define AH_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,popcnt")))
+#define AH_AVX512_LAMBDA __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,popcnt"), always_inline))
 #endif
 
 namespace activation_hash::cpu {
@@ -37,24 +39,75 @@ struct Geometry {
   int64_t offset(int64_t i) const { return (i / W) * n + (i % W) * kWordBits; }
 };
 
-// ---- scalar kernels (every dtype) ------------------------------------------------------
+// ---- portable kernels (every dtype) ----------------------------------------------------
+
+// Sign tests on the raw bits of a value, branch-free so that the loops vectorize for every
+// dtype: on = x > 0, neg = x < 0 (both false for -0.0, +0.0 and NaN). kInf is the bit
+// pattern of +inf; larger magnitudes are NaN.
+template <typename Bits, typename Signed, Bits kInf>
+struct RawSigns {
+  using raw_t = Bits;
+  static constexpr Bits kSign = Bits(Bits(1) << (8 * sizeof(Bits) - 1));
+  static bool on(Bits v) { return Signed(v) > 0 && v <= kInf; }
+  static bool neg(Bits v) { return v > kSign && v <= Bits(kSign | kInf); }
+  // v where keep, else +0.0
+  static Bits keep_if(Bits v, bool keep) { return v & Bits(Bits(0) - Bits(keep)); }
+};
+template <typename T>
+struct Signs;
+template <>
+struct Signs<float> : RawSigns<uint32_t, int32_t, 0x7F800000u> {};
+template <>
+struct Signs<double> : RawSigns<uint64_t, int64_t, 0x7FF0000000000000ull> {};
+template <>
+struct Signs<c10::Half> : RawSigns<uint16_t, int16_t, 0x7C00> {};
+template <>
+struct Signs<c10::BFloat16> : RawSigns<uint16_t, int16_t, 0x7F80> {};
+
+// 8 bytes holding 0 or 1 (little-endian) -> 8 bits, byte k to bit k.
+inline uint64_t gather_byte_bits(const uint8_t* b) {
+  uint64_t u;
+  std::memcpy(&u, b, 8);
+  return (u * 0x0102040810204080ull) >> 56;
+}
+
+// bit k of a byte -> byte k (0 or 1) of a little-endian uint64.
+struct ByteSpread {
+  uint64_t table[256];
+  constexpr ByteSpread() : table() {
+    for (int b = 0; b < 256; ++b)
+      for (int k = 0; k < 8; ++k) table[b] |= uint64_t((b >> k) & 1) << (8 * k);
+  }
+};
+constexpr ByteSpread kByteSpread;
 
 template <typename scalar_t, bool kWriteY, bool kLeaky>
 void pack_tasks_scalar(const scalar_t* x, scalar_t* y, int64_t* words, Geometry g,
                        at::opmath_type<scalar_t> slope, int64_t begin, int64_t end) {
   using opmath_t = at::opmath_type<scalar_t>;
+  using S = Signs<scalar_t>;
+  using raw_t = typename S::raw_t;
+  alignas(64) uint8_t on[kWordBits];
   for (int64_t i = begin; i < end; ++i) {
     const int64_t m = g.units(i), off = g.offset(i);
+    const raw_t* xr = reinterpret_cast<const raw_t*>(x + off);
+    for (int64_t k = 0; k < m; ++k) on[k] = S::on(xr[k]);
+    for (int64_t k = m; k < kWordBits; ++k) on[k] = 0;
     uint64_t word = 0;
-    for (int64_t k = 0; k < m; ++k) {
-      const opmath_t v = static_cast<opmath_t>(x[off + k]);
-      word |= uint64_t(unit_on(v)) << k;
-      if constexpr (kWriteY) {
-        if constexpr (kLeaky) y[off + k] = v > opmath_t(0) ? x[off + k] : scalar_t(v * slope);
-        else y[off + k] = v < opmath_t(0) ? scalar_t(0) : x[off + k];
+    for (int j = 0; j < 8; ++j) word |= gather_byte_bits(on + 8 * j) << (8 * j);
+    words[i] = static_cast<int64_t>(word);
+    if constexpr (kWriteY) {
+      if constexpr (kLeaky) {
+        // v * 1 == v exactly for the units that are on; branch-free so that it vectorizes.
+        alignas(64) opmath_t factor[kWordBits];
+        for (int64_t k = 0; k < kWordBits; ++k) factor[k] = on[k] ? opmath_t(1) : slope;
+        for (int64_t k = 0; k < m; ++k)
+          y[off + k] = scalar_t(static_cast<opmath_t>(x[off + k]) * factor[k]);
+      } else {
+        raw_t* yr = reinterpret_cast<raw_t*>(y + off);
+        for (int64_t k = 0; k < m; ++k) yr[k] = S::keep_if(xr[k], !S::neg(xr[k]));
       }
     }
-    words[i] = static_cast<int64_t>(word);
   }
 }
 
@@ -62,14 +115,23 @@ template <typename scalar_t, bool kLeaky>
 void backward_tasks_scalar(const scalar_t* gy, const int64_t* words, scalar_t* gx, Geometry g,
                            at::opmath_type<scalar_t> slope, int64_t begin, int64_t end) {
   using opmath_t = at::opmath_type<scalar_t>;
+  using S = Signs<scalar_t>;
+  using raw_t = typename S::raw_t;
+  alignas(64) uint8_t on[kWordBits];
   for (int64_t i = begin; i < end; ++i) {
     const int64_t m = g.units(i), off = g.offset(i);
     const uint64_t word = static_cast<uint64_t>(words[i]);
-    for (int64_t k = 0; k < m; ++k) {
-      const bool on = (word >> k) & 1;
-      gx[off + k] = on ? gy[off + k]
-                       : scalar_t(masked_grad<opmath_t>(static_cast<opmath_t>(gy[off + k]),
-                                                        false, slope, kLeaky));
+    for (int j = 0; j < 8; ++j)
+      std::memcpy(on + 8 * j, &kByteSpread.table[(word >> (8 * j)) & 0xFF], 8);
+    if constexpr (kLeaky) {
+      alignas(64) opmath_t factor[kWordBits];
+      for (int64_t k = 0; k < kWordBits; ++k) factor[k] = on[k] ? opmath_t(1) : slope;
+      for (int64_t k = 0; k < m; ++k)
+        gx[off + k] = scalar_t(static_cast<opmath_t>(gy[off + k]) * factor[k]);
+    } else {
+      const raw_t* gr = reinterpret_cast<const raw_t*>(gy + off);
+      raw_t* xr = reinterpret_cast<raw_t*>(gx + off);
+      for (int64_t k = 0; k < m; ++k) xr[k] = S::keep_if(gr[k], on[k]);
     }
   }
 }
@@ -84,20 +146,25 @@ AH_AVX512 void pack_tasks_f32_avx512(const float* x, float* y, int64_t* words, G
   for (int64_t i = begin; i < end; ++i) {
     const int64_t m = g.units(i), off = g.offset(i);
     uint64_t word = 0;
-    for (int64_t lo = 0; lo < m; lo += 16) {
-      const __mmask16 lane = m - lo >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (m - lo)) - 1);
-      const __m512 v = _mm512_maskz_loadu_ps(lane, x + off + lo);
+    auto step = [&](int64_t lo, __mmask16 lane, auto full) AH_AVX512_LAMBDA {
+      constexpr bool kFull = decltype(full)::value;
+      const __m512 v = kFull ? _mm512_loadu_ps(x + off + lo) : _mm512_maskz_loadu_ps(lane, x + off + lo);
       const __mmask16 on = _mm512_mask_cmp_ps_mask(lane, v, zero, _CMP_GT_OQ);
       word |= uint64_t(on) << lo;
       if constexpr (kWriteY) {
         __m512 out;
-        if constexpr (kLeaky) {
-          out = _mm512_mask_mov_ps(_mm512_mul_ps(v, s), on, v);
-        } else {
-          out = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), zero);
-        }
-        _mm512_mask_storeu_ps(y + off + lo, lane, out);
+        if constexpr (kLeaky) out = _mm512_mask_mov_ps(_mm512_mul_ps(v, s), on, v);
+        else out = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), zero);
+        if constexpr (kFull) _mm512_storeu_ps(y + off + lo, out);
+        else _mm512_mask_storeu_ps(y + off + lo, lane, out);
       }
+    };
+    if (m == kWordBits) {
+      for (int64_t lo = 0; lo < kWordBits; lo += 16) step(lo, __mmask16(0xFFFF), std::true_type{});
+    } else {
+      for (int64_t lo = 0; lo < m; lo += 16)
+        step(lo, m - lo >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (m - lo)) - 1),
+             std::false_type{});
     }
     words[i] = static_cast<int64_t>(word);
   }
@@ -110,13 +177,19 @@ AH_AVX512 void backward_tasks_f32_avx512(const float* gy, const int64_t* words, 
   for (int64_t i = begin; i < end; ++i) {
     const int64_t m = g.units(i), off = g.offset(i);
     const uint64_t word = static_cast<uint64_t>(words[i]);
-    for (int64_t lo = 0; lo < m; lo += 16) {
-      const __mmask16 lane = m - lo >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (m - lo)) - 1);
-      const __mmask16 on = __mmask16(word >> lo) & lane;
-      const __m512 v = _mm512_maskz_loadu_ps(lane, gy + off + lo);
-      const __m512 out = kLeaky ? _mm512_mask_mov_ps(_mm512_mul_ps(v, s), on, v)
-                                : _mm512_maskz_mov_ps(on, v);
-      _mm512_mask_storeu_ps(gx + off + lo, lane, out);
+    auto out = [&](__m512 v, __mmask16 on) AH_AVX512_LAMBDA {
+      return kLeaky ? _mm512_mask_mov_ps(_mm512_mul_ps(v, s), on, v) : _mm512_maskz_mov_ps(on, v);
+    };
+    // Masked stores are slow on fresh pages here: full words use plain loads and stores.
+    if (m == kWordBits) {
+      for (int64_t lo = 0; lo < kWordBits; lo += 16)
+        _mm512_storeu_ps(gx + off + lo, out(_mm512_loadu_ps(gy + off + lo), __mmask16(word >> lo)));
+    } else {
+      for (int64_t lo = 0; lo < m; lo += 16) {
+        const __mmask16 lane = m - lo >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (m - lo)) - 1);
+        const __m512 v = _mm512_maskz_loadu_ps(lane, gy + off + lo);
+        _mm512_mask_storeu_ps(gx + off + lo, lane, out(v, __mmask16(word >> lo) & lane));
+      }
     }
   }
 }
