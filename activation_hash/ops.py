@@ -3,7 +3,8 @@
 Every op lives in ``torch.ops.activation_hash`` (schemas in csrc/ops.cpp). When the compiled
 extension cannot be loaded, the functions here run the pure-PyTorch versions of
 :mod:`activation_hash.reference` instead, after one warning; :func:`backend` tells which.
-Set ``ACTIVATION_HASH_REQUIRE_EXTENSION=1`` to make a missing extension an error.
+Set ``ACTIVATION_HASH_REQUIRE_EXTENSION=1`` to make a missing extension an error, and
+``ACTIVATION_HASH_BACKEND=reference`` to use the reference even when the extension is built.
 """
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ import torch
 from activation_hash import reference
 
 try:
+    if os.environ.get("ACTIVATION_HASH_BACKEND") == "reference":
+        raise ImportError("ACTIVATION_HASH_BACKEND=reference")
     from activation_hash import _C  # noqa: F401  (registers torch.ops.activation_hash.*)
 
     _LOAD_ERROR: Exception | None = None
-except ImportError as err:  # pragma: no cover - exercised by the no-extension CI leg
+except ImportError as err:
     _LOAD_ERROR = err
     if os.environ.get("ACTIVATION_HASH_REQUIRE_EXTENSION") == "1":
         raise ImportError(

@@ -224,3 +224,29 @@ def test_every_cpu_kernel_family(isa):
     out = subprocess.run([sys.executable, "-c", _ISA_SCRIPT.format(isa=isa)], env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+_REFERENCE_SCRIPT = """
+import warnings
+warnings.simplefilter("always")
+with warnings.catch_warnings(record=True) as caught:
+    import activation_hash as ah
+    import activation_hash.nn
+import torch
+assert ah.backend() == "reference", ah.backend()
+assert sum("reference" in str(w.message) for w in caught) == 1, [str(w.message) for w in caught]
+x = torch.randn(3, 70, requires_grad=True)
+y, words = ah.relu_pack(x, 0.0)
+y.sum().backward()
+assert torch.equal(x.grad, (x > 0).float())
+assert torch.equal(ah.unpack_bits(words, 70), x > 0)
+print("ok")
+"""
+
+
+def test_import_without_extension_uses_reference_with_one_warning():
+    env = dict(os.environ, ACTIVATION_HASH_BACKEND="reference")
+    env.pop("ACTIVATION_HASH_REQUIRE_EXTENSION", None)
+    out = subprocess.run([sys.executable, "-c", _REFERENCE_SCRIPT], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
