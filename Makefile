@@ -33,7 +33,17 @@ demo: build
 pytest: build
 	ACTIVATION_HASH_REQUIRE_EXTENSION=1 $(PY) -m pytest -q tests
 
+# C++ tests of the CUDA kernels on the CPU (CMakeLists.txt, tests/emu): no Python needed.
+EMU_BUILD ?= build/emu
+CMAKE_GENERATOR_FLAG := $(if $(shell command -v ninja 2>/dev/null),-G Ninja,)
+
+emu-test:
+	test -f $(EMU_BUILD)/CMakeCache.txt || cmake -S . -B $(EMU_BUILD) $(CMAKE_GENERATOR_FLAG) -DCMAKE_BUILD_TYPE=Release
+	cmake --build $(EMU_BUILD)
+	cd $(EMU_BUILD) && ctest --output-on-failure
+
 test: pytest
+	$(MAKE) --no-print-directory emu-test
 
 bench: build
 	mkdir -p bench/results

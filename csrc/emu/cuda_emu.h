@@ -304,10 +304,10 @@ inline void prepare(Scheduler& s, Fiber& f) {
   makecontext(&f.ctx, reinterpret_cast<void (*)()>(&ucontext_entry), 2,
               unsigned(p & 0xffffffffu), unsigned(p >> 32));
 #else
-  // Top of stack, 16-byte aligned; after the 6 pops and the ret, rsp is 16-byte aligned as
-  // required before ah_emu_fiber_start's call.
+  // sp = top - 72 with top 16-byte aligned: after the 6 pops and the ret, rsp = top - 16 is
+  // 16-byte aligned, as the ABI requires before ah_emu_fiber_start's call.
   uintptr_t top = (reinterpret_cast<uintptr_t>(f.stack) + f.stack_size) & ~uintptr_t(15);
-  void** sp = reinterpret_cast<void**>(top) - 8;
+  void** sp = reinterpret_cast<void**>(top) - 9;
   sp[0] = nullptr;                                  // r15
   sp[1] = nullptr;                                  // r14
   sp[2] = nullptr;                                  // r13
@@ -316,6 +316,7 @@ inline void prepare(Scheduler& s, Fiber& f) {
   sp[5] = nullptr;                                  // rbp
   sp[6] = reinterpret_cast<void*>(&ah_emu_fiber_start);  // ret target
   sp[7] = nullptr;
+  sp[8] = nullptr;
   f.sp = sp;
 #endif
   (void)s;

@@ -32,6 +32,7 @@ void record_launch(const void* kernel) {
   if (g_launched != nullptr) g_launched->insert(kernel_base_name(kernel));
 }
 
+#if !defined(AH_EMU_ASAN)
 void on_crash(int sig) {
   const char* head = "\nCRASH (signal ";
   char num[8];
@@ -49,6 +50,8 @@ void on_crash(int sig) {
   signal(sig, SIG_DFL);
   raise(sig);
 }
+
+#endif
 
 void install_crash_handlers() {
 #if !defined(AH_EMU_ASAN)
@@ -105,11 +108,12 @@ int main(int argc, char** argv) {
     t.fn();
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     g_launched = nullptr;
+    const long own_checks = st.checks - checks0;
     std::snprintf(st.label, sizeof st.label, "%s", t.name.c_str());
     if (t.kernel)
       CHECK(launched.count(t.name) == 1, "the test registered for kernel %s (%s) never launched "
             "it (launched: %zu other kernels)", t.name.c_str(), t.file, launched.size());
-    CHECK(st.checks - checks0 > 1, "test %s made no checks", t.name.c_str());
+    CHECK(own_checks > 0, "test %s made no checks", t.name.c_str());
     const bool ok = st.failures == failures0;
     failed_tests += !ok;
     std::printf("%-5s %-30s %6ld cases %8ld checks %7.2f s%s\n", ok ? "ok" : "FAIL",
