@@ -24,6 +24,14 @@ const Size kSizes[] = {{0, 0},  {0, 70},  {3, 0},   {1, 1},   {2, 31},  {3, 32},
                        {2, 63}, {3, 64},  {2, 65},  {1, 127}, {2, 128}, {3, 129}, {5, 200},
                        {7, 96}, {2, 1000}, {37, 70}, {1, 4099}};
 
+// Plus random sizes (fixed seed), up to a few thousand units per sample.
+std::vector<Size> all_sizes() {
+  std::vector<Size> v(std::begin(kSizes), std::end(kSizes));
+  Rng r(99);
+  for (int k = 0; k < 12; ++k) v.push_back({r.below(12), 1 + r.below(k < 6 ? 300 : 3000)});
+  return v;
+}
+
 struct Shape {
   unsigned grid, block;  // grid 0: the production launch (csrc/cuda/launch.h grid_for, kThreads)
 };
@@ -79,10 +87,10 @@ template <typename T>
 void pack_cases(Rng& rng) {
   // Blocks are whole warps (the kernel's contract); grids of 1, 2 and 5 blocks are smaller than
   // the work for most sizes, so the grid-stride loop runs several rounds.
-  const Shape shapes[] = {{1, 32}, {2, 64}, {5, 96}, {1, 256}, {3, 128}, {0, 0}};
+  const Shape shapes[] = {{1, 32}, {2, 64}, {5, 96}, {1, 256}, {3, 128}, {2, 1024}, {0, 0}};
   const T slopes[] = {T(0.01), T(0.2), T(-1.5), T(3.0)};
   int k = 0;
-  for (const Size& sz : kSizes)
+  for (const Size& sz : all_sizes())
     for (const Shape& sh : shapes) {
       run_pack_case<T, false, false>("pack_signs", sz, sh, T(0), rng);
       run_pack_case<T, true, false>("relu_pack relu", sz, sh, T(0), rng);
@@ -99,7 +107,8 @@ void test_pack_words_kernel() {
 // ------------------------------------------------------------------ mask_backward_kernel
 // Shapes for the one-thread-per-element kernels: any block size (no warp collectives), partial
 // warps, grids smaller than the work.
-const Shape kElementShapes[] = {{1, 1}, {3, 7}, {1, 32}, {2, 33}, {4, 100}, {1, 256}, {0, 0}};
+const Shape kElementShapes[] = {{1, 1},   {3, 7},   {1, 32},   {2, 33},
+                                {4, 100}, {1, 256}, {3, 1024}, {0, 0}};
 
 template <typename T, bool kLeaky>
 void run_backward_case(Size sz, Shape sh, T slope, Rng& rng) {
@@ -132,7 +141,7 @@ template <typename T>
 void backward_cases(Rng& rng) {
   const T slopes[] = {T(0.01), T(-0.3), T(2.5)};
   int k = 0;
-  for (const Size& sz : kSizes)
+  for (const Size& sz : all_sizes())
     for (const Shape& sh : kElementShapes) {
       run_backward_case<T, false>(sz, sh, T(0), rng);
       run_backward_case<T, true>(sz, sh, slopes[k++ % 3], rng);
@@ -148,7 +157,7 @@ void test_mask_backward_kernel() {
 // ------------------------------------------------------------------ unpack_bits_kernel
 void test_unpack_bits_kernel() {
   Rng rng(3);
-  for (const Size& sz : kSizes)
+  for (const Size& sz : all_sizes())
     for (const Shape& sh : kElementShapes) {
       const int64_t B = sz.B, n = sz.n, W = words_for(n), total = B * n;
       const unsigned grid = sh.grid == 0 ? grid_for(total) : sh.grid;
