@@ -11,6 +11,10 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 torch.manual_seed(0)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# A GPU run (tests/gpu/README.md) must not pass on the CPU alone.
+if os.environ.get("ACTIVATION_HASH_REQUIRE_GPU") == "1" and "cuda" not in DEVICES:
+    raise pytest.UsageError("ACTIVATION_HASH_REQUIRE_GPU=1 but torch sees no GPU "
+                            f"(torch.version.cuda={torch.version.cuda})")
 
 
 @pytest.fixture(params=DEVICES)
