@@ -14,6 +14,9 @@
 //     linear thread ids [32 w, 32 w + 32), linear id = x + y Dx + z Dx Dy as on the GPU).
 //     Shuffles follow the PTX shfl.sync rules for `width` (out-of-range sources read their own
 //     value). Values of 1, 2, 4 or 8 bytes (int, unsigned, long long, float, double, ...).
+// __syncthreads waits for the threads of the block that have not exited (as on sm_70+). Lanes of
+// a warp run one after another between sync points, so warp-synchronous code that shares data
+// through memory without __syncwarp behaves as the race it is on Volta and later GPUs.
 // threadIdx/blockIdx/blockDim/gridDim are per-fiber globals set by the scheduler. Static
 // `__shared__` arrays are `static` locals: one copy, shared by the threads of the block that
 // runs, kept from block to block (so a read-before-write sees the previous block's data, not
@@ -21,8 +24,9 @@
 // activation_hash/bits.h), sized by launch_smem(); it is filled with 0xA5 bytes before each block.
 //
 // Order switch: AH_EMU_ORDER=reverse (environment) runs the blocks and the threads of each
-// block in reverse order (threads are resumed by sweeps over the block in that order), so that a result depending on
-// thread order (a missing __syncthreads, a race on global memory) differs between the runs.
+// block in reverse order (waiting threads are resumed by sweeps over the block in that order),
+// so that a result depending on the order (a missing __syncthreads, a race on global memory)
+// differs between a forward and a reverse run; the tests run both.
 //
 // Checked loudly (message on stderr, then abort): a warp collective with a mask other than
 // 0xffffffff; one in a warp with fewer than 32 threads (blockDim not a multiple of 32) or with
@@ -41,7 +45,8 @@
 //     __constant__ memory semantics (plain globals), printf buffering;
 //   - CUB/Thrust, cooperative_groups, tensor-core (mma/wmma) instructions, half/bfloat16
 //     device types and their intrinsics, warp-level reductions (__reduce_*_sync), __match_*,
-//     math intrinsics (__fmul_rn, __expf, ...) beyond what is defined here;
+//     math intrinsics (__fmul_rn, __expf, ...) and the device overloads of min/max (write
+//     ternaries); only the intrinsics defined below exist;
 //   - resource limits (registers, shared memory size) and the timing of anything.
 #pragma once
 
