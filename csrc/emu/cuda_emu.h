@@ -239,12 +239,18 @@ inline bool reverse_order() {
   return r;
 }
 
-inline void ensure_stacks(Scheduler& s, unsigned n) {
+// Stack of each fiber (a guard page below it turns an overflow into SIGSEGV). Kernels with
+// large local arrays may need -DAH_EMU_STACK_BYTES=...
+#ifndef AH_EMU_STACK_BYTES
 #if defined(AH_EMU_ASAN)
-  const size_t want = size_t(512) << 10;
+#define AH_EMU_STACK_BYTES (512 << 10)
 #else
-  const size_t want = size_t(64) << 10;
+#define AH_EMU_STACK_BYTES (64 << 10)
 #endif
+#endif
+
+inline void ensure_stacks(Scheduler& s, unsigned n) {
+  const size_t want = size_t(AH_EMU_STACK_BYTES);
   const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   s.stack_size = want;
   while (s.stacks.size() < n) {
