@@ -238,3 +238,55 @@ def test_errors():
     c.update(torch.zeros(2, 1, dtype=torch.int64), torch.zeros(2, dtype=torch.int64))
     with pytest.raises(ValueError, match="labels with every update"):
         c.update(torch.zeros(2, 1, dtype=torch.int64))
+
+
+# ---- the fingerprint128 op: kernels vs reference, opcheck ---------------------------------
+
+@given(n=st.integers(0, 40), w=st.integers(0, 20), seed=st.integers(0, 2**16),
+       data=st.data())
+def test_fingerprint_kernel_matches_reference(n, w, seed, data):
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(-2**63, 2**63 - 1, (n, w), generator=g, dtype=torch.int64)
+    assert torch.equal(fingerprint128(codes), ref.fingerprint128(codes))
+    ends = sorted(data.draw(st.lists(st.integers(0, w), max_size=5)))
+    assert torch.equal(fingerprint128(codes, ends), ref.fingerprint128(codes, ends))
+
+
+@pytest.mark.parametrize("w", [1, 4, 63, 64, 65, 4688])
+def test_fingerprint_widths_and_layouts(device, w):
+    codes = planted(9, 64 * w - 5, seed=w).to(device)
+    want = ref.fingerprint128(codes.cpu())
+    assert torch.equal(fingerprint128(codes).cpu(), want)
+    wide = torch.zeros(9, 2 * w, dtype=torch.int64, device=device)
+    wide[:, ::2] = codes
+    assert not wide[:, ::2].is_contiguous()
+    assert torch.equal(fingerprint128(wide[:, ::2]).cpu(), want)  # non-contiguous input
+    assert torch.equal(fingerprint128(codes.t().contiguous().t()).cpu(), want)
+
+
+def test_fingerprint_known_values():
+    # pins the hash: a change of the function changes every stored fingerprint
+    fp = ref.fingerprint128(torch.tensor([[0], [1], [-1]], dtype=torch.int64))
+    assert fp.shape == (3, 2) and len(set(fp.flatten().tolist())) == 6
+    assert torch.equal(fingerprint128(torch.zeros(2, 0, dtype=torch.int64)),
+                       ref.fingerprint128(torch.zeros(1, 0, dtype=torch.int64)).expand(2, 2))
+
+
+@pytest.mark.skipif(not hasattr(torch.ops.activation_hash, "fingerprint128"),
+                    reason="compiled extension not loaded")
+def test_fingerprint_opcheck(device):
+    codes = planted(20, 300, seed=1).to(device)
+    torch.library.opcheck(torch.ops.activation_hash.fingerprint128, (codes,))
+    torch.library.opcheck(torch.ops.activation_hash.fingerprint128, (codes, [0, 2, 5]))
+    torch.library.opcheck(torch.ops.activation_hash.fingerprint128, (codes[:0], [1]))
+
+
+def test_fingerprint_kernels_registered():
+    import activation_hash.ops as ops
+    if ops.backend() != "extension":
+        pytest.skip("reference backend")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("activation_hash::fingerprint128",
+                                                          "CPU")
+    # a CUDA build registers the CUDA kernel of every op, this one included
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(
+        "activation_hash::fingerprint128", "CUDA") == ops.cuda_built()
