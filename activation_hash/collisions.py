@@ -57,6 +57,32 @@ class Groups:
         return out
 
 
+_MAX_FALSE_PAIRS = 1e5  # expected pairs of distinct keys sharing their high bits (see below)
+
+
+def _sort_keys(key: torch.Tensor, exact: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sorted key classes, perm)``: ``perm`` orders the samples so that equal keys are
+    adjacent, and ``sk[i] == sk[i + 1]`` marks a possibly-shared key there.
+
+    Fast path (CPU): the row index replaces the low ``b = bit_length(N - 1)`` bits of each
+    (uniformly random) key, and one value sort of that int64 array (numpy's vectorised sort)
+    yields both the order and the permutation. Keys equal in the high ``64 - b`` bits but
+    different in the low ones become candidates too; the caller's verification splits them.
+    The path is taken while the expected number of such pairs, N^2 / 2^(65 - b), is small.
+    Otherwise (``exact``: no verification follows; CUDA; huge N): torch.sort of the key.
+    """
+    N = key.shape[0]
+    b = max(1, (N - 1).bit_length())
+    false_pairs = N * N / 2.0 ** (65 - b)
+    if not exact and key.device.type == "cpu" and b < 48 and false_pairs <= _MAX_FALSE_PAIRS:
+        packed = (key & -(1 << b)) | torch.arange(N, dtype=torch.int64)
+        arr = packed.numpy()
+        arr.sort(kind="quicksort")  # in place; numpy dispatches to its SIMD sort
+        perm = packed & ((1 << b) - 1)
+        return packed >> b, perm
+    return torch.sort(key)
+
+
 def _group_sorted(key: torch.Tensor, verify: torch.Tensor | None) -> Groups:
     """Group rows by ``key`` (int64 [N]), then split groups whose ``verify`` rows ([N, K])
     differ, exactly. Equal rows of ``verify`` with equal keys end up in one group."""
@@ -65,9 +91,9 @@ def _group_sorted(key: torch.Tensor, verify: torch.Tensor | None) -> Groups:
     if N == 0:
         z = torch.zeros(0, dtype=torch.int64, device=dev)
         return Groups(z, z, z)
-    sk, perm = torch.sort(key)
+    sk, perm = _sort_keys(key, exact=verify is None)
     new = torch.ones(N, dtype=torch.bool, device=dev)
-    new[1:] = sk[1:] != sk[:-1]
+    torch.ne(sk[1:], sk[:-1], out=new[1:])
     del sk
     if verify is not None and verify.shape[1] > 0:
         dup = (~new).nonzero().squeeze(1)  # sorted positions that are not first of a group
@@ -118,8 +144,6 @@ def group_codes(codes: torch.Tensor, fingerprints: torch.Tensor | None = None) -
     if W == 0:
         key = torch.zeros(codes.shape[0], dtype=torch.int64, device=codes.device)
         return _group_sorted(key, None)
-    if W == 1 and fingerprints is None:
-        return _group_sorted(codes[:, 0], None)  # the code is its own key
     if fingerprints is None:
         fingerprints = fingerprint128(codes)
     return _group_sorted(fingerprints[:, 0], codes)
@@ -333,5 +357,5 @@ class CollisionCounter:
             if self._labels:
                 self._labels = [torch.cat(self._labels)]
         fp = self._fps[0]
-        g = _group_sorted(fp[:, 0], fp[:, 1:])
+        g = _group_sorted(fp[:, 0], fp)
         return _report(g, self._labels[0] if self._labels else None, self.top, exact=False)
