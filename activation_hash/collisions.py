@@ -95,36 +95,41 @@ def _group_sorted(key: torch.Tensor, verify: torch.Tensor | None) -> Groups:
     new = torch.ones(N, dtype=torch.bool, device=dev)
     torch.ne(sk[1:], sk[:-1], out=new[1:])
     del sk
-    if verify is not None and verify.shape[1] > 0:
-        dup = (~new).nonzero().squeeze(1)  # sorted positions that are not first of a group
-        if dup.numel():
-            starts = new.nonzero().squeeze(1)
-            gid = torch.cumsum(new, 0) - 1
-            first = starts[gid[dup]]
-            step = max(1, _VERIFY_WORDS // verify.shape[1])
-            mismatch = torch.zeros(dup.shape[0], dtype=torch.bool, device=dev)
-            for lo in range(0, dup.shape[0], step):
-                a = verify[perm[dup[lo:lo + step]]]
-                b = verify[perm[first[lo:lo + step]]]
-                mismatch[lo:lo + step] = (a != b).any(dim=1)
-            if bool(mismatch.any()):
-                _split_clashes(perm, new, gid, dup[mismatch], verify)
     starts = new.nonzero().squeeze(1)
-    counts = torch.diff(starts, append=torch.tensor([N], device=dev))
+    if verify is not None and verify.shape[1] > 0 and starts.shape[0] < N:
+        dup = (~new).nonzero().squeeze(1)  # sorted positions that are not first of a group
+        first = starts[torch.searchsorted(starts, dup, right=True) - 1]
+        step = max(1, _VERIFY_WORDS // verify.shape[1])
+        mismatch = torch.zeros(dup.shape[0], dtype=torch.bool, device=dev)
+        for lo in range(0, dup.shape[0], step):
+            a = verify[perm[dup[lo:lo + step]]]
+            b = verify[perm[first[lo:lo + step]]]
+            mismatch[lo:lo + step] = (a != b).any(dim=1)
+        if bool(mismatch.any()):
+            _split_clashes(perm, new, starts, dup[mismatch], verify)
+            starts = new.nonzero().squeeze(1)
+    counts = torch.empty_like(starts)
+    torch.sub(starts[1:], starts[:-1], out=counts[:-1])
+    counts[-1] = N - starts[-1]
     return Groups(perm, starts, counts)
 
 
-def _split_clashes(perm, new, gid, bad_pos, verify) -> None:
+def _split_clashes(perm, new, starts, bad_pos, verify) -> None:
     """Exact regrouping (in place) of the groups that hold a sorted position in ``bad_pos``.
 
-    The members of those groups are grouped by (group id, full row) with torch.unique; since
-    the group id leads, each group's members stay inside its own range of positions.
+    The members of those groups (contiguous runs of positions) are grouped by (run, full row)
+    with torch.unique; since the run number leads, each group's members stay in its own run.
     """
-    bad = torch.zeros(int(gid[-1]) + 1, dtype=torch.bool, device=perm.device)
-    bad[gid[bad_pos]] = True
-    pos = bad[gid].nonzero().squeeze(1)  # contiguous runs, in group order
+    N = perm.shape[0]
+    dev = perm.device
+    bad = torch.unique(torch.searchsorted(starts, bad_pos, right=True) - 1)
+    ends = torch.cat([starts[1:], torch.tensor([N], device=dev)])
+    g_start, lens = starts[bad], ends[bad] - starts[bad]
+    run = torch.repeat_interleave(torch.arange(bad.shape[0], device=dev), lens)
+    offset = torch.arange(run.shape[0], device=dev) - (torch.cumsum(lens, 0) - lens)[run]
+    pos = g_start[run] + offset
     rows = verify[perm[pos]]
-    keyed = torch.cat([gid[pos].unsqueeze(1), rows], dim=1)
+    keyed = torch.cat([run.unsqueeze(1), rows], dim=1)
     _, inv = torch.unique(keyed, dim=0, return_inverse=True)
     inv_sorted, order = torch.sort(inv, stable=True)
     perm[pos] = perm[pos][order]
@@ -206,7 +211,8 @@ def _report(g: Groups, labels: torch.Tensor | None, top: int, exact: bool) -> Co
     largest: list[torch.Tensor] = []
     if top and shared:
         k = min(top, shared)
-        big = torch.topk(counts, k).indices
+        multi = (counts > 1).nonzero().squeeze(1)
+        big = multi[torch.topk(counts[multi], k).indices]
         # ties: lower group number first (deterministic)
         big = big[torch.argsort(-counts[big] * (U + 1) + big)]
         starts, cnts = g.starts[big].tolist(), counts[big].tolist()
