@@ -32,26 +32,56 @@ __all__ = ["CollisionReport", "collisions", "CollisionCounter", "group_codes", "
 _VERIFY_WORDS = 1 << 24  # words compared per step of the verification (bounds its memory)
 
 
-@dataclass
 class Groups:
     """Samples grouped by equal code.
 
     ``perm`` int64 ``[N]``: sample indices ordered so that each group is contiguous;
-    ``starts`` int64 ``[U]``: where each group begins in ``perm``; ``counts`` int64 ``[U]``.
+    ``new`` bool ``[N]``: True where a group begins in ``perm``. Derived (computed on demand):
+    ``starts`` / ``counts`` int64 ``[U]`` of every group, and :meth:`shared`, the same for the
+    groups of 2 samples or more only (cheap: no tensor of size U).
     """
 
-    perm: torch.Tensor
-    starts: torch.Tensor
-    counts: torch.Tensor
+    def __init__(self, perm: torch.Tensor, new: torch.Tensor):
+        self.perm, self.new = perm, new
+        self._shared = None
+
+    @property
+    def n(self) -> int:
+        return self.perm.shape[0]
+
+    def shared(self):
+        """``(starts, counts, dup, group)`` of the shared groups: where each begins in
+        ``perm`` and its size, the positions that are not a group's first, and the shared
+        group (index into starts) each of them belongs to."""
+        if self._shared is None:
+            new = self.new
+            head = new.clone()
+            if head.shape[0]:
+                head[:-1] &= ~new[1:]
+                head[-1] = False
+            starts = head.nonzero().squeeze(1)
+            dup = (~new).nonzero().squeeze(1)
+            group = torch.searchsorted(starts, dup, right=True) - 1
+            counts = torch.bincount(group, minlength=starts.shape[0]) + 1
+            self._shared = (starts, counts, dup, group)
+        return self._shared
 
     @property
     def n_groups(self) -> int:
-        return self.starts.shape[0]
+        return self.n - self.shared()[2].shape[0]
+
+    @property
+    def starts(self) -> torch.Tensor:
+        return self.new.nonzero().squeeze(1)
+
+    @property
+    def counts(self) -> torch.Tensor:
+        starts = self.starts
+        return torch.diff(starts, append=torch.tensor([self.n], device=starts.device))
 
     def group_ids(self) -> torch.Tensor:
         """Group of each sample, int64 ``[N]`` (groups numbered in sorted order)."""
-        gid_sorted = torch.repeat_interleave(
-            torch.arange(self.n_groups, device=self.perm.device), self.counts)
+        gid_sorted = torch.cumsum(self.new, 0) - 1
         out = torch.empty_like(gid_sorted)
         out[self.perm] = gid_sorted
         return out
@@ -89,42 +119,39 @@ def _group_sorted(key: torch.Tensor, verify: torch.Tensor | None) -> Groups:
     N = key.shape[0]
     dev = key.device
     if N == 0:
-        z = torch.zeros(0, dtype=torch.int64, device=dev)
-        return Groups(z, z, z)
+        return Groups(torch.zeros(0, dtype=torch.int64, device=dev),
+                      torch.zeros(0, dtype=torch.bool, device=dev))
     sk, perm = _sort_keys(key, exact=verify is None)
     new = torch.ones(N, dtype=torch.bool, device=dev)
     torch.ne(sk[1:], sk[:-1], out=new[1:])
     del sk
-    starts = new.nonzero().squeeze(1)
-    if verify is not None and verify.shape[1] > 0 and starts.shape[0] < N:
-        dup = (~new).nonzero().squeeze(1)  # sorted positions that are not first of a group
-        first = starts[torch.searchsorted(starts, dup, right=True) - 1]
-        step = max(1, _VERIFY_WORDS // verify.shape[1])
-        mismatch = torch.zeros(dup.shape[0], dtype=torch.bool, device=dev)
-        for lo in range(0, dup.shape[0], step):
-            a = verify[perm[dup[lo:lo + step]]]
-            b = verify[perm[first[lo:lo + step]]]
-            mismatch[lo:lo + step] = (a != b).any(dim=1)
-        if bool(mismatch.any()):
-            _split_clashes(perm, new, starts, dup[mismatch], verify)
-            starts = new.nonzero().squeeze(1)
-    counts = torch.empty_like(starts)
-    torch.sub(starts[1:], starts[:-1], out=counts[:-1])
-    counts[-1] = N - starts[-1]
-    return Groups(perm, starts, counts)
+    g = Groups(perm, new)
+    if verify is not None and verify.shape[1] > 0:
+        starts, counts, dup, group = g.shared()
+        if dup.numel():
+            first = starts[group]
+            step = max(1, _VERIFY_WORDS // verify.shape[1])
+            mismatch = torch.zeros(dup.shape[0], dtype=torch.bool, device=dev)
+            for lo in range(0, dup.shape[0], step):
+                a = verify[perm[dup[lo:lo + step]]]
+                b = verify[perm[first[lo:lo + step]]]
+                mismatch[lo:lo + step] = (a != b).any(dim=1)
+            if bool(mismatch.any()):
+                _split_clashes(perm, new, starts, counts, group[mismatch], verify)
+                g = Groups(perm, new)
+    return g
 
 
-def _split_clashes(perm, new, starts, bad_pos, verify) -> None:
-    """Exact regrouping (in place) of the groups that hold a sorted position in ``bad_pos``.
+def _split_clashes(perm, new, starts, counts, bad_groups, verify) -> None:
+    """Exact regrouping (in place) of the shared groups ``bad_groups`` (indices into
+    ``starts``/``counts``) whose rows are not all equal.
 
-    The members of those groups (contiguous runs of positions) are grouped by (run, full row)
-    with torch.unique; since the run number leads, each group's members stay in its own run.
+    Their members (contiguous runs of positions) are grouped by (run, full row) with
+    torch.unique; since the run number leads, each group's members stay in its own run.
     """
-    N = perm.shape[0]
     dev = perm.device
-    bad = torch.unique(torch.searchsorted(starts, bad_pos, right=True) - 1)
-    ends = torch.cat([starts[1:], torch.tensor([N], device=dev)])
-    g_start, lens = starts[bad], ends[bad] - starts[bad]
+    bad = torch.unique(bad_groups)
+    g_start, lens = starts[bad], counts[bad]
     run = torch.repeat_interleave(torch.arange(bad.shape[0], device=dev), lens)
     offset = torch.arange(run.shape[0], device=dev) - (torch.cumsum(lens, 0) - lens)[run]
     pos = g_start[run] + offset
@@ -198,39 +225,38 @@ class CollisionReport:
 
 
 def _report(g: Groups, labels: torch.Tensor | None, top: int, exact: bool) -> CollisionReport:
-    n = g.perm.shape[0]
-    U = g.n_groups
-    counts = g.counts
-    if n:
-        occ = torch.bincount(counts).cpu()
-        occupancy = {int(k): int(v) for k, v in enumerate(occ.tolist()) if v}
-    else:
-        occupancy = {}
-    alone = occupancy.get(1, 0)
-    shared = U - alone
+    n = g.n
+    starts, counts, dup, group = g.shared()
+    U = n - dup.shape[0]
+    shared = starts.shape[0]
+    alone = U - shared
+    occupancy = {1: alone} if alone else {}
+    if shared:
+        occ = torch.bincount(counts).cpu().tolist()
+        occupancy.update({k: v for k, v in enumerate(occ) if v})
     largest: list[torch.Tensor] = []
     if top and shared:
         k = min(top, shared)
-        multi = (counts > 1).nonzero().squeeze(1)
-        big = multi[torch.topk(counts[multi], k).indices]
-        # ties: lower group number first (deterministic)
-        big = big[torch.argsort(-counts[big] * (U + 1) + big)]
-        starts, cnts = g.starts[big].tolist(), counts[big].tolist()
-        largest = [torch.sort(g.perm[s:s + c])[0].cpu() for s, c in zip(starts, cnts)]
+        big = torch.topk(counts, k).indices
+        # ties: earlier group first (deterministic)
+        big = big[torch.argsort(-counts[big] * (shared + 1) + big)]
+        s_l, c_l = starts[big].tolist(), counts[big].tolist()
+        largest = [torch.sort(g.perm[s:s + c])[0].cpu() for s, c in zip(s_l, c_l)]
     mixed_regions = mixed_samples = None
     if labels is not None:
-        lab = labels.to(g.perm.device)[g.perm]
-        gid = torch.repeat_interleave(torch.arange(U, device=lab.device), counts)
-        differs = (lab != lab[g.starts][gid]).to(torch.int64)
-        per_group = torch.zeros(U, dtype=torch.int64, device=lab.device).index_add_(0, gid, differs)
+        labels = labels.to(g.perm.device)
+        head = labels[g.perm[starts]]
+        differs = (labels[g.perm[dup]] != head[group]).to(torch.int64)
+        per_group = torch.zeros(shared, dtype=torch.int64, device=labels.device)
+        per_group.index_add_(0, group, differs)
         mixed = per_group > 0
         mixed_regions = int(mixed.sum())
         mixed_samples = int(counts[mixed].sum())
     return CollisionReport(
         n=n, n_distinct=U, redundancy=(n - U) / n if n else 0.0,
-        unique_fraction=alone / n if n else 0.0, occupancy=occupancy, n_shared_regions=shared,
-        largest_groups=largest, mixed_regions=mixed_regions, mixed_samples=mixed_samples,
-        exact=exact)
+        unique_fraction=alone / n if n else 0.0, occupancy=dict(sorted(occupancy.items())),
+        n_shared_regions=shared, largest_groups=largest, mixed_regions=mixed_regions,
+        mixed_samples=mixed_samples, exact=exact)
 
 
 def collisions(codes_or_codebook, labels=None, *, per_layer: bool = False, top: int = 10,

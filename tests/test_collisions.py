@@ -290,3 +290,37 @@ def test_fingerprint_kernels_registered():
     # a CUDA build registers the CUDA kernel of every op, this one included
     assert torch._C._dispatch_has_kernel_for_dispatch_key(
         "activation_hash::fingerprint128", "CUDA") == ops.cuda_built()
+
+
+_ISA_FP = """
+import torch, activation_hash as ah
+from activation_hash import reference as ref
+assert ah.ops.cpu_isa() == {isa!r}, ah.ops.cpu_isa()
+g = torch.Generator().manual_seed(0)
+for n, w in [(0, 3), (7, 0), (8, 1), (13, 5), (29, 130), (64, 2)]:
+    c = torch.randint(-2**63, 2**63 - 1, (n, w), generator=g)
+    assert torch.equal(ah.ops.fingerprint128(c), ref.fingerprint128(c))
+    ends = [0, w // 2, w // 2, w]
+    assert torch.equal(ah.ops.fingerprint128(c, ends), ref.fingerprint128(c, ends))
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+def test_fingerprint_every_cpu_path(isa):
+    import os
+    import subprocess
+    import sys
+
+    import activation_hash as ah
+    if ah.ops.backend() != "extension":
+        pytest.skip("reference backend")
+    order = ["scalar", "avx2", "avx512"]
+    if order.index(isa) > order.index(ah.ops.cpu_isa()):
+        pytest.skip(f"this CPU has no {isa}")
+    env = {**os.environ, "ACTIVATION_HASH_ISA": isa,
+           "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(ah.__file__)),
+                                          os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", _ISA_FP.format(isa=isa)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
