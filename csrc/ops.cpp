@@ -22,6 +22,12 @@ TORCH_LIBRARY(activation_hash, m) {
   m.def("relu_mask_backward(Tensor grad_y, Tensor words, float negative_slope) -> Tensor");
   // words int64 [B, W] -> bool [B, n], the inverse of pack_signs on the first n bits.
   m.def("unpack_bits(Tensor words, int n) -> Tensor");
+  // ---- issue 4 (codes, collisions) ----
+  // codes int64 [N, W] -> int64 [N, 2], a 128-bit fingerprint of each row
+  // (activation_hash/fingerprint.h); with ends (non-decreasing word counts <= W): [N, P, 2],
+  // the fingerprints of the prefixes codes[:, :ends[p]], all in one pass.
+  m.def("fingerprint128(Tensor codes, int[]? ends=None) -> Tensor");
+  // ---- end issue 4 ----
   // Which CPU kernels run time dispatch chose: "avx512", "avx2" or "scalar".
   m.def("cpu_isa() -> str", [] { return std::string(activation_hash::cpu::isa_name()); });
 }
