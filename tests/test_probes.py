@@ -160,3 +160,25 @@ def test_errors(split):
         probes.kmeans_accuracy(tc, ty[:5])
     with pytest.raises(TypeError, match="integers"):
         probes.knn_accuracy((tc, ty.float()), (qc, qy))
+
+
+def test_real_codebooks():
+    from activation_hash.codes import CodeBook
+    from activation_hash.index import CodeIndex, to_bytes
+    from activation_hash.layout import Layout
+
+    layout = Layout(("l1", "l2"), ((70,), (2, 29)))  # words 2 + 1, padding in both blocks
+    c, y, bits = clustered(200, n_bits=128, classes=3, flip=0.2, seed=4)
+    rows = torch.zeros(200, 3, dtype=torch.int64)
+    rows[:, :2] = ref.pack_bits(bits[:, :70])
+    rows[:, 2:] = ref.pack_bits(bits[:, 70:])
+    train, test = CodeBook(rows[:150], layout, labels=y[:150]), CodeBook(rows[150:], layout,
+                                                                         labels=y[150:])
+    assert np.array_equal(to_bytes(train.codes), train.as_bytes())
+    r = probes.categorize(train, test, k=3)
+    assert r.knn_test == probes.knn_accuracy((train.codes, train.labels), (test.codes, test.labels), 3)
+    assert r.knn_test > 0.8 and r.logreg_test > 0.8
+    d, ids = CodeIndex("flat", device="cpu").add(train).search(test, 3)
+    from activation_hash.hamming import hamming_topk
+
+    assert torch.equal(d, hamming_topk(test, train, 3)[0])
