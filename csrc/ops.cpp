@@ -28,6 +28,15 @@ TORCH_LIBRARY(activation_hash, m) {
   // the fingerprints of the prefixes codes[:, :ends[p]], all in one pass.
   m.def("fingerprint128(Tensor codes, int[]? ends=None) -> Tensor");
   // ---- end issue 4 ----
+  // ---- Hamming (issue 5: csrc/cpu/hamming.cpp, csrc/cuda/hamming.cu) ----
+  // a int64 [N, W], b int64 [M, W] -> int32 [N, M], popcount(a[i] ^ b[j]).
+  m.def("hamming_distance(Tensor a, Tensor b) -> Tensor");
+  // queries [Q, W], base [M, W], 0 <= k <= M -> (dist int32 [Q, k], idx int64 [Q, k]): the k
+  // nearest base rows of each query, ascending by (distance, index): ties -> lower index.
+  m.def("hamming_topk(Tensor queries, Tensor base, int k) -> (Tensor, Tensor)");
+  // codes [N, W] -> int32 [max(N - 1, 0)], distance of row i to row i + 1.
+  m.def("hamming_consecutive(Tensor codes) -> Tensor");
+  // ---- end Hamming ----
   // Which CPU kernels run time dispatch chose: "avx512", "avx2" or "scalar".
   m.def("cpu_isa() -> str", [] { return std::string(activation_hash::cpu::isa_name()); });
 }
