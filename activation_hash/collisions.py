@@ -105,11 +105,14 @@ def _sort_keys(key: torch.Tensor, exact: bool) -> tuple[torch.Tensor, torch.Tens
     b = max(1, (N - 1).bit_length())
     false_pairs = N * N / 2.0 ** (65 - b)
     if not exact and key.device.type == "cpu" and b < 48 and false_pairs <= _MAX_FALSE_PAIRS:
-        packed = (key & -(1 << b)) | torch.arange(N, dtype=torch.int64)
-        arr = packed.numpy()
-        arr.sort(kind="quicksort")  # in place; numpy dispatches to its SIMD sort
-        perm = packed & ((1 << b) - 1)
-        return packed >> b, perm
+        # in place where possible: fresh large buffers cost page faults on first touch
+        perm = torch.arange(N, dtype=torch.int64)
+        packed = torch.bitwise_and(key, -(1 << b))
+        packed |= perm
+        packed.numpy().sort(kind="quicksort")  # in place; numpy uses its SIMD sort
+        torch.bitwise_and(packed, (1 << b) - 1, out=perm)
+        packed >>= b
+        return packed, perm
     return torch.sort(key)
 
 
