@@ -150,6 +150,23 @@ if _HAS_FINGERPRINT:
         return codes.new_empty((codes.shape[0], len(ends), 2), dtype=torch.int64)
 
 
+if _HAS_FINGERPRINT:
+    @torch.library.register_fake("activation_hash::fingerprint_key")
+    def _fingerprint_key_fake(codes, index_bits):
+        reference.check_key_args(codes, index_bits)
+        return codes.new_empty((codes.shape[0],), dtype=torch.int64)
+
+
+def fingerprint_key(codes: torch.Tensor, index_bits: int) -> torch.Tensor:
+    """Sort key of each code row: int64 ``[N, W]`` -> int64 ``[N]``, the first 64 bits of
+    :func:`fingerprint128` with the low ``index_bits`` bits replaced by the row index
+    (``N <= 2**index_bits``). One value sort of the keys groups the rows whose fingerprints
+    agree above those bits, and the low bits of the sorted keys are the permutation."""
+    if _HAS_FINGERPRINT:
+        return _ops.fingerprint_key(codes, int(index_bits))
+    return reference.fingerprint_key(codes, index_bits)
+
+
 def fingerprint128(codes: torch.Tensor, ends=None) -> torch.Tensor:
     """128-bit fingerprint of each code row, as two int64 halves (reference.py gives the hash).
 
