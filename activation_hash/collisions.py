@@ -1,11 +1,13 @@
 """Exact collision counting: how many samples share a neural code (a linear region).
 
-:func:`collisions` groups N codes exactly: a 128-bit fingerprint of each row (the
-``fingerprint128`` op, CPU and CUDA kernels) is sorted on its first 64 bits, which puts equal
-codes next to each other; every candidate group is then verified against the full rows, and
-a group whose rows differ (a fingerprint clash) is split by exact lexicographic grouping of
-its rows. So a clash costs time, never correctness. Everything runs in torch ops on the
-codes' device (the sort is torch's, GPU included); no Python loop over groups.
+:func:`collisions` groups N codes exactly: one kernel pass (the ``fingerprint_key`` op, CPU
+and CUDA) hashes each row to 64 bits and puts the row index in the low bits, and one value
+sort of those keys puts rows of equal hash next to each other; every candidate group is then
+verified against the full rows, and a group whose rows differ (a hash clash) is split by
+exact lexicographic grouping of its rows. So a clash costs time, never correctness.
+Everything runs in torch ops on the codes' device (the sort is torch's on the GPU); no Python
+loop over groups. The per-layer profile fingerprints every layer prefix in the same pass
+(``fingerprint128`` with prefix ends).
 
 The redundancy ratio is the paper's ``(N - U) / N`` with U distinct codes.
 :class:`CollisionCounter` keeps only the fingerprints (16 bytes per sample) for runs that need
