@@ -108,7 +108,8 @@ def phase_table(rows: list[dict], x: str = "epochs", y: str = "width",
     return out
 
 
-def phase_figure(table: list[dict], x: str = "epochs", y: str = "width", title: str | None = None):
+def phase_figure(table: list[dict], x: str = "epochs", y: str = "width", title: str | None = None,
+                 thresholds: Thresholds | None = None):
     """Heatmap of the cells: colour = redundancy, letter U/C/S = regime, text = accuracy.
 
     Returns a matplotlib ``Figure`` (no pyplot state) whose single axes is labelled with the
@@ -136,8 +137,12 @@ def phase_figure(table: list[dict], x: str = "epochs", y: str = "width", title: 
     ax.set_yticks(range(len(ys)), [str(v) for v in ys])
     ax.set_xlabel(x)
     ax.set_ylabel(y)
-    ax.set_title(title or "activation hash phase chart (U/C/S: under/critically/sufficiently-"
-                          "expressive; number: accuracy)", fontsize=8)
+    if title is None:
+        title = "phase chart: U under-, C critically-, S sufficiently-expressive"
+        th = thresholds
+        title += "\n" + (f"U: R >= {th.r_hi}; S: R <= {th.r_lo} and acc >= sat - {th.acc_eps} "
+                         f"({th.saturation}); number: {th.accuracy}" if th else "number: accuracy")
+    ax.set_title(title, fontsize=8)
     fig.colorbar(im, ax=ax, label="redundancy ratio R")
     fig.tight_layout()
     return fig
@@ -163,6 +168,6 @@ def write_phase(rows: list[dict], out_dir, x: str = "epochs", y: str = "width",
     atomic_write_text(out / f"{name}.csv", buf.getvalue())
     from activation_hash.experiments.plots import save_png
 
-    save_png(phase_figure(table, x, y), out / f"{name}.png")
+    save_png(phase_figure(table, x, y, thresholds=th), out / f"{name}.png")
     return {"png": out / f"{name}.png", "csv": out / f"{name}.csv", "table": table,
             "thresholds": asdict(th)}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-__all__ = ["factor_figure", "save_png", "ACCURACY_SERIES", "pick_rows"]
+__all__ = ["factor_figure", "history_figure", "save_png", "ACCURACY_SERIES", "pick_rows"]
 
 ACCURACY_SERIES = [("knn_test", "K-NN (k=9, Hamming)"), ("kmeans_purity_test", "K-Means purity"),
                    ("kmeans_hungarian_test", "K-Means Hungarian"), ("logreg_test", "logistic regression"),
@@ -82,9 +82,13 @@ def factor_figure(rows: list[dict], factor: str, *, where: dict | None = None,
         elif factor in _LOG_FACTORS and min(float(k) for k in keys) > 0 and \
                 max(float(k) for k in keys) / min(float(k) for k in keys) >= 10:
             ax.set_xscale("log")
+            ax.set_xticks([float(k) for k in keys], [str(k) for k in keys])
+            ax.minorticks_off()
         elif factor in _LOG_FACTORS and float(min(keys)) == 0 and len(keys) > 2 and \
                 max(float(k) for k in keys) >= 10:
             ax.set_xscale("symlog", linthresh=1)
+            ax.set_xticks([float(k) for k in keys], [str(k) for k in keys])
+            ax.minorticks_off()
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     ax_r.set_ylabel("redundancy ratio R")
@@ -107,3 +111,29 @@ def save_png(fig, path) -> Path:
     FigureCanvasAgg(fig)
     fig.savefig(path, format="png")
     return path
+
+
+def history_figure(history: list[dict], title: str | None = None):
+    """Training curves: loss, and train/validation accuracy, vs epoch (a ``Figure``)."""
+    from matplotlib.figure import Figure
+
+    if not history:
+        raise ValueError("no training history to plot (0 epochs)")
+    ep = [h["epoch"] for h in history]
+    fig = Figure(figsize=(10, 4), dpi=100)
+    ax_l, ax_a = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    ax_l.plot(ep, [h["loss"] for h in history], marker=".")
+    ax_l.set_xlabel("epoch")
+    ax_l.set_ylabel("training loss")
+    ax_a.plot(ep, [h["train_acc"] for h in history], marker=".", label="train (running)")
+    if any(not math.isnan(h["val_acc"]) for h in history):
+        ax_a.plot(ep, [h["val_acc"] for h in history], marker=".", label="validation")
+    ax_a.set_xlabel("epoch")
+    ax_a.set_ylabel("accuracy")
+    ax_a.legend(fontsize=8)
+    for ax in (ax_l, ax_a):
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

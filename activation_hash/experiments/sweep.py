@@ -68,7 +68,8 @@ class SweepConfig:
     """A sweep: the grid of ``factors`` (name -> values; their product), the fixed settings of
     data (:func:`load_dataset` options, ``name`` the dataset), model (:func:`build_model` spec)
     and training (:class:`TrainConfig` options), the ``seeds`` repeated at every grid point,
-    and the probe settings (``k`` of K-NN; ``probes=False`` skips the probes)."""
+    and the probe settings (``k`` of K-NN; ``probes``: ``"all"`` (True) = K-NN, K-Means and
+    logistic regression, ``"knn"`` = K-NN only (fast), ``"none"`` (False) = redundancy only)."""
 
     factors: dict
     data: dict = field(default_factory=lambda: {"name": "digits"})
@@ -76,7 +77,7 @@ class SweepConfig:
     train: dict = field(default_factory=dict)
     seeds: list = field(default_factory=lambda: [0])
     k: int = 9
-    probes: bool = True
+    probes: bool | str = True
     layers: list | None = None
 
     def __post_init__(self):
@@ -97,6 +98,8 @@ class SweepConfig:
             fixed[canon] = values
         if "epochs" in fixed and any((not isinstance(e, int) or e < 0) for e in fixed["epochs"]):
             raise ValueError(f"epochs values must be ints >= 0, got {fixed['epochs']}")
+        if self.probes not in (True, False, "all", "knn", "none"):
+            raise ValueError(f"probes must be 'all', 'knn' or 'none', got {self.probes!r}")
         self.factors = fixed
         if "seed" in self.factors:
             self.seeds = list(self.factors.pop("seed"))
@@ -193,7 +196,17 @@ def measure(model, x_train, y_train, x_test, y_test, *, k: int = 9, seed: int = 
     row["t_collisions"] = time.perf_counter() - t
     row.update(redundancy_train=float(r_tr.redundancy), redundancy_test=float(r_te.redundancy),
                n_distinct_train=int(r_tr.n_distinct), n_distinct_test=int(r_te.n_distinct))
-    if probes:
+    probes = {True: "all", False: "none", None: "none"}.get(probes, probes)
+    if probes not in ("all", "knn", "none"):
+        raise ValueError(f"probes must be 'all', 'knn' or 'none', got {probes!r}")
+    if probes == "knn":
+        from activation_hash.probes import knn_accuracy
+
+        t = time.perf_counter()
+        row["knn_train"] = float(knn_accuracy((c_tr, y_train), (c_tr, y_train), k=k))
+        row["knn_test"] = float(knn_accuracy((c_tr, y_train), (c_te, y_test), k=k))
+        row["t_probes"] = time.perf_counter() - t
+    elif probes == "all":
         from activation_hash.probes import categorize
 
         t = time.perf_counter()
