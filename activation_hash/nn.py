@@ -201,6 +201,8 @@ class Recorder:
             return  # not inside this recorder's model
         where = self._stack[-1]
         owner = self.model.get_submodule(where) if where else self.model
+        if isinstance(owner, ReLU):
+            return  # our module records itself (the reference relu_pack calls torch.relu)
         name = where if isinstance(owner, _TORCH_RELU_MODULES) else (
             f"{where}.{short}" if where else short)
         self._push(name, x, pack_signs(x.detach()))

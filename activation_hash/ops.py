@@ -137,3 +137,26 @@ def relu_mask_backward(grad_y: torch.Tensor, words: torch.Tensor,
 def unpack_bits(words: torch.Tensor, n: int) -> torch.Tensor:
     """Inverse of :func:`pack_signs`: int64 words ``[B, W]`` -> bool ``[B, n]``."""
     return _ops.unpack_bits(words, int(n)) if HAS_EXTENSION else reference.unpack_bits(words, n)
+
+
+_HAS_FINGERPRINT = HAS_EXTENSION and hasattr(torch.ops.activation_hash, "fingerprint128")
+
+if _HAS_FINGERPRINT:
+    @torch.library.register_fake("activation_hash::fingerprint128")
+    def _fingerprint128_fake(codes, ends=None):
+        ends = reference.check_fingerprint_args(codes, ends)
+        if ends is None:
+            return codes.new_empty((codes.shape[0], 2), dtype=torch.int64)
+        return codes.new_empty((codes.shape[0], len(ends), 2), dtype=torch.int64)
+
+
+def fingerprint128(codes: torch.Tensor, ends=None) -> torch.Tensor:
+    """128-bit fingerprint of each code row, as two int64 halves (reference.py gives the hash).
+
+    codes int64 ``[N, W]`` -> int64 ``[N, 2]``. With ``ends`` (non-decreasing word counts in
+    ``[0, W]``) -> ``[N, len(ends), 2]``: the fingerprints of the prefixes ``codes[:, :e]``,
+    all computed in one read of the codes (used for per-layer collision profiles).
+    """
+    if _HAS_FINGERPRINT:
+        return _ops.fingerprint128(codes, None if ends is None else [int(e) for e in ends])
+    return reference.fingerprint128(codes, ends)

@@ -56,6 +56,8 @@ def pack_bits(bits: torch.Tensor) -> torch.Tensor:
     """bool ``[B, n]`` -> int64 words ``[B, ceil(n / 64)]``."""
     B, n = bits.shape
     W = words_for_bits(n)
+    if W == 0:  # no bits: a [B, 0] view cannot be reinterpreted as int64
+        return torch.zeros(B, 0, dtype=torch.int64, device=bits.device)
     padded = torch.zeros(B, W * WORD_BITS, dtype=torch.uint8, device=bits.device)
     padded[:, :n] = bits
     weights = (1 << torch.arange(8, device=bits.device, dtype=torch.int32)).to(torch.uint8)
@@ -100,3 +102,85 @@ def relu_mask_backward(grad_y: torch.Tensor, words: torch.Tensor,
     on = unpack_bits(words, n).reshape(grad_y.shape)
     off = torch.zeros_like(grad_y) if negative_slope == 0.0 else grad_y * negative_slope
     return torch.where(on, grad_y, off).contiguous()
+
+
+# ---- fingerprint128 -------------------------------------------------------------------------
+# Two independent 64-bit streams over the words of a row (uint64 arithmetic, wrapping; torch's
+# int64 multiply, add and left shift wrap the same way). Per word w, for stream s:
+#     k = rotl(w * M[s], R1[s]) * N[s];   h = rotl(h ^ k, R2[s]) * 5 + D[s]
+# starting from h = SEED[s]; a prefix of m words is finalised as fmix(h ^ m) with
+#     fmix(h): h ^= h >> 32; h *= F1; h ^= h >> 29; h *= F2; h ^= h >> 32   (logical shifts).
+# csrc/include/activation_hash/fingerprint.h is the same function in C++/CUDA.
+FP_M = (0xE71B9592244ECECB, 0xFF3F3F8CFE53B313)
+FP_N = (0x3FCB4B70F79A7FFD, 0xE427F474114D9FCF)
+FP_SEED = (0x3BCE14AB261DB1D5, 0x15D25341EDC5FE85)
+FP_D = (0x2A438F2A3172F443, 0x23EB71643AC5C727)
+FP_R1 = (31, 33)
+FP_R2 = (27, 29)
+FP_F1 = 0xF4A3CC3052800E05
+FP_F2 = 0x09C9C31AE2F93909
+
+
+def _s64(u: int) -> int:
+    """A uint64 constant as the int64 with the same bits."""
+    return u - (1 << 64) if u >= 1 << 63 else u
+
+
+def _shr(x: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of int64 bits (torch's >> is arithmetic)."""
+    return (x >> s) & ((1 << (64 - s)) - 1)
+
+
+def _rotl(x: torch.Tensor, r: int) -> torch.Tensor:
+    return (x << r) | _shr(x, 64 - r)
+
+
+def _fmix(h: torch.Tensor) -> torch.Tensor:
+    h = h ^ _shr(h, 32)
+    h = h * _s64(FP_F1)
+    h = h ^ _shr(h, 29)
+    h = h * _s64(FP_F2)
+    return h ^ _shr(h, 32)
+
+
+def check_fingerprint_args(codes: torch.Tensor, ends) -> list[int] | None:
+    if not isinstance(codes, torch.Tensor) or codes.dtype != torch.int64:
+        got = codes.dtype if isinstance(codes, torch.Tensor) else type(codes).__name__
+        raise TypeError(f"codes must be int64 packed words [N, W], got {got}")
+    if codes.dim() != 2:
+        raise ValueError(f"codes must be 2-D [N, W], got shape {list(codes.shape)}")
+    if ends is None:
+        return None
+    ends = [int(e) for e in ends]
+    W = codes.shape[1]
+    prev = 0
+    for e in ends:
+        if not prev <= e <= W:
+            raise ValueError(f"ends must be non-decreasing word counts in [0, {W}], got {ends}")
+        prev = e
+    return ends
+
+
+def fingerprint128(codes: torch.Tensor, ends=None) -> torch.Tensor:
+    """128-bit fingerprint of each row. codes int64 ``[N, W]`` -> int64 ``[N, 2]``; with
+    ``ends`` (non-decreasing word counts) -> ``[N, len(ends), 2]``, entry p the fingerprint of
+    the prefix ``codes[:, :ends[p]]`` (all prefixes in one pass over the words)."""
+    ends_l = check_fingerprint_args(codes, ends)
+    want = [codes.shape[1]] if ends_l is None else ends_l
+    N = codes.shape[0]
+    out = torch.empty(N, len(want), 2, dtype=torch.int64, device=codes.device)
+    h = [torch.full((N,), _s64(FP_SEED[s]), dtype=torch.int64, device=codes.device)
+         for s in range(2)]
+    p = 0
+    for j in range(max(want, default=0) + 1):
+        while p < len(want) and want[p] == j:
+            for s in range(2):
+                out[:, p, s] = _fmix(h[s] ^ j)
+            p += 1
+        if j == codes.shape[1] or p == len(want):
+            break
+        w = codes[:, j]
+        for s in range(2):
+            k = _rotl(w * _s64(FP_M[s]), FP_R1[s]) * _s64(FP_N[s])
+            h[s] = _rotl(h[s] ^ k, FP_R2[s]) * 5 + _s64(FP_D[s])
+    return out[:, 0] if ends_l is None else out

@@ -1,0 +1,337 @@
+"""Exact collision counting: how many samples share a neural code (a linear region).
+
+:func:`collisions` groups N codes exactly: a 128-bit fingerprint of each row (the
+``fingerprint128`` op, CPU and CUDA kernels) is sorted on its first 64 bits, which puts equal
+codes next to each other; every candidate group is then verified against the full rows, and
+a group whose rows differ (a fingerprint clash) is split by exact lexicographic grouping of
+its rows. So a clash costs time, never correctness. Everything runs in torch ops on the
+codes' device (the sort is torch's, GPU included); no Python loop over groups.
+
+The redundancy ratio is the paper's ``(N - U) / N`` with U distinct codes.
+:class:`CollisionCounter` keeps only the fingerprints (16 bytes per sample) for runs that need
+the statistics but not the codes.
+
+Example::
+
+    rep = collisions(cb, per_layer=True)
+    rep.redundancy, rep.n_distinct, rep.occupancy, rep.per_layer
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from activation_hash.codes import CodeBook, as_codes
+from activation_hash.layout import Layout
+from activation_hash.ops import fingerprint128
+
+__all__ = ["CollisionReport", "collisions", "CollisionCounter", "group_codes", "Groups"]
+
+_VERIFY_WORDS = 1 << 24  # words compared per step of the verification (bounds its memory)
+
+
+@dataclass
+class Groups:
+    """Samples grouped by equal code.
+
+    ``perm`` int64 ``[N]``: sample indices ordered so that each group is contiguous;
+    ``starts`` int64 ``[U]``: where each group begins in ``perm``; ``counts`` int64 ``[U]``.
+    """
+
+    perm: torch.Tensor
+    starts: torch.Tensor
+    counts: torch.Tensor
+
+    @property
+    def n_groups(self) -> int:
+        return self.starts.shape[0]
+
+    def group_ids(self) -> torch.Tensor:
+        """Group of each sample, int64 ``[N]`` (groups numbered in sorted order)."""
+        gid_sorted = torch.repeat_interleave(
+            torch.arange(self.n_groups, device=self.perm.device), self.counts)
+        out = torch.empty_like(gid_sorted)
+        out[self.perm] = gid_sorted
+        return out
+
+
+def _group_sorted(key: torch.Tensor, verify: torch.Tensor | None) -> Groups:
+    """Group rows by ``key`` (int64 [N]), then split groups whose ``verify`` rows ([N, K])
+    differ, exactly. Equal rows of ``verify`` with equal keys end up in one group."""
+    N = key.shape[0]
+    dev = key.device
+    if N == 0:
+        z = torch.zeros(0, dtype=torch.int64, device=dev)
+        return Groups(z, z, z)
+    sk, perm = torch.sort(key)
+    new = torch.ones(N, dtype=torch.bool, device=dev)
+    new[1:] = sk[1:] != sk[:-1]
+    del sk
+    if verify is not None and verify.shape[1] > 0:
+        dup = (~new).nonzero().squeeze(1)  # sorted positions that are not first of a group
+        if dup.numel():
+            starts = new.nonzero().squeeze(1)
+            gid = torch.cumsum(new, 0) - 1
+            first = starts[gid[dup]]
+            step = max(1, _VERIFY_WORDS // verify.shape[1])
+            mismatch = torch.zeros(dup.shape[0], dtype=torch.bool, device=dev)
+            for lo in range(0, dup.shape[0], step):
+                a = verify[perm[dup[lo:lo + step]]]
+                b = verify[perm[first[lo:lo + step]]]
+                mismatch[lo:lo + step] = (a != b).any(dim=1)
+            if bool(mismatch.any()):
+                _split_clashes(perm, new, gid, dup[mismatch], verify)
+    starts = new.nonzero().squeeze(1)
+    counts = torch.diff(starts, append=torch.tensor([N], device=dev))
+    return Groups(perm, starts, counts)
+
+
+def _split_clashes(perm, new, gid, bad_pos, verify) -> None:
+    """Exact regrouping (in place) of the groups that hold a sorted position in ``bad_pos``.
+
+    The members of those groups are grouped by (group id, full row) with torch.unique; since
+    the group id leads, each group's members stay inside its own range of positions.
+    """
+    bad = torch.zeros(int(gid[-1]) + 1, dtype=torch.bool, device=perm.device)
+    bad[gid[bad_pos]] = True
+    pos = bad[gid].nonzero().squeeze(1)  # contiguous runs, in group order
+    rows = verify[perm[pos]]
+    keyed = torch.cat([gid[pos].unsqueeze(1), rows], dim=1)
+    _, inv = torch.unique(keyed, dim=0, return_inverse=True)
+    inv_sorted, order = torch.sort(inv, stable=True)
+    perm[pos] = perm[pos][order]
+    sub_new = torch.ones_like(inv_sorted, dtype=torch.bool)
+    sub_new[1:] = inv_sorted[1:] != inv_sorted[:-1]
+    new[pos] = sub_new
+
+
+def group_codes(codes: torch.Tensor, fingerprints: torch.Tensor | None = None) -> Groups:
+    """Exact grouping of the rows of ``codes`` (int64 ``[N, W]``) by equality.
+
+    ``fingerprints`` (int64 ``[N, 2]``, from ``fingerprint128``) may be given when already at
+    hand; any values are accepted (even constant ones): rows are always verified.
+    """
+    codes, _ = as_codes(codes)
+    W = codes.shape[1]
+    if W == 0:
+        key = torch.zeros(codes.shape[0], dtype=torch.int64, device=codes.device)
+        return _group_sorted(key, None)
+    if W == 1 and fingerprints is None:
+        return _group_sorted(codes[:, 0], None)  # the code is its own key
+    if fingerprints is None:
+        fingerprints = fingerprint128(codes)
+    return _group_sorted(fingerprints[:, 0], codes)
+
+
+@dataclass
+class CollisionReport:
+    """Statistics of codes shared by several samples.
+
+    Attributes:
+        n: samples N.
+        n_distinct: distinct codes U (occupied regions).
+        redundancy: ``(N - U) / N`` (0.0 when N = 0).
+        unique_fraction: fraction of samples alone in their region.
+        occupancy: ``{k: number of regions holding exactly k samples}``.
+        n_shared_regions: regions holding 2 samples or more.
+        largest_groups: sample indices (sorted int64 tensors) of the largest shared regions.
+        mixed_regions / mixed_samples: (with labels) shared regions holding more than one
+            class, and the samples in them; None without labels.
+        per_layer: ``[(layer name, redundancy of the code truncated after that layer)]``.
+        exact: False when computed from fingerprints only (:class:`CollisionCounter`).
+    """
+
+    n: int
+    n_distinct: int
+    redundancy: float
+    unique_fraction: float
+    occupancy: dict[int, int]
+    n_shared_regions: int
+    largest_groups: list[torch.Tensor] = field(default_factory=list)
+    mixed_regions: int | None = None
+    mixed_samples: int | None = None
+    per_layer: list[tuple[str, float]] | None = None
+    exact: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n": self.n, "n_distinct": self.n_distinct, "redundancy": self.redundancy,
+            "unique_fraction": self.unique_fraction,
+            "occupancy": {str(k): v for k, v in sorted(self.occupancy.items())},
+            "n_shared_regions": self.n_shared_regions,
+            "largest_groups": [g.tolist() for g in self.largest_groups],
+            "mixed_regions": self.mixed_regions, "mixed_samples": self.mixed_samples,
+            "per_layer": None if self.per_layer is None else [[n, r] for n, r in self.per_layer],
+            "exact": self.exact,
+        }
+
+
+def _report(g: Groups, labels: torch.Tensor | None, top: int, exact: bool) -> CollisionReport:
+    n = g.perm.shape[0]
+    U = g.n_groups
+    counts = g.counts
+    if n:
+        occ = torch.bincount(counts).cpu()
+        occupancy = {int(k): int(v) for k, v in enumerate(occ.tolist()) if v}
+    else:
+        occupancy = {}
+    alone = occupancy.get(1, 0)
+    shared = U - alone
+    largest: list[torch.Tensor] = []
+    if top and shared:
+        k = min(top, shared)
+        big = torch.topk(counts, k).indices
+        # ties: lower group number first (deterministic)
+        big = big[torch.argsort(-counts[big] * (U + 1) + big)]
+        starts, cnts = g.starts[big].tolist(), counts[big].tolist()
+        largest = [torch.sort(g.perm[s:s + c])[0].cpu() for s, c in zip(starts, cnts)]
+    mixed_regions = mixed_samples = None
+    if labels is not None:
+        lab = labels.to(g.perm.device)[g.perm]
+        gid = torch.repeat_interleave(torch.arange(U, device=lab.device), counts)
+        differs = (lab != lab[g.starts][gid]).to(torch.int64)
+        per_group = torch.zeros(U, dtype=torch.int64, device=lab.device).index_add_(0, gid, differs)
+        mixed = per_group > 0
+        mixed_regions = int(mixed.sum())
+        mixed_samples = int(counts[mixed].sum())
+    return CollisionReport(
+        n=n, n_distinct=U, redundancy=(n - U) / n if n else 0.0,
+        unique_fraction=alone / n if n else 0.0, occupancy=occupancy, n_shared_regions=shared,
+        largest_groups=largest, mixed_regions=mixed_regions, mixed_samples=mixed_samples,
+        exact=exact)
+
+
+def collisions(codes_or_codebook, labels=None, *, per_layer: bool = False, top: int = 10,
+               layout: Layout | None = None) -> CollisionReport:
+    """Exact collision statistics of N codes.
+
+    Args:
+        codes_or_codebook: a :class:`~activation_hash.codes.CodeBook`, int64 codes ``[N, W]``
+            (CPU or CUDA) or a ``(codes, labels)`` tuple.
+        labels: int labels ``[N]`` (default: the CodeBook's): enables ``mixed_regions``.
+        per_layer: also the redundancy of the code truncated after each layer (needs a
+            CodeBook or ``layout``); one fingerprint pass gives every prefix.
+        top: how many of the largest shared regions to list.
+
+    Returns:
+        a :class:`CollisionReport`.
+    """
+    codes, own_labels = as_codes(codes_or_codebook)
+    if isinstance(codes_or_codebook, CodeBook) and layout is None:
+        layout = codes_or_codebook.layout
+    if labels is None:
+        labels = own_labels
+    elif not isinstance(labels, torch.Tensor):
+        labels = torch.as_tensor(labels)
+    if labels is not None and labels.shape != (codes.shape[0],):
+        raise ValueError(f"labels must have shape [{codes.shape[0]}], got {list(labels.shape)}")
+    if isinstance(top, bool) or not isinstance(top, int) or top < 0:
+        raise ValueError(f"top must be an int >= 0, got {top!r}")
+    if not per_layer:
+        return _report(group_codes(codes), labels, top, exact=True)
+    if layout is None:
+        raise ValueError("per_layer=True needs the layer layout: pass a CodeBook or layout=")
+    if layout.total_words != codes.shape[1]:
+        raise ValueError(f"layout has {layout.total_words} words per code, codes have "
+                         f"{codes.shape[1]}")
+    ends = [o + w for o, w in zip(layout.word_offsets, layout.words_per_layer)]
+    W = codes.shape[1]
+    fps = fingerprint128(codes, ends + [W]) if codes.shape[0] else None
+    profile = []
+    n = codes.shape[0]
+    for li, e in enumerate(ends):
+        if n == 0:
+            profile.append((layout.names[li], 0.0))
+            continue
+        g = _group_sorted(fps[:, li, 0], codes[:, :e]) if e else group_codes(codes[:, :0])
+        profile.append((layout.names[li], (n - g.n_groups) / n))
+    full = group_codes(codes, None if fps is None else fps[:, -1])
+    rep = _report(full, labels, top, exact=True)
+    rep.per_layer = profile
+    return rep
+
+
+class CollisionCounter:
+    """Streaming collision statistics (torchmetrics style): ``update`` per batch, ``compute``.
+
+    Keeps only the 128-bit fingerprint of each code (16 bytes per sample; plus 8 bytes when
+    labels are given), never the codes, so the result rests on the fingerprints alone: two
+    different codes with the same 128-bit fingerprint would be counted as one. For N samples
+    the probability of any such clash is at most ``N * (N - 1) / 2 / 2**128 < N**2 / 2**129``
+    (birthday bound, fingerprints modelled as uniform): below 1e-24 for N = 1e7 and below 3e-15
+    for N = 1e12. Use :func:`collisions` when the codes fit (it verifies full rows).
+
+    ``largest_groups`` hold indices in update order (the i-th sample seen is i).
+    ``merge(other)`` appends another counter's samples after this one's (e.g. the shards of a
+    distributed run gathered on one rank).
+
+    Example::
+
+        counter = CollisionCounter()
+        for batch in batches:
+            counter.update(codes_of(batch), labels)
+        rep = counter.compute()
+    """
+
+    def __init__(self, top: int = 10):
+        self.top = top
+        self.reset()
+
+    def reset(self) -> None:
+        self._fps: list[torch.Tensor] = []
+        self._labels: list[torch.Tensor] = []
+        self._with_labels: bool | None = None
+        self.n = 0
+
+    def update(self, codes, labels=None) -> None:
+        """Add a batch: a CodeBook, int64 codes ``[B, W]`` or ``(codes, labels)``."""
+        c, own = as_codes(codes)
+        if labels is None:
+            labels = own
+        has = labels is not None
+        if self._with_labels is None:
+            self._with_labels = has
+        elif self._with_labels != has:
+            raise ValueError("CollisionCounter: give labels with every update or with none")
+        if self._fps and c.device != self._fps[0].device:
+            raise ValueError(f"CollisionCounter: codes on {c.device}, earlier ones on "
+                             f"{self._fps[0].device}")
+        self._fps.append(fingerprint128(c))
+        if has:
+            lab = torch.as_tensor(labels).to(device=c.device, dtype=torch.int64)
+            if lab.shape != (c.shape[0],):
+                raise ValueError(f"labels must have shape [{c.shape[0]}], got {list(lab.shape)}")
+            self._labels.append(lab)
+        self.n += c.shape[0]
+
+    def merge(self, other: "CollisionCounter") -> "CollisionCounter":
+        """Add the samples of ``other`` (after this counter's); returns self."""
+        if not isinstance(other, CollisionCounter):
+            raise TypeError(f"merge takes a CollisionCounter, got {type(other).__name__}")
+        if other.n and self.n and self._with_labels != other._with_labels:
+            raise ValueError("CollisionCounter.merge: one counter has labels, the other not")
+        if self._with_labels is None:
+            self._with_labels = other._with_labels
+        self._fps += other._fps
+        self._labels += other._labels
+        self.n += other.n
+        return self
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of state held: 16 per sample (+ 8 with labels)."""
+        return sum(t.numel() * t.element_size() for t in self._fps + self._labels)
+
+    def compute(self) -> CollisionReport:
+        if not self._fps:
+            return _report(_group_sorted(torch.zeros(0, dtype=torch.int64), None), None,
+                           self.top, exact=False)
+        if len(self._fps) > 1:  # compact the state (same bytes, fewer tensors)
+            self._fps = [torch.cat(self._fps)]
+            if self._labels:
+                self._labels = [torch.cat(self._labels)]
+        fp = self._fps[0]
+        g = _group_sorted(fp[:, 0], fp[:, 1:])
+        return _report(g, self._labels[0] if self._labels else None, self.top, exact=False)

@@ -1,0 +1,337 @@
+"""On-disk store of code tables: a directory of .npy files and a JSON manifest.
+
+Layout of a store directory::
+
+    manifest.json        {"format", "version", "complete", "layout", "meta", "arrays",
+                          "rows", "chunks": [{"rows", "files": {name: {"file", "shape",
+                          "dtype", "bytes", "sha256"}}}]}
+    codes-000000.npy     chunk files while an extraction runs (rows in order) ...
+    codes.npy            ... merged into one file per array when it finishes
+    labels.npy           (optional) one row per code, likewise
+
+Crash safety: every file is written under a temporary name, fsynced and renamed; the manifest
+is rewritten the same way after each chunk, and says ``"complete": true`` only after the last
+chunk and the merge are on disk. A store cut short (kill -9, power loss) therefore has
+``complete: false``: :func:`read` refuses it with :class:`IncompleteStoreError`, and a
+:class:`Writer` opened with ``resume=True`` keeps the chunks whose size and sha256 verify and
+continues after them. Reads use ``np.load(mmap_mode="r", allow_pickle=False)``: no pickles.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+FORMAT = "activation-hash-store"
+VERSION = 1
+MANIFEST = "manifest.json"
+CHUNK_BYTES = 64 << 20  # default chunk size of an extraction
+
+__all__ = ["IncompleteStoreError", "Writer", "StoreData", "write", "read", "exists",
+           "is_complete"]
+
+
+class IncompleteStoreError(ValueError):
+    """The store was not finished (its writer was interrupted): never read as complete."""
+
+
+@dataclass
+class StoreData:
+    """What :func:`read` returns: the arrays (memory-mapped or in memory) and the manifest's
+    layout dict and meta dict."""
+
+    arrays: dict[str, np.ndarray]
+    layout: dict
+    meta: dict
+    rows: int
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class _HashingFile:
+    """File object that hashes what is written (np.lib.format writes through it)."""
+
+    def __init__(self, f):
+        self.f, self.h, self.n = f, hashlib.sha256(), 0
+
+    def write(self, b) -> int:
+        mv = memoryview(b).cast("B")
+        self.h.update(mv)
+        self.n += mv.nbytes
+        return self.f.write(mv)
+
+
+def _write_npy(path: str, parts: list[np.ndarray], shape: tuple, dtype: np.dtype) -> dict:
+    """Write the row-concatenation of ``parts`` as one .npy (atomically); its manifest entry."""
+    tmp = path + ".tmp"
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+              "shape": tuple(int(s) for s in shape)}
+    with open(tmp, "wb") as raw:
+        f = _HashingFile(raw)
+        np.lib.format.write_array_header_2_0(f, header)
+        for p in parts:
+            p = np.ascontiguousarray(p, dtype=dtype)
+            if p.size:
+                f.write(p.reshape(-1).view(np.uint8))
+        raw.flush()
+        os.fsync(raw.fileno())
+    os.replace(tmp, path)
+    return {"file": os.path.basename(path), "shape": list(header["shape"]),
+            "dtype": np.dtype(dtype).str, "bytes": f.n, "sha256": f.h.hexdigest()}
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(8 << 20)
+            if not b:
+                return h.hexdigest()
+            h.update(b)
+
+
+def _entry_ok(root: str, entry: dict, check_hash: bool = True) -> bool:
+    path = os.path.join(root, entry["file"])
+    try:
+        if os.path.getsize(path) != entry["bytes"]:
+            return False
+    except OSError:
+        return False
+    return not check_hash or _sha256_file(path) == entry["sha256"]
+
+
+def _manifest_path(root) -> str:
+    return os.path.join(os.fspath(root), MANIFEST)
+
+
+def exists(path) -> bool:
+    """Whether ``path`` is a store directory (finished or not)."""
+    return os.path.isfile(_manifest_path(path))
+
+
+def _load_manifest(path) -> dict:
+    mp = _manifest_path(path)
+    if not os.path.isfile(mp):
+        if os.path.isdir(os.fspath(path)):
+            raise ValueError(f"{os.fspath(path)!r} is not a code store: no {MANIFEST} in it")
+        raise FileNotFoundError(f"no code store at {os.fspath(path)!r}")
+    with open(mp) as f:
+        try:
+            m = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{mp} is not valid JSON ({err})") from err
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise ValueError(f"{mp} is not an activation-hash store manifest "
+                         f"(format {m.get('format') if isinstance(m, dict) else None!r})")
+    if m.get("version") != VERSION:
+        raise ValueError(f"{mp}: store version {m.get('version')!r}, this package reads {VERSION}")
+    return m
+
+
+def is_complete(path) -> bool:
+    return exists(path) and bool(_load_manifest(path).get("complete"))
+
+
+def _write_manifest(root: str, m: dict) -> None:
+    tmp = os.path.join(root, MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(m, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(root, MANIFEST))
+    _fsync_dir(root)
+
+
+class Writer:
+    """Appends rows of named arrays (``codes``, ``labels``, ...) to a store, in chunks.
+
+    ``append`` buffers rows and writes a chunk file per array every ``chunk_rows`` rows (each
+    followed by a manifest update); ``finish`` writes the rest, merges the chunks into one
+    file per array and marks the store complete. With ``resume=True`` on an unfinished store,
+    the chunks that verify are kept and :attr:`n_rows` tells how many rows they hold.
+    """
+
+    def __init__(self, path, *, meta: dict | None = None, chunk_rows: int | None = None,
+                 resume: bool = False):
+        self.root = os.fspath(path)
+        if chunk_rows is not None and (isinstance(chunk_rows, bool) or
+                                       not isinstance(chunk_rows, int) or chunk_rows < 1):
+            raise ValueError(f"chunk_rows must be a positive int or None, got {chunk_rows!r}")
+        self.chunk_rows = chunk_rows
+        self._buf: dict[str, list[np.ndarray]] = {}
+        self._buf_rows = 0
+        if exists(self.root):
+            if not resume:
+                raise ValueError(f"store {self.root!r} already exists (resume=False)")
+            m = _load_manifest(self.root)
+            if m.get("complete"):
+                raise ValueError(f"store {self.root!r} is complete already: nothing to resume")
+            good = []
+            for ch in m["chunks"]:
+                if all(_entry_ok(self.root, e) for e in ch["files"].values()):
+                    good.append(ch)
+                else:
+                    break
+            m["chunks"] = good
+            m["rows"] = sum(ch["rows"] for ch in good)
+            if meta:
+                m["meta"] = {**m.get("meta", {}), **meta}
+            self.m = m
+            keep = {e["file"] for ch in good for e in ch["files"].values()} | {MANIFEST}
+            for name in os.listdir(self.root):  # partial chunks, temporaries of the dead run
+                if name not in keep:
+                    os.remove(os.path.join(self.root, name))
+            _write_manifest(self.root, self.m)
+        else:
+            if os.path.exists(self.root) and (not os.path.isdir(self.root) or
+                                              os.listdir(self.root)):
+                raise ValueError(f"{self.root!r} exists and is not an empty directory or a "
+                                 f"code store")
+            os.makedirs(self.root, exist_ok=True)
+            self.m = {"format": FORMAT, "version": VERSION, "complete": False, "layout": None,
+                      "meta": dict(meta or {}), "arrays": None, "rows": 0, "chunks": []}
+            _write_manifest(self.root, self.m)
+
+    @property
+    def n_rows(self) -> int:
+        """Rows on disk (verified chunks) plus rows buffered."""
+        return self.m["rows"] + self._buf_rows
+
+    @property
+    def layout(self) -> dict | None:
+        return self.m["layout"]
+
+    def append(self, arrays: dict[str, np.ndarray], *, layout: dict | None = None) -> None:
+        """Add rows: ``arrays`` maps names to arrays with the same number of rows."""
+        rows = {a.shape[0] for a in arrays.values()}
+        if len(rows) != 1:
+            raise ValueError(f"arrays must have one number of rows, got "
+                             f"{ {k: v.shape for k, v in arrays.items()} }")
+        spec = {k: [np.dtype(v.dtype).str, list(v.shape[1:])] for k, v in arrays.items()}
+        if self.m["arrays"] is None:
+            self.m["arrays"] = spec
+        elif spec != self.m["arrays"]:
+            raise ValueError(f"these rows hold arrays {spec}, the store holds {self.m['arrays']}")
+        if layout is not None:
+            if self.m["layout"] is None:
+                self.m["layout"] = layout
+            elif layout != self.m["layout"]:
+                raise ValueError(f"rows of layout {layout} appended to a store of layout "
+                                 f"{self.m['layout']}")
+        for k, v in arrays.items():
+            self._buf.setdefault(k, []).append(np.asarray(v))
+        self._buf_rows += rows.pop()
+        limit = self.chunk_rows
+        if limit is None:
+            row_bytes = sum(max(1, int(np.prod(s)) * np.dtype(d).itemsize)
+                            for d, s in self.m["arrays"].values())
+            limit = max(1, CHUNK_BYTES // row_bytes)
+        if self._buf_rows >= limit:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered rows as one chunk (one file per array) and record it."""
+        if not self._buf_rows:
+            return
+        k = len(self.m["chunks"])
+        files = {}
+        for name, parts in self._buf.items():
+            dtype, tail = self.m["arrays"][name]
+            files[name] = _write_npy(os.path.join(self.root, f"{name}-{k:06d}.npy"), parts,
+                                     (self._buf_rows, *tail), np.dtype(dtype))
+        _fsync_dir(self.root)
+        self.m["chunks"].append({"rows": self._buf_rows, "files": files})
+        self.m["rows"] += self._buf_rows
+        self._buf, self._buf_rows = {}, 0
+        _write_manifest(self.root, self.m)
+
+    def finish(self, *, empty: dict[str, tuple[str, list[int]]] | None = None) -> None:
+        """Write what is buffered, merge the chunks into one file per array, mark complete.
+
+        ``empty`` gives ``{name: (dtype, row shape)}`` for a store that received no rows.
+        """
+        self.flush()
+        if self.m["arrays"] is None:
+            self.m["arrays"] = {k: [np.dtype(d).str, list(s)] for k, (d, s) in
+                                (empty or {}).items()}
+        if self.m["layout"] is None:
+            self.m["layout"] = {"names": [], "shapes": []}
+        chunks = self.m["chunks"]
+        if len(chunks) != 1:  # merge (or create the empty arrays)
+            files = {}
+            for name, (dtype, tail) in self.m["arrays"].items():
+                parts = [np.load(os.path.join(self.root, ch["files"][name]["file"]),
+                                 mmap_mode="r", allow_pickle=False) for ch in chunks]
+                files[name] = _write_npy(os.path.join(self.root, f"{name}.npy"), parts,
+                                         (self.m["rows"], *tail), np.dtype(dtype))
+            old = [e["file"] for ch in chunks for e in ch["files"].values()]
+            self.m["chunks"] = [{"rows": self.m["rows"], "files": files}]
+        else:
+            old = []
+        self.m["complete"] = True
+        _write_manifest(self.root, self.m)
+        for name in old:
+            os.remove(os.path.join(self.root, name))
+
+
+def write(path, arrays: dict[str, np.ndarray], *, layout: dict, meta: dict | None = None,
+          overwrite: bool = False) -> None:
+    """Write a complete store holding ``arrays`` (one file each) in one go."""
+    root = os.fspath(path)
+    if exists(root):
+        if not overwrite:
+            raise ValueError(f"store {root!r} already exists; pass overwrite=True to replace it")
+        shutil.rmtree(root)
+    w = Writer(root, meta=meta, chunk_rows=1 << 62)
+    if next(iter(arrays.values())).shape[0]:
+        w.append(arrays, layout=layout)
+    else:
+        w.m["layout"] = layout
+    w.finish(empty={k: (v.dtype, list(v.shape[1:])) for k, v in arrays.items()})
+
+
+def read(path, *, mmap: bool = True, verify: bool = False) -> StoreData:
+    """The arrays of a complete store (memory-mapped read-only with ``mmap``).
+
+    Raises :class:`IncompleteStoreError` for a store whose writer did not finish, and
+    ValueError when a file's size (or, with ``verify``, its sha256) differs from the manifest.
+    """
+    root = os.fspath(path)
+    m = _load_manifest(root)
+    if not m.get("complete"):
+        raise IncompleteStoreError(
+            f"store {root!r} is incomplete ({m.get('rows', 0)} rows in {len(m.get('chunks', []))} "
+            f"verified-on-write chunks): its writer was interrupted. Resume the extraction "
+            f"(extract_codes(..., store=path, resume=True)) or delete it.")
+    arrays: dict[str, Any] = {}
+    for name in m["arrays"]:
+        parts = []
+        for ch in m["chunks"]:
+            e = ch["files"][name]
+            if not _entry_ok(root, e, check_hash=verify):
+                raise ValueError(f"store {root!r}: file {e['file']} does not match the manifest "
+                                 f"({'size or sha256' if verify else 'size'} differs)")
+            a = np.load(os.path.join(root, e["file"]), mmap_mode="r" if mmap else None,
+                        allow_pickle=False)
+            if list(a.shape) != e["shape"] or a.dtype.str != e["dtype"]:
+                raise ValueError(f"store {root!r}: {e['file']} holds {a.dtype} {list(a.shape)}, "
+                                 f"the manifest says {e['dtype']} {e['shape']}")
+            parts.append(a)
+        arrays[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return StoreData(arrays, m["layout"], m.get("meta", {}), m["rows"])

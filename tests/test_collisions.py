@@ -1,0 +1,240 @@
+"""Exact collision counting against np.unique(axis=0), forced fingerprint clashes, streaming."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import activation_hash.collisions as col
+from activation_hash import reference as ref
+from activation_hash.codes import CodeBook
+from activation_hash.collisions import CollisionCounter, collisions, group_codes
+from activation_hash.layout import Layout
+from activation_hash.ops import fingerprint128
+
+
+def planted(n, bits, dup_fraction=0.3, seed=0, near=True):
+    """Random codes [n, W] (padding 0) with exact duplicates and one-bit near duplicates."""
+    g = torch.Generator().manual_seed(seed)
+    b = torch.rand(n, bits, generator=g) < 0.5
+    k = int(n * dup_fraction)
+    if n > 1 and k:
+        src = torch.randint(n, (k,), generator=g)
+        dst = torch.randint(n, (k,), generator=g)
+        b[dst] = b[src]
+        if near and bits:  # rows one bit away from another row: must stay distinct
+            m = max(1, k // 3)
+            src2 = torch.randint(n, (m,), generator=g)
+            dst2 = torch.randint(n, (m,), generator=g)
+            b[dst2] = b[src2]
+            flip = torch.randint(bits, (m,), generator=g)
+            b[dst2, flip] = ~b[dst2, flip]
+    return ref.pack_bits(b)
+
+
+def oracle(codes):
+    a = codes.cpu().numpy()
+    if a.shape[0] == 0:
+        return 0, {}, np.zeros(0, np.int64)
+    u, inv, cnt = np.unique(a, axis=0, return_inverse=True, return_counts=True)
+    inv = inv.reshape(-1)
+    occ = {}
+    for c in cnt:
+        occ[int(c)] = occ.get(int(c), 0) + 1
+    # canonical partition label: smallest member index of the sample's group
+    first = np.full(len(u), a.shape[0], np.int64)
+    np.minimum.at(first, inv, np.arange(a.shape[0]))
+    return len(u), occ, first[inv]
+
+
+def partition_of(groups):
+    gid = groups.group_ids().cpu().numpy()
+    n = gid.shape[0]
+    first = np.full(groups.n_groups, n, np.int64)
+    np.minimum.at(first, gid, np.arange(n))
+    return first[gid]
+
+
+def check_against_oracle(codes, labels=None):
+    U, occ, part = oracle(codes)
+    rep = collisions(codes, labels)
+    n = codes.shape[0]
+    assert rep.n == n and rep.n_distinct == U
+    assert rep.occupancy == occ
+    assert rep.redundancy == ((n - U) / n if n else 0.0)
+    assert rep.unique_fraction == (occ.get(1, 0) / n if n else 0.0)
+    assert np.array_equal(partition_of(group_codes(codes)), part)
+    return rep
+
+
+@pytest.mark.parametrize("bits,n", [(1, 50), (63, 300), (64, 300), (65, 300), (256, 500),
+                                    (1000, 200), (300000, 12)])
+def test_matches_np_unique_widths(device, bits, n):
+    codes = planted(n, bits, seed=bits).to(device)
+    rep = check_against_oracle(codes)
+    assert rep.n_distinct < n  # duplicates were planted
+
+
+@given(n=st.integers(0, 60), bits=st.integers(0, 200), dup=st.floats(0, 1),
+       seed=st.integers(0, 1000))
+def test_matches_np_unique_random(n, bits, dup, seed):
+    check_against_oracle(planted(n, bits, dup, seed))
+
+
+def test_edges(device):
+    empty = torch.zeros(0, 4, dtype=torch.int64, device=device)
+    rep = check_against_oracle(empty)
+    assert (rep.n, rep.n_distinct, rep.redundancy, rep.largest_groups) == (0, 0, 0.0, [])
+    one = torch.tensor([[5, -1]], device=device)
+    rep = check_against_oracle(one)
+    assert (rep.n_distinct, rep.redundancy, rep.unique_fraction) == (1, 0.0, 1.0)
+    same = torch.full((7, 3), -42, dtype=torch.int64, device=device)
+    rep = check_against_oracle(same)
+    assert rep.n_distinct == 1 and rep.occupancy == {7: 1}
+    assert rep.redundancy == 6 / 7 and rep.unique_fraction == 0.0
+    assert rep.largest_groups[0].tolist() == list(range(7))
+    zero_width = torch.zeros(5, 0, dtype=torch.int64, device=device)
+    assert check_against_oracle(zero_width).n_distinct == 1
+
+
+@pytest.mark.parametrize("fake", ["constant", "mod3", "first_word_only"])
+def test_forced_fingerprint_clash_never_merges(monkeypatch, fake):
+    codes = planted(400, 130, seed=3)
+
+    def clashing(c, ends=None):
+        fp = fingerprint128(c, ends)
+        if fake == "constant":
+            return torch.zeros_like(fp)
+        if fake == "mod3":
+            return (c[:, :1] % 3).expand(-1, 2).clone() if ends is None else fp * 0 + 7
+        return c[:, :1].expand(-1, 2).clone() if ends is None else fp * 0
+    monkeypatch.setattr(col, "fingerprint128", clashing)
+    check_against_oracle(codes)
+    # per layer too: all prefixes clash
+    layout = Layout(("a", "b", "c"), ((64,), (1,), (65,)))
+    c4 = planted(400, 256, seed=4)
+    c4[:, 1] &= 1  # layer b: 1 bit
+    c4[:, 3] &= 1  # layer c: 65 bits
+    cb = CodeBook(c4, layout)
+    rep = collisions(cb, per_layer=True)
+    for (name, r), e in zip(rep.per_layer, [1, 2, 4]):
+        U = len(np.unique(cb.codes[:, :e].numpy(), axis=0))
+        assert r == (400 - U) / 400, name
+
+
+def test_largest_groups_and_mixed_regions():
+    codes = torch.tensor([[1], [2], [1], [3], [2], [1], [4]])
+    labels = torch.tensor([0, 1, 0, 5, 2, 1, 9])
+    rep = collisions(codes, labels, top=5)
+    assert [g.tolist() for g in rep.largest_groups] == [[0, 2, 5], [1, 4]]
+    assert rep.n_shared_regions == 2
+    assert rep.mixed_regions == 2 and rep.mixed_samples == 5
+    rep = collisions(codes, torch.tensor([0, 1, 0, 5, 1, 0, 9]), top=1)
+    assert rep.mixed_regions == 0 and rep.mixed_samples == 0
+    assert [g.tolist() for g in rep.largest_groups] == [[0, 2, 5]]
+    d = rep.to_dict()
+    assert d["occupancy"] == {"1": 2, "2": 1, "3": 1} and d["largest_groups"] == [[0, 2, 5]]
+    assert collisions(codes).mixed_regions is None
+
+
+def test_per_layer_profile(device):
+    layout = Layout(("l0", "l1", "l2"), ((3,), (70,), (200,)))
+    g = torch.Generator().manual_seed(1)
+    n = 300
+    b0 = torch.rand(n, 3, generator=g) < 0.5             # 8 patterns: heavy collisions
+    b1 = torch.rand(n, 70, generator=g) < 0.02           # sparse: some collisions left
+    b2 = torch.rand(n, 200, generator=g) < 0.5           # unique
+    codes = torch.cat([ref.pack_bits(b0), ref.pack_bits(b1), ref.pack_bits(b2)], 1)
+    cb = CodeBook(codes.to(device), layout, labels=torch.randint(0, 3, (n,), generator=g))
+    rep = collisions(cb, per_layer=True)
+    want = []
+    for e in [1, 3, 7]:
+        U = len(np.unique(codes[:, :e].numpy(), axis=0))
+        want.append((n - U) / n)
+    assert [name for name, _ in rep.per_layer] == ["l0", "l1", "l2"]
+    assert [r for _, r in rep.per_layer] == want
+    assert want[0] > want[1] > want[2] == 0.0
+    assert rep.redundancy == want[2] and rep.mixed_regions == 0
+
+
+def test_fingerprint_prefixes_are_one_pass_of_the_same_hash():
+    codes = planted(40, 700, seed=2)
+    ends = [0, 1, 1, 5, 11]
+    fp = fingerprint128(codes, ends)
+    assert fp.shape == (40, 5, 2)
+    for p, e in enumerate(ends):
+        assert torch.equal(fp[:, p], fingerprint128(codes[:, :e]))
+        assert torch.equal(fp[:, p], ref.fingerprint128(codes[:, :e]))
+    full = fingerprint128(codes)
+    assert full.shape == (40, 2) and torch.equal(full, fp[:, -1])
+    # distinct rows, distinct fingerprints; equal rows, equal ones
+    u = np.unique(full.numpy(), axis=0)
+    assert len(u) == len(np.unique(codes.numpy(), axis=0))
+    # a one-bit change of any word changes both halves
+    x = codes[:1].repeat(11, 1)
+    for w in range(11):
+        x[w + 0, w] ^= 1 << (w * 5 % 64)
+    f = fingerprint128(x[:11])
+    assert len(set(f[:, 0].tolist())) == 11 and len(set(f[:, 1].tolist())) == 11
+
+
+def test_streaming_counter_matches_exact():
+    codes = planted(1000, 200, seed=5)
+    labels = torch.randint(0, 4, (1000,))
+    exact = collisions(codes, labels, top=3)
+    c = CollisionCounter(top=3)
+    for lo in range(0, 1000, 128):
+        c.update(codes[lo:lo + 128], labels[lo:lo + 128])
+    rep = c.compute()
+    assert rep.exact is False and exact.exact is True
+    for k in ("n", "n_distinct", "redundancy", "unique_fraction", "occupancy",
+              "n_shared_regions", "mixed_regions", "mixed_samples"):
+        assert getattr(rep, k) == getattr(exact, k), k
+    assert [g.tolist() for g in rep.largest_groups] == [g.tolist() for g in exact.largest_groups]
+    assert c.state_bytes == 1000 * (16 + 8)
+    # merge of two halves == one counter; reset empties
+    a, b = CollisionCounter(), CollisionCounter()
+    a.update(codes[:400])
+    b.update(codes[400:])
+    m = a.merge(b).compute()
+    assert m.n_distinct == exact.n_distinct and m.n == 1000
+    assert a.state_bytes == 16 * 1000
+    a.reset()
+    assert a.compute().n == 0 and a.state_bytes == 0
+    # a 64-bit first-half clash with different second halves is kept apart
+    fp_state = CollisionCounter()
+    fp_state._fps = [torch.tensor([[1, 2], [1, 3], [1, 2], [0, 2]])]
+    fp_state.n = 4
+    assert fp_state.compute().n_distinct == 3
+
+
+def test_codebook_and_tuple_inputs():
+    codes = planted(50, 100, seed=9)
+    cb = CodeBook(codes, Layout(("x",), ((100,),)), labels=torch.arange(50) % 2)
+    assert collisions(cb).mixed_regions == collisions((codes, cb.labels)).mixed_regions
+    assert collisions(cb).n_distinct == collisions(codes).n_distinct
+
+
+def test_errors():
+    with pytest.raises(TypeError, match="int64"):
+        collisions(torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="2-D"):
+        collisions(torch.zeros(3, dtype=torch.int64))
+    with pytest.raises(TypeError, match="CodeBook"):
+        collisions([[1, 2]])
+    with pytest.raises(ValueError, match="layout"):
+        collisions(torch.zeros(3, 2, dtype=torch.int64), per_layer=True)
+    with pytest.raises(ValueError, match="labels must have shape"):
+        collisions(torch.zeros(3, 2, dtype=torch.int64), torch.zeros(2, dtype=torch.int64))
+    with pytest.raises(ValueError, match="top"):
+        collisions(torch.zeros(3, 2, dtype=torch.int64), top=-1)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        fingerprint128(torch.zeros(3, 2, dtype=torch.int64), [2, 1])
+    with pytest.raises(ValueError, match="non-decreasing"):
+        fingerprint128(torch.zeros(3, 2, dtype=torch.int64), [3])
+    with pytest.raises(TypeError, match="int64"):
+        fingerprint128(torch.zeros(3, 2, dtype=torch.int32))
+    c = CollisionCounter()
+    c.update(torch.zeros(2, 1, dtype=torch.int64), torch.zeros(2, dtype=torch.int64))
+    with pytest.raises(ValueError, match="labels with every update"):
+        c.update(torch.zeros(2, 1, dtype=torch.int64))
