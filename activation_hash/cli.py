@@ -255,12 +255,6 @@ def _load_trained(path: str):
     return model.eval(), ck
 
 
-def _save_codes(path: Path, codes, layout, labels) -> None:
-    from activation_hash.codes import CodeBook
-
-    CodeBook(codes, layout, labels=labels).save(str(path))
-
-
 def _load_codes(path: str):
     from activation_hash.codes import CodeBook
 
@@ -285,9 +279,9 @@ def cmd_extract(args) -> Path:
     if args.trained_only and ck.get("train_idx") is not None:
         x_tr, y_tr = x_tr[ck["train_idx"]], y_tr[ck["train_idx"]]
     for part, x, y in (("train", x_tr, y_tr), ("test", data.x_test, data.y_test)):
-        codes, layout = extract(model, x, layers=layers)
-        _save_codes(out / f"{part}.codes", codes, layout, y)
-        _say(args, f"{part}: {codes.shape[0]} codes of {layout.total_bits} bits -> {out / (part + '.codes')}")
+        cb = extract(model, x, y, layers=layers)
+        cb.save(out / f"{part}.codes", overwrite=True)
+        _say(args, f"{part}: {len(cb)} codes of {cb.n_bits} bits -> {out / (part + '.codes')}")
     return out
 
 

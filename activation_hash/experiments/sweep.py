@@ -5,8 +5,10 @@ point it trains a model (``epochs`` is special: one training run per other setti
 at its checkpoint epochs), extracts the neural codes of the samples trained on and of the test
 set, and records:
 
-- ``redundancy_train`` / ``redundancy_test`` (and distinct-code counts) from
-  :func:`activation_hash.collisions.collisions`;
+- ``redundancy_train`` / ``redundancy_test`` (and distinct-code counts; ``mixed_samples_train``:
+  training samples in regions shared by several labels) from
+  :func:`activation_hash.collisions.collisions` on codes of
+  :func:`activation_hash.codes.extract_codes`;
 - the probe accuracies of :func:`activation_hash.probes.categorize` (K-NN, K-Means purity and
   Hungarian, logistic regression; train and test);
 - the network's own accuracy (``acc_train`` on the samples trained on, ``acc_test``);
@@ -41,7 +43,6 @@ import torch
 from activation_hash.experiments.datasets import load_dataset
 from activation_hash.experiments.models import build_model
 from activation_hash.experiments.training import TrainConfig, accuracy, train
-from activation_hash.nn import record
 
 __all__ = ["FACTORS", "SweepConfig", "run_sweep", "measure", "extract", "point_key",
            "load_results", "atomic_write_text", "plan_points"]
@@ -168,16 +169,16 @@ def plan_points(config: SweepConfig) -> list[_Run]:
     return runs
 
 
-@torch.no_grad()
-def extract(model, x: torch.Tensor, *, layers=None, batch_size: int = 1024):
-    """Neural codes of ``x`` (model in eval mode): ``(codes int64 [N, W], layout)``."""
+def extract(model, x: torch.Tensor, labels=None, *, layers=None, batch_size: int = 1024):
+    """Neural codes of ``x`` (eval mode, no grad) as a :class:`~activation_hash.codes.CodeBook`
+    (with ``labels`` when given)."""
+    from activation_hash.codes import extract_codes
+
     was = model.training
-    model.eval()
-    with record(model, layers=layers) as rec:
-        for i in range(0, len(x), batch_size):
-            model(x[i:i + batch_size])
+    data = x if labels is None else (x, labels)
+    cb = extract_codes(model, data, layers=layers, batch_size=batch_size, progress=False)
     model.train(was)
-    return rec.codes, rec.layout
+    return cb
 
 
 def measure(model, x_train, y_train, x_test, y_test, *, k: int = 9, seed: int = 0,
@@ -187,15 +188,17 @@ def measure(model, x_train, y_train, x_test, y_test, *, k: int = 9, seed: int = 
 
     row: dict = {}
     t = time.perf_counter()
-    c_tr, layout = extract(model, x_train, layers=layers)
-    c_te, _ = extract(model, x_test, layers=layers)
+    cb_tr = extract(model, x_train, y_train, layers=layers)
+    cb_te = extract(model, x_test, y_test, layers=layers)
     row["t_extract"] = time.perf_counter() - t
-    row["n_bits"] = layout.total_bits if layout is not None else 0
+    row["n_bits"] = cb_tr.n_bits
     t = time.perf_counter()
-    r_tr, r_te = collisions(c_tr, y_train), collisions(c_te, y_test)
+    r_tr, r_te = collisions(cb_tr), collisions(cb_te)
     row["t_collisions"] = time.perf_counter() - t
     row.update(redundancy_train=float(r_tr.redundancy), redundancy_test=float(r_te.redundancy),
-               n_distinct_train=int(r_tr.n_distinct), n_distinct_test=int(r_te.n_distinct))
+               n_distinct_train=int(r_tr.n_distinct), n_distinct_test=int(r_te.n_distinct),
+               mixed_samples_train=r_tr.mixed_samples)
+    c_tr, c_te = (cb_tr.codes, cb_tr.labels), (cb_te.codes, cb_te.labels)
     probes = {True: "all", False: "none", None: "none"}.get(probes, probes)
     if probes not in ("all", "knn", "none"):
         raise ValueError(f"probes must be 'all', 'knn' or 'none', got {probes!r}")
@@ -203,14 +206,14 @@ def measure(model, x_train, y_train, x_test, y_test, *, k: int = 9, seed: int = 
         from activation_hash.probes import knn_accuracy
 
         t = time.perf_counter()
-        row["knn_train"] = float(knn_accuracy((c_tr, y_train), (c_tr, y_train), k=k))
-        row["knn_test"] = float(knn_accuracy((c_tr, y_train), (c_te, y_test), k=k))
+        row["knn_train"] = float(knn_accuracy(c_tr, c_tr, k=k))
+        row["knn_test"] = float(knn_accuracy(c_tr, c_te, k=k))
         row["t_probes"] = time.perf_counter() - t
     elif probes == "all":
         from activation_hash.probes import categorize
 
         t = time.perf_counter()
-        rep = categorize((c_tr, y_train), (c_te, y_test), k=k, seed=seed)
+        rep = categorize(cb_tr, cb_te, k=k, seed=seed)
         row["t_probes"] = time.perf_counter() - t
         for name in ("knn_train", "knn_test", "kmeans_purity_train", "kmeans_hungarian_train",
                      "kmeans_purity_test", "kmeans_hungarian_test", "logreg_train", "logreg_test"):
