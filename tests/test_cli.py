@@ -118,11 +118,12 @@ def test_train_extract_collisions_categorize(tmp_path, capsys):
     assert len(tr) == 240 and len(te) == 100 and tr.n_bits == 12
     assert tr.labels is not None and len(tr.labels) == 240
     co = tmp_path / "co"
-    assert main(["collisions", str(ex / "train.codes"), "--out", str(co), "--quiet"]) == 0
+    assert main(["collisions", str(ex / "train.codes"), "--per-layer", "--out", str(co), "--quiet"]) == 0
     rep = json.loads((co / "collisions.json").read_text())[str(ex / "train.codes")]
     n_distinct = len({tuple(r) for r in tr.codes.tolist()})
     assert rep["n"] == 240 and rep["n_distinct"] == n_distinct
     assert rep["redundancy"] == pytest.approx((240 - n_distinct) / 240)
+    assert rep["per_layer"] == [["2", pytest.approx(rep["redundancy"])]]
     ca = tmp_path / "ca"
     assert main(["categorize", "--train", str(ex / "train.codes"), "--test", str(ex / "test.codes"),
                  "--out", str(ca), "--quiet"]) == 0

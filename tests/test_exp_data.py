@@ -278,3 +278,15 @@ def test_training_options():
         TrainConfig(patience=3)
     with pytest.raises(ValueError, match="unknown training option"):
         TrainConfig.from_dict({"epoch": 3})
+
+
+@pytest.mark.parametrize("spec", [{"arch": "cnn", "channels": [4]},
+                                  {"arch": "vgg", "cfg": [4, "M"], "hidden": 8},
+                                  {"arch": "resnet", "widths": [4, 8]}])
+def test_conv_models_train(spec):
+    data = ds.load_dataset("digits", n_train=128, n_test=64, seed=0)
+    torch.manual_seed(0)
+    model = build_model(spec, data.input_shape, 10)
+    res = train(model, data, TrainConfig(epochs=3, lr=1e-2, batch_size=32))
+    assert res.history[-1]["loss"] < res.history[0]["loss"]
+    assert res.test_accuracy > 0.2

@@ -265,3 +265,38 @@ def test_html_report(tmp_path):
     assert "t <1>" in out.read_text().replace("&lt;", "<").replace("&gt;", ">")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         write_report(tmp_path / "nope")
+
+
+def test_sweep_resume_after_kill(tmp_path, monkeypatch):
+    """Kill -9 a sweep process half-way; the rerun computes only the points not on disk."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    widths = list(range(2, 22))
+    spec = dict(factors={"width": widths}, data=SMALL, train={"epochs": 1}, probes="knn")
+    script = ("import torch; torch.set_num_threads(1)\n"
+              "from activation_hash.experiments.sweep import SweepConfig, run_sweep\n"
+              f"run_sweep(SweepConfig(**{spec!r}), {str(tmp_path)!r}, progress=False)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=root, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    points = tmp_path / "points"
+    deadline = time.monotonic() + 300
+    while len(list(points.glob("*.json"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.kill()
+    _, err = proc.communicate()
+    assert proc.returncode != 0, err.decode()[-2000:]  # killed, not finished
+    saved = {p.stem: json.loads(p.read_text()) for p in points.glob("*.json")}
+    assert 2 <= len(saved) < len(widths)
+    calls = counting(monkeypatch)
+    rows = sw.run_sweep(sw.SweepConfig(**spec), tmp_path, progress=False)
+    assert calls["measure"] == len(widths) - len(saved) == calls["train"]
+    assert [r["width"] for r in rows] == widths
+    for r in rows:
+        if r["key"] in saved:
+            assert r == saved[r["key"]]
