@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from datetime import datetime
@@ -221,7 +220,18 @@ def cmd_train(args) -> Path:
                         **{k: v for k, v in data_cfg.items() if k != "name"})
     torch.manual_seed(args.seed)
     model = build_model(model_cfg, data.input_shape, data.n_classes)
-    res = train(model, data, TrainConfig.from_dict(train_cfg), progress=not args.quiet)
+    tcfg = TrainConfig.from_dict(train_cfg)
+    on_ckpt = None
+    if args.save_checkpoints != "none":
+        from activation_hash.experiments.training import log_checkpoints, paper_checkpoints
+
+        pick = paper_checkpoints if args.save_checkpoints == "paper" else log_checkpoints
+        tcfg.checkpoints = pick(tcfg.epochs)
+        (out / "checkpoints").mkdir(exist_ok=True)
+
+        def on_ckpt(epoch, m, _res):
+            torch.save(m.state_dict(), out / "checkpoints" / f"epoch_{epoch:04d}.pt")
+    res = train(model, data, tcfg, on_checkpoint=on_ckpt, progress=not args.quiet)
     torch.save({"model": model_cfg, "data": data_cfg, "input_shape": list(data.input_shape),
                 "n_classes": data.n_classes, "seed": args.seed, "state_dict": model.state_dict(),
                 "train_idx": res.train_idx}, out / "model.pt")
@@ -378,14 +388,23 @@ def cmd_sweep(args) -> Path:
     train_cfg = _train_cfg(args)
     train_cfg.pop("seed")
     cfg = SweepConfig(factors=factors, data=_data_cfg(args), model=_model_cfg(args),
-                      train=train_cfg, seeds=_floats(args.seeds) if isinstance(args.seeds, str)
-                      else list(args.seeds), k=args.k, probes=args.probes)
+                      train=train_cfg, seeds=_seed_list(args.seeds), k=args.k, probes=args.probes)
     _settings(args, out, sweep=cfg.to_dict())
     rows = run_sweep(cfg, out, progress=not args.quiet, root=args.data_root)
     _plots_for(rows, list(cfg.factors), out, _thresholds(args))
     rep = write_report(out, "activation-hash sweep")
     _say(args, f"{len(rows)} points -> {out / 'results.csv'}; report: {rep}")
     return out
+
+
+def _seed_list(seeds) -> list[int]:
+    if isinstance(seeds, str):
+        seeds = _floats(seeds)
+    elif isinstance(seeds, int):
+        seeds = [seeds]
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+        raise SystemExit(f"activation-hash sweep: --seeds must be comma-separated ints, got {seeds!r}")
+    return list(seeds)
 
 
 def _thresholds(args):
@@ -526,6 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     _data_opts(s)
     _model_opts(s)
     _train_opts(s)
+    s.add_argument("--save-checkpoints", choices=["none", "paper", "log"], default="none",
+                   help="save weights at epochs {0,1,3,6,10,20,...} (paper) or log-spaced ones")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("extract", help="neural codes of a trained model on its train/test data")
@@ -601,8 +622,6 @@ def main(argv: list[str] | None = None) -> int:
                              f"{args.config}; known: {sorted(dests - {'help', 'config'})}")
         sub.set_defaults(**cfg)
         args = parser.parse_args(argv)  # flags on the command line override the file
-    if getattr(args, "quiet", False):
-        os.environ.setdefault("TQDM_DISABLE", "1")
     _threads(args)
     args.func(args)
     return 0

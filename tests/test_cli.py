@@ -64,7 +64,10 @@ def test_train_with_config_file(tmp_path, capsys):
     cfg.write_text('[data]\nn-train = 200\nn_test = 100\n[model]\nwidth = 5\nbatch_norm = true\n'
                    '[train]\nepochs = 2\nlr = 0.01\n')
     out = tmp_path / "run"
-    assert main(["train", "--config", str(cfg), "--width", "7", "--out", str(out), "--quiet"]) == 0
+    assert main(["train", "--config", str(cfg), "--width", "7", "--out", str(out), "--quiet",
+                 "--save-checkpoints", "paper"]) == 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == \
+        ["epoch_0000.pt", "epoch_0001.pt", "epoch_0002.pt"]
     settings = json.loads((out / "settings.json").read_text())
     assert settings["width"] == 7 and settings["n_train"] == 200 and settings["epochs"] == 2
     assert settings["model_cfg"] == {"arch": "mlp", "batch_norm": True, "width": 7, "depth": 1}

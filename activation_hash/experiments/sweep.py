@@ -31,7 +31,6 @@ import hashlib
 import io
 import itertools
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
