@@ -155,11 +155,11 @@ def _train_opts(p: argparse.ArgumentParser) -> None:
     g.add_argument("--preset", choices=["none", "paper_mlp"], default="none",
                    help="paper_mlp: Adam 1e-2, x0.1 every 20 epochs, batch 64, 200 epochs, "
                         "patience 10, 20%% validation, L2 (flags below override it)")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--optimizer", choices=["adam", "sgd"])
-    g.add_argument("--lr", type=float)
-    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--epochs", type=int, help="maximum epochs (default 20)")
+    g.add_argument("--batch-size", type=int, help="default 64")
+    g.add_argument("--optimizer", choices=["adam", "sgd"], help="default adam")
+    g.add_argument("--lr", type=float, help="learning rate (default 0.01)")
+    g.add_argument("--weight-decay", type=float, help="coupled L2 coefficient (default 0)")
     g.add_argument("--lr-step", type=int, help="decay the learning rate every N epochs")
     g.add_argument("--lr-gamma", type=float)
     g.add_argument("--val-fraction", type=float)
