@@ -160,3 +160,55 @@ def fingerprint128(codes: torch.Tensor, ends=None) -> torch.Tensor:
     if _HAS_FINGERPRINT:
         return _ops.fingerprint128(codes, None if ends is None else [int(e) for e in ends])
     return reference.fingerprint128(codes, ends)
+
+
+# ---- Hamming distances (csrc/cpu/hamming.cpp, csrc/cuda/hamming.cu) ----------------------
+
+if HAS_EXTENSION:
+    @torch.library.register_fake("activation_hash::hamming_distance")
+    def _hamming_distance_fake(a, b):
+        reference.check_code_pair(a, b, "a", "b")
+        return a.new_empty((a.shape[0], b.shape[0]), dtype=torch.int32)
+
+    @torch.library.register_fake("activation_hash::hamming_topk")
+    def _hamming_topk_fake(queries, base, k):
+        reference.check_code_pair(queries, base, "queries", "base")
+        return (queries.new_empty((queries.shape[0], k), dtype=torch.int32),
+                queries.new_empty((queries.shape[0], k), dtype=torch.int64))
+
+    @torch.library.register_fake("activation_hash::hamming_consecutive")
+    def _hamming_consecutive_fake(codes):
+        reference.check_codes(codes, "codes")
+        n = codes.shape[0]
+        return codes.new_empty((torch.sym_max(n - 1, 0),), dtype=torch.int32)
+
+
+def hamming_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Hamming distances of packed codes: a int64 ``[N, W]``, b int64 ``[M, W]`` -> int32
+    ``[N, M]`` (popcount of ``a[i] ^ b[j]``; padding bits are 0 so they add nothing)."""
+    if HAS_EXTENSION:
+        return _ops.hamming_distance.default(a, b)
+    return reference.hamming_distance(a, b)
+
+
+def hamming_topk(queries: torch.Tensor, base: torch.Tensor,
+                 k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k nearest base rows of each query, streaming over the base (no ``[Q, M]`` matrix).
+
+    queries int64 ``[Q, W]``, base int64 ``[M, W]``, ``0 <= k <= M`` (``k > M`` raises
+    ValueError) -> (dist int32 ``[Q, k]``, idx int64 ``[Q, k]``), ascending by distance; equal
+    distances are ordered by base index, so the result equals a stable full sort.
+    """
+    if not isinstance(k, int) or isinstance(k, bool):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if HAS_EXTENSION:
+        return _ops.hamming_topk.default(queries, base, k)
+    return reference.hamming_topk(queries, base, k)
+
+
+def hamming_consecutive(codes: torch.Tensor) -> torch.Tensor:
+    """Distances between successive rows (walks): codes ``[N, W]`` -> int32
+    ``[max(N - 1, 0)]``, element i = distance of row i to row i + 1."""
+    if HAS_EXTENSION:
+        return _ops.hamming_consecutive.default(codes)
+    return reference.hamming_consecutive(codes)

@@ -184,3 +184,68 @@ def fingerprint128(codes: torch.Tensor, ends=None) -> torch.Tensor:
             k = _rotl(w * _s64(FP_M[s]), FP_R1[s]) * _s64(FP_N[s])
             h[s] = _rotl(h[s] ^ k, FP_R2[s]) * 5 + _s64(FP_D[s])
     return out[:, 0] if ends_l is None else out
+
+
+# ---- Hamming distances -----------------------------------------------------------------------
+
+# popcount of every byte value
+_BYTE_POPCOUNT = torch.tensor([bin(v).count("1") for v in range(256)], dtype=torch.int32)
+
+
+def check_codes(codes: torch.Tensor, name: str) -> None:
+    if not isinstance(codes, torch.Tensor) or codes.dtype != torch.int64:
+        got = codes.dtype if isinstance(codes, torch.Tensor) else type(codes).__name__
+        raise TypeError(f"{name} must be int64 packed words [N, W], got dtype {got}")
+    if codes.dim() != 2:
+        raise ValueError(f"{name} must be 2-D [N, W] packed words, got shape {list(codes.shape)}")
+
+
+def check_code_pair(a: torch.Tensor, b: torch.Tensor, na: str, nb: str) -> None:
+    check_codes(a, na)
+    check_codes(b, nb)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"{na} and {nb} must have the same number of words per row, got {na} "
+                         f"of shape {list(a.shape)} and {nb} of shape {list(b.shape)}")
+    if a.device != b.device:
+        raise ValueError(f"{na} is on {a.device} but {nb} is on {b.device}")
+
+
+def _popcount_rows(x: torch.Tensor) -> torch.Tensor:
+    """int64 [..., W] -> int32 [...]: popcount of each row, through a byte table."""
+    lut = _BYTE_POPCOUNT.to(x.device)
+    by = x.contiguous().view(torch.uint8).to(torch.int64)
+    return lut[by].sum(-1, dtype=torch.int32)
+
+
+def hamming_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a int64 ``[N, W]``, b int64 ``[M, W]`` -> int32 ``[N, M]``: popcount of ``a[i] ^ b[j]``."""
+    check_code_pair(a, b, "a", "b")
+    N, M = a.shape[0], b.shape[0]
+    out = torch.empty(N, M, dtype=torch.int32, device=a.device)
+    step = max(1, (1 << 22) // max(1, M * max(1, a.shape[1])))  # rows of a per chunk
+    for i in range(0, N, step):
+        out[i:i + step] = _popcount_rows(a[i:i + step, None, :] ^ b[None, :, :])
+    return out
+
+
+def hamming_topk(queries: torch.Tensor, base: torch.Tensor,
+                 k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """queries ``[Q, W]``, base ``[M, W]`` -> (dist int32 ``[Q, k]``, idx int64 ``[Q, k]``): the
+    k nearest base rows, ascending by (distance, index) (a stable sort: ties -> lower index)."""
+    check_code_pair(queries, base, "queries", "base")
+    M = base.shape[0]
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    if k > M:
+        raise ValueError(f"k must be <= the number of base rows ({M}), got k={k}")
+    d = hamming_distance(queries, base)
+    values, idx = torch.sort(d, dim=1, stable=True)
+    return values[:, :k].contiguous(), idx[:, :k].contiguous()
+
+
+def hamming_consecutive(codes: torch.Tensor) -> torch.Tensor:
+    """codes ``[N, W]`` -> int32 ``[max(N - 1, 0)]``: distance of row i to row i + 1."""
+    check_codes(codes, "codes")
+    if codes.shape[0] < 2:
+        return torch.empty(0, dtype=torch.int32, device=codes.device)
+    return _popcount_rows(codes[1:] ^ codes[:-1])

@@ -22,6 +22,21 @@ TORCH_LIBRARY(activation_hash, m) {
   m.def("relu_mask_backward(Tensor grad_y, Tensor words, float negative_slope) -> Tensor");
   // words int64 [B, W] -> bool [B, n], the inverse of pack_signs on the first n bits.
   m.def("unpack_bits(Tensor words, int n) -> Tensor");
+  // ---- issue 4 (codes, collisions) ----
+  // codes int64 [N, W] -> int64 [N, 2], a 128-bit fingerprint of each row
+  // (activation_hash/fingerprint.h); with ends (non-decreasing word counts <= W): [N, P, 2],
+  // the fingerprints of the prefixes codes[:, :ends[p]], all in one pass.
+  m.def("fingerprint128(Tensor codes, int[]? ends=None) -> Tensor");
+  // ---- end issue 4 ----
+  // ---- Hamming (issue 5: csrc/cpu/hamming.cpp, csrc/cuda/hamming.cu) ----
+  // a int64 [N, W], b int64 [M, W] -> int32 [N, M], popcount(a[i] ^ b[j]).
+  m.def("hamming_distance(Tensor a, Tensor b) -> Tensor");
+  // queries [Q, W], base [M, W], 0 <= k <= M -> (dist int32 [Q, k], idx int64 [Q, k]): the k
+  // nearest base rows of each query, ascending by (distance, index): ties -> lower index.
+  m.def("hamming_topk(Tensor queries, Tensor base, int k) -> (Tensor, Tensor)");
+  // codes [N, W] -> int32 [max(N - 1, 0)], distance of row i to row i + 1.
+  m.def("hamming_consecutive(Tensor codes) -> Tensor");
+  // ---- end Hamming ----
   // Which CPU kernels run time dispatch chose: "avx512", "avx2" or "scalar".
   m.def("cpu_isa() -> str", [] { return std::string(activation_hash::cpu::isa_name()); });
 }

@@ -1,0 +1,282 @@
+"""K-NN and range search over packed codes with the FAISS binary indexes.
+
+``CodeIndex(kind, device)`` wraps one of
+
+=============  ==========================  =================================================
+kind           FAISS index                 parameters (keyword arguments of CodeIndex)
+=============  ==========================  =================================================
+``flat``       IndexBinaryFlat             exact; the only kind FAISS runs on a GPU
+``hash``       IndexBinaryHash             ``hash_bits`` (default min(d, 20)), ``nflip`` (2)
+``multihash``  IndexBinaryMultiHash        ``nhash`` (4), ``hash_bits`` (min(d // nhash, 20)),
+                                           ``nflip`` (2)
+``ivf``        IndexBinaryIVF              ``nlist`` (default ~4 sqrt(N) of the first add,
+                                           which also trains it), ``nprobe`` (8)
+``hnsw``       IndexBinaryHNSW             ``M`` (32), ``ef_search`` (64),
+                                           ``ef_construction`` (40)
+=============  ==========================  =================================================
+
+Codes are int64 words ``[N, W]``; FAISS gets their little-endian bytes (``8 W`` bytes,
+``d = 64 W`` bits; padding bits are 0 so they change no distance).
+
+Devices: ``device="auto"`` uses a GPU when ``faiss.get_num_gpus() > 0`` and the kind is flat,
+else the CPU; ``"cpu"``; ``"cuda"`` / ``"cuda:N"`` raises ValueError when FAISS sees no GPU
+(a GPU index is never built without one: that aborts the process). A CPU copy of the index is
+always kept (save, range search, and k above FAISS's GPU limit of 2048, which is searched on
+that copy); the GPU copy is made from it on the first search after an add.
+
+Results are torch tensors: ``search`` -> (dist int32 ``[Q, k]``, ids int64 ``[Q, k]``), with
+``ids == -1`` and ``dist == 2**31 - 1`` where fewer than k rows were found (approximate kinds,
+or k > len(index)); ``range_search`` -> (lims int64 ``[Q + 1]``, dist int32, ids int64): the
+rows of query i at distance **< radius** (FAISS's convention) are ``ids[lims[i]:lims[i+1]]``.
+Ties in ``search`` are ordered as FAISS orders them (use :func:`activation_hash.hamming.
+hamming_topk` for ties broken by lower index).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from activation_hash.hamming import as_codes
+
+__all__ = ["CodeIndex", "GPU_K_LIMIT", "KINDS"]
+
+KINDS = ("flat", "hash", "multihash", "ivf", "hnsw")
+GPU_K_LIMIT = 2048  # FAISS GPU k-selection limit
+_PARAMS = {"flat": set(), "hash": {"hash_bits", "nflip"}, "multihash": {"nhash", "hash_bits", "nflip"},
+           "ivf": {"nlist", "nprobe"}, "hnsw": {"M", "ef_search", "ef_construction"}}
+_FORMAT = 1
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as err:  # pragma: no cover - faiss-cpu is a dependency
+        raise ImportError("activation_hash.index needs FAISS: pip install faiss-cpu "
+                          "(or the [gpu] extra for faiss-gpu)") from err
+    return faiss
+
+
+def _num_gpus(faiss) -> int:
+    get = getattr(faiss, "get_num_gpus", None)
+    return int(get()) if get is not None else 0
+
+
+def to_bytes(codes: torch.Tensor) -> np.ndarray:
+    """int64 words ``[N, W]`` -> C-contiguous uint8 ``[N, 8 W]`` (FAISS input)."""
+    c = codes.detach().to("cpu").contiguous().numpy()
+    return np.ascontiguousarray(c.view(np.uint8).reshape(c.shape[0], 8 * c.shape[1]))
+
+
+class CodeIndex:
+    """A FAISS binary index over packed codes (see the module docstring for kinds/params).
+
+    >>> index = CodeIndex("flat").add(train_cb)
+    >>> dist, ids = index.search(test_cb, k=10)
+    """
+
+    def __init__(self, kind: str = "flat", device: str = "auto", **params: Any):
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        unknown = set(params) - _PARAMS[kind] - {"gpu_id"}
+        if unknown:
+            raise ValueError(f"unknown parameters for kind={kind!r}: {sorted(unknown)}; "
+                             f"expected some of {sorted(_PARAMS[kind])}")
+        self.kind = kind
+        self.params = dict(params)
+        self.requested_device = device
+        self.device = self._resolve_device(device)
+        self.n_words: int | None = None
+        self._cpu = None
+        self._gpu = None
+        self._gpu_res = None
+        self._gpu_stale = True
+
+    # ---- devices -----------------------------------------------------------------------
+    def _resolve_device(self, device: str) -> str:
+        if not isinstance(device, str):
+            device = str(device)
+        faiss = _faiss()
+        if device == "cpu":
+            return "cpu"
+        if device == "auto":
+            # Count GPUs only for the one kind FAISS can place there.
+            return "cuda" if self.kind == "flat" and _num_gpus(faiss) > 0 else "cpu"
+        if device == "cuda" or device.startswith("cuda:"):
+            n = _num_gpus(faiss)
+            if n == 0:
+                raise ValueError(f"device={device!r} but FAISS sees no GPU "
+                                 "(faiss.get_num_gpus() == 0; faiss-cpu installed?)")
+            if self.kind != "flat":
+                raise ValueError(f"FAISS has no GPU version of kind={self.kind!r}; use "
+                                 "kind='flat' or device='cpu'")
+            gpu_id = int(device.split(":")[1]) if ":" in device else int(self.params.get("gpu_id", 0))
+            if not 0 <= gpu_id < n:
+                raise ValueError(f"device={device!r} but FAISS sees {n} GPU(s)")
+            self.params["gpu_id"] = gpu_id
+            return "cuda"
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+    def _gpu_index(self):
+        if self._gpu is None or self._gpu_stale:
+            faiss = _faiss()
+            if _num_gpus(faiss) == 0:  # never build a GPU index without a GPU
+                raise RuntimeError("FAISS sees no GPU any more; cannot use device='cuda'")
+            if self._gpu_res is None:
+                self._gpu_res = faiss.StandardGpuResources()
+            self._gpu = faiss.index_binary_cpu_to_gpu(self._gpu_res,
+                                                      int(self.params.get("gpu_id", 0)), self._cpu)
+            self._gpu_stale = False
+        return self._gpu
+
+    # ---- building ----------------------------------------------------------------------
+    @property
+    def d(self) -> int | None:
+        """Bits per code as FAISS sees them (64 W)."""
+        return None if self.n_words is None else 64 * self.n_words
+
+    def __len__(self) -> int:
+        return 0 if self._cpu is None else int(self._cpu.ntotal)
+
+    def _make(self, n_words: int, train: np.ndarray):
+        faiss = _faiss()
+        d = 64 * n_words
+        p = self.params
+        if self.kind == "flat":
+            return faiss.IndexBinaryFlat(d)
+        if self.kind == "hash":
+            b = int(p.setdefault("hash_bits", min(d, 20)))
+            index = faiss.IndexBinaryHash(d, b)
+            index.nflip = int(p.setdefault("nflip", 2))
+            return index
+        if self.kind == "multihash":
+            nhash = int(p.setdefault("nhash", 4))
+            b = int(p.setdefault("hash_bits", min(d // nhash, 20)))
+            if b < 1 or nhash * b > d:
+                raise ValueError(f"multihash needs 1 <= hash_bits and nhash * hash_bits <= {d}, "
+                                 f"got nhash={nhash}, hash_bits={b}")
+            index = faiss.IndexBinaryMultiHash(d, nhash, b)
+            index.nflip = int(p.setdefault("nflip", 2))
+            return index
+        if self.kind == "ivf":
+            n = train.shape[0]
+            nlist = int(p.setdefault("nlist", max(1, min(n, int(4 * math.sqrt(n))))))
+            if not 1 <= nlist <= max(n, 1):
+                raise ValueError(f"ivf needs 1 <= nlist <= the first add's size ({n}), got {nlist}")
+            quantizer = faiss.IndexBinaryFlat(d)
+            index = faiss.IndexBinaryIVF(quantizer, d, nlist)
+            index.own_fields = True
+            quantizer.this.disown()
+            index.train(train)
+            index.nprobe = int(p.setdefault("nprobe", min(8, nlist)))
+            return index
+        index = faiss.IndexBinaryHNSW(d, int(p.setdefault("M", 32)))
+        index.hnsw.efConstruction = int(p.setdefault("ef_construction", 40))
+        index.hnsw.efSearch = int(p.setdefault("ef_search", 64))
+        return index
+
+    def _apply_search_params(self) -> None:
+        """Search-time settings FAISS may not keep in its file."""
+        p, index = self.params, self._cpu
+        if self.kind in ("hash", "multihash") and "nflip" in p:
+            index.nflip = int(p["nflip"])
+        elif self.kind == "ivf" and "nprobe" in p:
+            index.nprobe = int(p["nprobe"])
+        elif self.kind == "hnsw" and "ef_search" in p:
+            index.hnsw.efSearch = int(p["ef_search"])
+
+    def add(self, codes) -> "CodeIndex":
+        """Append codes (CodeBook, int64 ``[N, W]`` tensor or (codes, labels)); their ids are
+        0, 1, ... in the order added. The first add fixes W (and trains an ivf index)."""
+        c, _ = as_codes(codes, "codes")
+        if self.n_words is not None and c.shape[1] != self.n_words:
+            raise ValueError(f"codes must have {self.n_words} words per row like the index, got "
+                             f"shape {list(c.shape)}")
+        x = to_bytes(c)
+        if self._cpu is None:
+            if c.shape[1] == 0:
+                raise ValueError("codes have 0 words per row: nothing to index")
+            if self.kind == "ivf" and c.shape[0] == 0:
+                raise ValueError("kind='ivf' trains on the first add, which is empty")
+            self.n_words = int(c.shape[1])
+            self._cpu = self._make(self.n_words, x)
+        if x.shape[0]:
+            self._cpu.add(x)
+            self._gpu_stale = True
+        return self
+
+    def _queries(self, q) -> np.ndarray:
+        if self._cpu is None:
+            raise ValueError("the index is empty: call add() first")
+        c, _ = as_codes(q, "queries")
+        if c.shape[1] != self.n_words:
+            raise ValueError(f"queries must have {self.n_words} words per row like the index, "
+                             f"got shape {list(c.shape)}")
+        return to_bytes(c)
+
+    # ---- searching ---------------------------------------------------------------------
+    def search(self, queries, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """k nearest rows of each query: (dist int32 ``[Q, k]``, ids int64 ``[Q, k]``)."""
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k must be an int >= 1, got {k!r}")
+        x = self._queries(queries)
+        use_gpu = self.device == "cuda" and k <= GPU_K_LIMIT
+        index = self._gpu_index() if use_gpu else self._cpu
+        D, I = index.search(x, k)
+        return torch.from_numpy(np.asarray(D, dtype=np.int32)), torch.from_numpy(
+            np.asarray(I, dtype=np.int64))
+
+    def range_search(self, queries, radius: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rows at distance < radius of each query (on the CPU copy): (lims int64 ``[Q + 1]``,
+        dist int32 ``[lims[-1]]``, ids int64 ``[lims[-1]]``); query i's rows are
+        ``lims[i]:lims[i + 1]``."""
+        if not isinstance(radius, int) or isinstance(radius, bool) or radius < 0:
+            raise ValueError(f"radius must be an int >= 0, got {radius!r}")
+        if self.kind == "hnsw":
+            raise ValueError("FAISS has no range search for kind='hnsw'; use 'flat' or 'ivf'")
+        x = self._queries(queries)
+        lims, D, I = self._cpu.range_search(x, radius)
+        return (torch.from_numpy(np.asarray(lims, dtype=np.int64)),
+                torch.from_numpy(np.asarray(D).astype(np.int32)),
+                torch.from_numpy(np.asarray(I, dtype=np.int64)))
+
+    # ---- files -------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """``path``: the FAISS index (faiss.write_index_binary); ``path + ".json"``: kind,
+        parameters, words per row."""
+        if self._cpu is None:
+            raise ValueError("the index is empty: nothing to save")
+        path = os.fspath(path)
+        _faiss().write_index_binary(self._cpu, path)
+        meta = {"format": _FORMAT, "kind": self.kind, "params": self.params,
+                "n_words": self.n_words, "ntotal": len(self)}
+        with open(path + ".json", "w") as f:
+            json.dump(meta, f, indent=2)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "auto") -> "CodeIndex":
+        """An index written by :meth:`save` (device chosen again, as in the constructor)."""
+        path = os.fspath(path)
+        side = path + ".json"
+        if not os.path.exists(side):
+            raise ValueError(f"{side} is missing: not an index written by CodeIndex.save")
+        with open(side) as f:
+            meta = json.load(f)
+        if not isinstance(meta, dict) or meta.get("format") != _FORMAT or meta.get("kind") not in KINDS:
+            raise ValueError(f"{side} is not a CodeIndex sidecar of format {_FORMAT}")
+        params = {k: v for k, v in meta.get("params", {}).items() if k != "gpu_id"}
+        index = cls(meta["kind"], device=device, **params)
+        index._cpu = _faiss().read_index_binary(path)
+        index.n_words = int(meta["n_words"])
+        index._apply_search_params()
+        if index._cpu.d != 64 * index.n_words or index._cpu.ntotal != meta.get("ntotal"):
+            raise ValueError(f"{path} does not match its sidecar (d={index._cpu.d}, "
+                             f"ntotal={index._cpu.ntotal}; sidecar {meta})")
+        return index
+
+    def __repr__(self) -> str:
+        return f"CodeIndex(kind={self.kind!r}, device={self.device!r}, n={len(self)}, d={self.d})"

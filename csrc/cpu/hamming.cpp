@@ -1,0 +1,399 @@
+// CPU kernels of hamming_distance, hamming_topk and hamming_consecutive.
+//
+// Rows are packed codes: W int64 words each; the distance of two rows is the popcount of their
+// xor. The base is walked in tiles of kTileBytes (L1-sized); every query of a thread's chunk
+// is run against a tile before the next tile is read, so the tile stays in L1 and the queries
+// in L2. Three kernel families, chosen at run time (isa.h):
+//   avx512: the tile is first transposed into groups of 8 rows ([group][word][8 rows]), so one
+//           query word broadcast, xor and VPOPCNTQ give that word's count for 8 rows at once,
+//           and W of them add up to 8 distances with no horizontal reduction;
+//   avx2:   scalar POPCNT on each word (compiled with the popcnt target), unrolled for W = 4;
+//   scalar: the same code for baseline x86-64 (popcount by bit tricks).
+// top-k keeps, per query, a max-heap of its k best (distance, index) pairs in the output
+// itself, plus a threshold (the heap's worst distance once it holds k). The base is read in
+// increasing index order, so a candidate whose distance equals the threshold is never better
+// than the heap's worst (it has a larger index): only distances < threshold are inserted, and
+// ties are broken by the lower index. The results are sorted by (distance, index).
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstring>
+#include <numeric>
+#include <vector>
+
+#include "activation_hash/hamming_checks.h"
+#include "cpu/isa.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define AH_X86 1
+#define AH_POPCNT __attribute__((target("popcnt"), flatten))
+#define AH_AVX512_POPCNT \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vpopcntdq,popcnt")))
+#else
+#define AH_POPCNT
+#endif
+
+namespace activation_hash::cpu {
+namespace {
+
+constexpr int64_t kTileBytes = 16 * 1024;  // base rows per tile: kTileBytes / (8 W), >= 8
+constexpr int64_t kGroup = 8;              // rows per transposed group (one zmm of int64)
+
+int64_t tile_rows(int64_t W) {
+  const int64_t rows = kTileBytes / (8 * std::max<int64_t>(W, 1));
+  return std::max<int64_t>(kGroup, rows / kGroup * kGroup);
+}
+
+// ---- distances of one query to n consecutive base rows (row-major) ----------------------
+
+template <int kW>
+__attribute__((always_inline)) inline int32_t row_distance(const uint64_t* a, const uint64_t* b,
+                                                           int64_t W) {
+  if constexpr (kW == 4) {
+    return __builtin_popcountll(a[0] ^ b[0]) + __builtin_popcountll(a[1] ^ b[1]) +
+           __builtin_popcountll(a[2] ^ b[2]) + __builtin_popcountll(a[3] ^ b[3]);
+  } else if constexpr (kW == 1) {
+    return __builtin_popcountll(a[0] ^ b[0]);
+  } else {
+    int64_t s = 0;
+    for (int64_t w = 0; w < W; ++w) s += __builtin_popcountll(a[w] ^ b[w]);
+    return static_cast<int32_t>(s);
+  }
+}
+
+template <int kW>
+void rows_portable(const uint64_t* q, const uint64_t* base, int64_t n, int64_t W, int32_t* out) {
+  for (int64_t j = 0; j < n; ++j) out[j] = row_distance<kW>(q, base + j * W, W);
+}
+
+#ifdef AH_X86
+template <int kW>
+AH_POPCNT void rows_popcnt(const uint64_t* q, const uint64_t* base, int64_t n, int64_t W,
+                           int32_t* out) {
+  for (int64_t j = 0; j < n; ++j) out[j] = row_distance<kW>(q, base + j * W, W);
+}
+
+// ---- AVX-512 VPOPCNTDQ on a transposed tile ----------------------------------------------
+
+// tt [groups][W][8] <- base rows [0, n) (row-major [n, W]); rows past n are zero.
+void transpose_tile(const uint64_t* base, int64_t n, int64_t W, uint64_t* tt) {
+  const int64_t groups = (n + kGroup - 1) / kGroup;
+  for (int64_t g = 0; g < groups; ++g) {
+    uint64_t* dst = tt + g * W * kGroup;
+    const int64_t rows = std::min<int64_t>(kGroup, n - g * kGroup);
+    for (int64_t r = 0; r < rows; ++r) {
+      const uint64_t* src = base + (g * kGroup + r) * W;
+      for (int64_t w = 0; w < W; ++w) dst[w * kGroup + r] = src[w];
+    }
+    for (int64_t r = rows; r < kGroup; ++r)
+      for (int64_t w = 0; w < W; ++w) dst[w * kGroup + r] = 0;
+  }
+}
+
+// 8 distances (int64 lanes) of query q to group g of a transposed tile.
+template <int kW>
+AH_AVX512_POPCNT __attribute__((always_inline)) inline __m512i group_distances(
+    const uint64_t* q, const __m512i* qv, const uint64_t* grp, int64_t W) {
+  if constexpr (kW == 4) {
+    __m512i a = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(grp), qv[0]));
+    __m512i b = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(grp + 8), qv[1]));
+    a = _mm512_add_epi64(a, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(grp + 16), qv[2])));
+    b = _mm512_add_epi64(b, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(grp + 24), qv[3])));
+    return _mm512_add_epi64(a, b);
+  } else {
+    __m512i a = _mm512_setzero_si512(), b = _mm512_setzero_si512();
+    int64_t w = 0;
+    for (; w + 2 <= W; w += 2) {
+      a = _mm512_add_epi64(a, _mm512_popcnt_epi64(_mm512_xor_si512(
+                                  _mm512_loadu_si512(grp + w * kGroup), _mm512_set1_epi64(q[w]))));
+      b = _mm512_add_epi64(b, _mm512_popcnt_epi64(_mm512_xor_si512(
+                                  _mm512_loadu_si512(grp + (w + 1) * kGroup),
+                                  _mm512_set1_epi64(q[w + 1]))));
+    }
+    if (w < W)
+      a = _mm512_add_epi64(a, _mm512_popcnt_epi64(_mm512_xor_si512(
+                                  _mm512_loadu_si512(grp + w * kGroup), _mm512_set1_epi64(q[w]))));
+    return _mm512_add_epi64(a, b);
+  }
+}
+
+// out[0, 8 * groups) = distances of q to every row of the transposed tile (padding included).
+template <int kW>
+AH_AVX512_POPCNT void tile_avx512(const uint64_t* q, const uint64_t* tt, int64_t groups,
+                                  int64_t W, int32_t* out) {
+  __m512i qv[4];
+  if constexpr (kW == 4)
+    for (int w = 0; w < 4; ++w) qv[w] = _mm512_set1_epi64(q[w]);
+  for (int64_t g = 0; g < groups; ++g) {
+    const __m512i d = group_distances<kW>(q, qv, tt + g * W * kGroup, W);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + g * kGroup), _mm512_maskz_cvtepi64_epi32(__mmask8(0xFF), d));
+  }
+}
+#endif  // AH_X86
+
+// ---- top-k bookkeeping -----------------------------------------------------------------
+
+// (d1, i1) better than (d2, i2): smaller distance, then smaller index.
+inline bool better(int32_t d1, int64_t i1, int32_t d2, int64_t i2) {
+  return d1 < d2 || (d1 == d2 && i1 < i2);
+}
+
+// A max-heap (worst on top) of at most k pairs, stored in the query's output rows.
+struct Heap {
+  int32_t* d;
+  int64_t* i;
+  int64_t k;
+  int64_t size;
+
+  // The distance a candidate must beat (strictly) to enter.
+  int32_t threshold() const { return size < k ? INT32_MAX : d[0]; }
+
+  void push(int32_t dist, int64_t idx) {
+    if (size < k) {  // sift up
+      int64_t c = size++;
+      while (c > 0) {
+        const int64_t p = (c - 1) / 2;
+        if (!better(d[p], i[p], dist, idx)) break;
+        d[c] = d[p];
+        i[c] = i[p];
+        c = p;
+      }
+      d[c] = dist;
+      i[c] = idx;
+      return;
+    }
+    int64_t c = 0;  // replace the worst, sift down
+    while (true) {
+      int64_t child = 2 * c + 1;
+      if (child >= k) break;
+      if (child + 1 < k && better(d[child], i[child], d[child + 1], i[child + 1])) ++child;
+      if (!better(dist, idx, d[child], i[child])) break;
+      d[c] = d[child];
+      i[c] = i[child];
+      c = child;
+    }
+    d[c] = dist;
+    i[c] = idx;
+  }
+
+  // Ascending (distance, index).
+  void sort() {
+    std::vector<std::pair<int32_t, int64_t>> v(size);
+    for (int64_t t = 0; t < size; ++t) v[t] = {d[t], i[t]};
+    std::sort(v.begin(), v.end());
+    for (int64_t t = 0; t < size; ++t) {
+      d[t] = v[t].first;
+      i[t] = v[t].second;
+    }
+  }
+};
+
+// Offer candidates dist[0, n) with indices j0 + j.
+inline void offer(Heap& h, int32_t& thr, const int32_t* dist, int64_t n, int64_t j0) {
+  for (int64_t j = 0; j < n; ++j) {
+    if (dist[j] < thr) {
+      h.push(dist[j], j0 + j);
+      thr = h.threshold();
+    }
+  }
+}
+
+#ifdef AH_X86
+AH_AVX512_POPCNT void offer_avx512(Heap& h, int32_t& thr, const int32_t* dist, int64_t n,
+                                   int64_t j0) {
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 valid = n - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - j)) - 1);
+    __mmask16 m = _mm512_mask_cmplt_epi32_mask(valid, _mm512_loadu_si512(dist + j),
+                                               _mm512_set1_epi32(thr));
+    while (m) {
+      const int b = __builtin_ctz(m);
+      m &= m - 1;
+      if (dist[j + b] < thr) {
+        h.push(dist[j + b], j0 + j + b);
+        thr = h.threshold();
+      }
+    }
+  }
+}
+#endif
+
+// ---- one tile of base rows, as the chosen ISA reads it ----------------------------------
+
+class TileScanner {
+ public:
+  TileScanner(const uint64_t* base, int64_t W)
+      : base_(base), W_(W), rows_(tile_rows(W)), avx512_(isa() == Isa::kAvx512) {
+    // +16: the AVX-512 scans read whole 16-lane vectors (padding lanes are masked).
+    buf_.resize(static_cast<size_t>(rows_ + 16));
+    if (avx512_) tt_.resize(static_cast<size_t>(rows_ * W_));
+  }
+  int64_t rows() const { return rows_; }
+  bool avx512() const { return avx512_; }
+
+  // Make rows [j0, j0 + n) the current tile.
+  void load(int64_t j0, int64_t n) {
+    j0_ = j0;
+    n_ = n;
+#ifdef AH_X86
+    if (avx512_) transpose_tile(base_ + j0 * W_, n, W_, tt_.data());
+#endif
+  }
+
+  // Distances of q to the current tile's rows -> buffer (n valid entries).
+  const int32_t* distances(const uint64_t* q) {
+    int32_t* out = buf_.data();
+    const uint64_t* rows = base_ + j0_ * W_;
+#ifdef AH_X86
+    if (avx512_) {
+      const int64_t groups = (n_ + kGroup - 1) / kGroup;
+      if (W_ == 4) tile_avx512<4>(q, tt_.data(), groups, W_, out);
+      else tile_avx512<0>(q, tt_.data(), groups, W_, out);
+      return out;
+    }
+    if (isa() == Isa::kAvx2) {
+      if (W_ == 4) rows_popcnt<4>(q, rows, n_, W_, out);
+      else if (W_ == 1) rows_popcnt<1>(q, rows, n_, W_, out);
+      else rows_popcnt<0>(q, rows, n_, W_, out);
+      return out;
+    }
+#endif
+    if (W_ == 4) rows_portable<4>(q, rows, n_, W_, out);
+    else if (W_ == 1) rows_portable<1>(q, rows, n_, W_, out);
+    else rows_portable<0>(q, rows, n_, W_, out);
+    return out;
+  }
+
+  void offer_to(Heap& h, int32_t& thr, const int32_t* dist) const {
+#ifdef AH_X86
+    if (avx512_) return offer_avx512(h, thr, dist, n_, j0_);
+#endif
+    offer(h, thr, dist, n_, j0_);
+  }
+
+ private:
+  const uint64_t* base_;
+  int64_t W_, rows_;
+  bool avx512_;
+  int64_t j0_ = 0, n_ = 0;
+  std::vector<int32_t> buf_;
+  std::vector<uint64_t> tt_;
+};
+
+const uint64_t* words_of(const at::Tensor& t) {
+  return reinterpret_cast<const uint64_t*>(t.const_data_ptr<int64_t>());
+}
+
+// ---- ops -------------------------------------------------------------------------------
+
+at::Tensor hamming_distance_cpu(const at::Tensor& a, const at::Tensor& b) {
+  check_code_pair(a, b, "a", "b");
+  const at::Tensor ac = a.contiguous(), bc = b.contiguous();
+  const int64_t N = ac.size(0), M = bc.size(0), W = ac.size(1);
+  at::Tensor out = at::empty({N, M}, ac.options().dtype(at::kInt));
+  if (N == 0 || M == 0) return out;
+  int32_t* op = out.mutable_data_ptr<int32_t>();
+  if (W == 0) {
+    std::fill(op, op + N * M, 0);
+    return out;
+  }
+  const uint64_t* ap = words_of(ac);
+  const uint64_t* bp = words_of(bc);
+  const int64_t rows = tile_rows(W);
+  const int64_t tiles = (M + rows - 1) / rows;
+  // Rows of a per thread when a is tall; tiles of b per thread when a is short and b long.
+  const bool by_rows = N >= 2 * at::get_num_threads() || tiles == 1;
+  auto run = [&](int64_t i0, int64_t i1, int64_t t0, int64_t t1) {
+    TileScanner scan(bp, W);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t j0 = t * rows, n = std::min(rows, M - j0);
+      scan.load(j0, n);
+      for (int64_t i = i0; i < i1; ++i)
+        std::memcpy(op + i * M + j0, scan.distances(ap + i * W), sizeof(int32_t) * n);
+    }
+  };
+  if (by_rows)
+    at::parallel_for(0, N, 1, [&](int64_t i0, int64_t i1) { run(i0, i1, 0, tiles); });
+  else
+    at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) { run(0, N, t0, t1); });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> hamming_topk_cpu(const at::Tensor& queries,
+                                                    const at::Tensor& base, int64_t k) {
+  check_code_pair(queries, base, "queries", "base");
+  const int64_t Q = queries.size(0), M = base.size(0), W = queries.size(1);
+  check_k(k, M);
+  const at::Tensor qc = queries.contiguous(), bc = base.contiguous();
+  at::Tensor dist = at::empty({Q, k}, qc.options().dtype(at::kInt));
+  at::Tensor idx = at::empty({Q, k}, qc.options().dtype(at::kLong));
+  if (Q == 0 || k == 0) return {dist, idx};
+  int32_t* dp = dist.mutable_data_ptr<int32_t>();
+  int64_t* ip = idx.mutable_data_ptr<int64_t>();
+  if (W == 0) {  // every distance is 0: the first k rows
+    for (int64_t q = 0; q < Q; ++q)
+      for (int64_t t = 0; t < k; ++t) {
+        dp[q * k + t] = 0;
+        ip[q * k + t] = t;
+      }
+    return {dist, idx};
+  }
+  const uint64_t* qp = words_of(qc);
+  const uint64_t* bp = words_of(bc);
+  at::parallel_for(0, Q, 1, [&](int64_t q0, int64_t q1) {
+    TileScanner scan(bp, W);
+    const int64_t rows = scan.rows();
+    std::vector<Heap> heaps;
+    std::vector<int32_t> thr(static_cast<size_t>(q1 - q0), INT32_MAX);
+    heaps.reserve(static_cast<size_t>(q1 - q0));
+    for (int64_t q = q0; q < q1; ++q) heaps.push_back(Heap{dp + q * k, ip + q * k, k, 0});
+    for (int64_t j0 = 0; j0 < M; j0 += rows) {
+      scan.load(j0, std::min(rows, M - j0));
+      for (int64_t q = q0; q < q1; ++q)
+        scan.offer_to(heaps[q - q0], thr[q - q0], scan.distances(qp + q * W));
+    }
+    for (Heap& h : heaps) h.sort();
+  });
+  return {dist, idx};
+}
+
+AH_POPCNT void consecutive_popcnt(const uint64_t* c, int64_t W, int32_t* out, int64_t i0,
+                                  int64_t i1) {
+  for (int64_t i = i0; i < i1; ++i) out[i] = row_distance<0>(c + i * W, c + (i + 1) * W, W);
+}
+
+void consecutive_portable(const uint64_t* c, int64_t W, int32_t* out, int64_t i0, int64_t i1) {
+  for (int64_t i = i0; i < i1; ++i) out[i] = row_distance<0>(c + i * W, c + (i + 1) * W, W);
+}
+
+at::Tensor hamming_consecutive_cpu(const at::Tensor& codes) {
+  check_codes(codes, "codes");
+  const at::Tensor cc = codes.contiguous();
+  const int64_t N = cc.size(0), W = cc.size(1);
+  const int64_t n = std::max<int64_t>(N - 1, 0);
+  at::Tensor out = at::empty({n}, cc.options().dtype(at::kInt));
+  if (n == 0) return out;
+  const uint64_t* cp = words_of(cc);
+  int32_t* op = out.mutable_data_ptr<int32_t>();
+  at::parallel_for(0, n, 4096, [&](int64_t i0, int64_t i1) {
+#ifdef AH_X86
+    if (isa() != Isa::kScalar) return consecutive_popcnt(cp, W, op, i0, i1);
+#endif
+    consecutive_portable(cp, W, op, i0, i1);
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(activation_hash, CPU, m) {
+  m.impl("hamming_distance", &hamming_distance_cpu);
+  m.impl("hamming_topk", &hamming_topk_cpu);
+  m.impl("hamming_consecutive", &hamming_consecutive_cpu);
+}
+
+}  // namespace activation_hash::cpu

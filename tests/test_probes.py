@@ -1,0 +1,184 @@
+"""Categorization probes against scikit-learn on small data."""
+import itertools
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from activation_hash import probes
+from activation_hash import reference as ref
+
+sklearn = pytest.importorskip("sklearn")
+
+
+def clustered(n, n_bits=128, classes=4, flip=0.25, seed=0):
+    """Codes around one random prototype per class (each bit flipped with prob ``flip``)."""
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.rand(classes, n_bits, generator=g) < 0.5
+    y = torch.randint(classes, (n,), generator=g)
+    bits = protos[y] ^ (torch.rand(n, n_bits, generator=g) < flip)
+    return ref.pack_bits(bits), y, bits
+
+
+@pytest.fixture(scope="module")
+def split():
+    c, y, bits = clustered(400, flip=0.3, seed=1)
+    return (c[:300], y[:300], bits[:300]), (c[300:], y[300:], bits[300:])
+
+
+@pytest.mark.parametrize("k", [1, 4, 9])
+@pytest.mark.parametrize("backend", ["ours", "faiss"])
+def test_knn_equals_sklearn_where_no_boundary_tie(split, k, backend):
+    from sklearn.neighbors import KNeighborsClassifier
+
+    (tc, ty, tb), (qc, qy, qb) = split
+    pred = probes.knn_predict((tc, ty), (qc, qy), k, backend=backend)
+    sk = KNeighborsClassifier(n_neighbors=k, metric="hamming", algorithm="brute")
+    sk.fit(tb.numpy(), ty.numpy())
+    want = sk.predict(qb.numpy())
+    # Where the k-th and (k+1)-th distances differ, the neighbour set does not depend on how
+    # equal distances are ordered, and both vote ties go to the lowest label.
+    d = np.sort(ref.hamming_distance(qc, tc).numpy(), axis=1)
+    clean = d[:, k - 1] < d[:, k]
+    assert clean.sum() >= 30
+    assert np.array_equal(pred.numpy()[clean], want[clean])
+    acc = probes.knn_accuracy((tc, ty), (qc, qy), k, backend=backend)
+    assert acc == pytest.approx(float((pred == qy).double().mean()))
+
+
+def test_knn_vote_ties_go_to_lowest_label():
+    # query at distance 1 from a row of class 5 and a row of class 2: k=2 ties -> 2
+    train = (torch.tensor([[0b01], [0b10], [0b111]]), torch.tensor([5, 2, 7]))
+    q = torch.tensor([[0b11]])
+    assert probes.knn_predict(train, q, 2).tolist() == [2]
+    # equal distances in the neighbour set: lower training index first
+    train = (torch.tensor([[0b11], [0b11], [0]]), torch.tensor([3, 1, 0]))
+    assert probes.knn_predict(train, q, 1).tolist() == [3]
+
+
+def _manual_scores(assign, y):
+    clusters, classes = sorted(set(assign)), sorted(set(y))
+    n = len(y)
+    purity = sum(max(sum(1 for a, t in zip(assign, y) if a == c and t == l) for l in classes)
+                 for c in clusters) / n
+    best = 0
+    for perm in itertools.permutations(classes, min(len(clusters), len(classes))):
+        best = max(best, sum(1 for a, t in zip(assign, y)
+                             if a in clusters[:len(perm)] and perm[clusters.index(a)] == t))
+    if len(clusters) > len(classes):  # map classes to clusters instead
+        for perm in itertools.permutations(clusters, len(classes)):
+            best = max(best, sum(1 for a, t in zip(assign, y) if perm[classes.index(t)] == a))
+    return purity, best / n
+
+
+def test_cluster_scores_match_manual_computation():
+    rng = np.random.default_rng(0)
+    for n_clusters, n_classes in [(3, 3), (2, 4), (4, 3)]:
+        assign = rng.integers(n_clusters, size=60)
+        y = rng.integers(n_classes, size=60) * 10
+        s = probes.cluster_scores(assign, y)
+        purity, hung = _manual_scores(list(assign), list(y))
+        assert s["purity"] == pytest.approx(purity) and s["hungarian"] == pytest.approx(hung)
+
+
+def test_kmeans_sklearn_backend_equals_sklearn_kmeans_plus_mapping(split):
+    from sklearn.cluster import KMeans
+
+    (tc, ty, tb), _ = split
+    got = probes.kmeans_accuracy((tc, ty), seed=3, backend="sklearn")
+    bits = ref.unpack_bits(tc, 64 * tc.shape[1]).float().numpy()
+    assign = KMeans(n_clusters=4, random_state=3, n_init=1, max_iter=20).fit_predict(bits)
+    purity, hung = _manual_scores(list(assign), list(ty.numpy()))
+    assert got["purity"] == pytest.approx(purity) and got["hungarian"] == pytest.approx(hung)
+    assert got["n_clusters"] == 4
+
+
+@pytest.mark.parametrize("backend", ["faiss", "sklearn"])
+def test_kmeans_finds_well_separated_classes(backend):
+    c, y, _ = clustered(300, flip=0.05, seed=2, classes=3)
+    r = probes.kmeans_accuracy(c, y, seed=0, backend=backend)
+    assert r["purity"] == 1.0 and r["hungarian"] == 1.0
+    r = probes.kmeans_accuracy(SimpleNamespace(codes=c, labels=y), n_clusters=6, seed=0,
+                               backend=backend)
+    assert r["purity"] == 1.0 and r["hungarian"] <= 1.0 and r["n_clusters"] == 6
+    assert probes.kmeans_accuracy(c, y, seed=5) == probes.kmeans_accuracy(c, y, seed=5)
+
+
+@pytest.mark.parametrize("multi_class", ["ovo", "ovr", "multinomial"])
+def test_logreg_equals_sklearn(split, multi_class):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsOneClassifier, OneVsRestClassifier
+
+    (tc, ty, tb), (qc, qy, qb) = split
+    got = probes.logreg_accuracy((tc, ty), (qc, qy), multi_class=multi_class)
+    base = LogisticRegression(C=1.0, max_iter=1000, random_state=0)
+    model = {"ovo": OneVsOneClassifier(base), "ovr": OneVsRestClassifier(base),
+             "multinomial": base}[multi_class]
+    # 128 bits = 2 whole words: the probe's features (all 64 W bits) are exactly these bits
+    model.fit(tb.numpy().astype(np.float32), ty.numpy())
+    assert got == pytest.approx(model.score(qb.numpy().astype(np.float32), qy.numpy()))
+    assert got > 0.8
+
+
+def test_categorize_report(split):
+    (tc, ty, _), (qc, qy, _) = split
+    train = SimpleNamespace(codes=tc, labels=ty)
+    r = probes.categorize(train, (qc, qy), k=5, seed=0)
+    assert r.knn_test == probes.knn_accuracy(train, (qc, qy), 5)
+    assert r.knn_train == probes.knn_accuracy(train, train, 5)
+    km = probes.kmeans_accuracy((qc, qy), seed=0)
+    assert r.kmeans_purity_test == km["purity"] and r.kmeans_hungarian_test == km["hungarian"]
+    assert r.logreg_test == pytest.approx(probes.logreg_accuracy(train, (qc, qy)))
+    d = r.to_dict()
+    assert d["settings"]["k"] == 5 and d["settings"]["logreg"]["multi_class"] == "ovo"
+    assert set(d) >= {"knn_train", "knn_test", "kmeans_purity_train", "kmeans_hungarian_train",
+                      "kmeans_purity_test", "kmeans_hungarian_test", "logreg_train",
+                      "logreg_test", "settings"}
+    assert all(0.0 <= v <= 1.0 for key, v in d.items() if key != "settings")
+
+
+def test_errors(split):
+    (tc, ty, _), (qc, qy, _) = split
+    with pytest.raises(ValueError, match="train has no labels"):
+        probes.knn_accuracy(tc, (qc, qy))
+    with pytest.raises(ValueError, match="test has no labels"):
+        probes.knn_accuracy((tc, ty), qc)
+    with pytest.raises(ValueError, match="needs labels"):
+        probes.kmeans_accuracy(tc)
+    with pytest.raises(ValueError, match="train has no labels"):
+        probes.logreg_accuracy(SimpleNamespace(codes=tc, labels=None), (qc, qy))
+    with pytest.raises(ValueError, match="multi_class"):
+        probes.logreg_accuracy((tc, ty), (qc, qy), multi_class="softmax")
+    with pytest.raises(ValueError, match=r"k must be an int in \[1, 300\]"):
+        probes.knn_accuracy((tc, ty), (qc, qy), k=301)
+    with pytest.raises(ValueError, match="backend"):
+        probes.knn_accuracy((tc, ty), (qc, qy), backend="annoy")
+    with pytest.raises(ValueError, match="n_clusters"):
+        probes.kmeans_accuracy(tc, ty, n_clusters=0)
+    with pytest.raises(ValueError, match="labels must have shape"):
+        probes.kmeans_accuracy(tc, ty[:5])
+    with pytest.raises(TypeError, match="integers"):
+        probes.knn_accuracy((tc, ty.float()), (qc, qy))
+
+
+def test_real_codebooks():
+    from activation_hash.codes import CodeBook
+    from activation_hash.index import CodeIndex, to_bytes
+    from activation_hash.layout import Layout
+
+    layout = Layout(("l1", "l2"), ((70,), (2, 29)))  # words 2 + 1, padding in both blocks
+    c, y, bits = clustered(200, n_bits=128, classes=3, flip=0.2, seed=4)
+    rows = torch.zeros(200, 3, dtype=torch.int64)
+    rows[:, :2] = ref.pack_bits(bits[:, :70])
+    rows[:, 2:] = ref.pack_bits(bits[:, 70:])
+    train, test = CodeBook(rows[:150], layout, labels=y[:150]), CodeBook(rows[150:], layout,
+                                                                         labels=y[150:])
+    assert np.array_equal(to_bytes(train.codes), train.as_bytes())
+    r = probes.categorize(train, test, k=3)
+    assert r.knn_test == probes.knn_accuracy((train.codes, train.labels), (test.codes, test.labels), 3)
+    assert r.knn_test > 0.8 and r.logreg_test > 0.8
+    d, ids = CodeIndex("flat", device="cpu").add(train).search(test, 3)
+    from activation_hash.hamming import hamming_topk
+
+    assert torch.equal(d, hamming_topk(test, train, 3)[0])
