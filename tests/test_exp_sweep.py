@@ -60,7 +60,7 @@ def interrupt_after(n):
 def test_sweep_resume_after_interruption(tmp_path, monkeypatch):
     calls = counting(monkeypatch)
     cfg = sw.SweepConfig(factors={"width": [2, 4, 8]}, data=SMALL, train={"epochs": 2, "lr": 1e-2},
-                         seeds=[0, 1])
+                         seeds=[0, 1], probes="knn")
     with pytest.raises(Stop):
         sw.run_sweep(cfg, tmp_path, progress=False, on_point=interrupt_after(2))
     assert calls == {"train": 2, "measure": 2}
@@ -82,12 +82,12 @@ def test_sweep_resume_after_interruption(tmp_path, monkeypatch):
     assert len(csv_lines) == 7 and "redundancy_train" in csv_lines[0]
     # extending the grid computes only the new points
     cfg2 = sw.SweepConfig(factors={"width": [2, 4, 8, 16]}, data=SMALL,
-                          train={"epochs": 2, "lr": 1e-2}, seeds=[0, 1])
+                          train={"epochs": 2, "lr": 1e-2}, seeds=[0, 1], probes="knn")
     rows2 = sw.run_sweep(cfg2, tmp_path, progress=False)
     assert calls == {"train": 2, "measure": 2} and rows2[:6] == rows
     # the resumed points equal an uninterrupted run's (deterministic training)
     fresh = sw.run_sweep(sw.SweepConfig(factors={"width": [8]}, data=SMALL,
-                                        train={"epochs": 2, "lr": 1e-2}, seeds=[1]),
+                                        train={"epochs": 2, "lr": 1e-2}, seeds=[1], probes="knn"),
                          tmp_path / "fresh", progress=False)[0]
     ref = next(r for r in rows if r["width"] == 8 and r["seed"] == 1)
     for col in ("redundancy_train", "redundancy_test", "knn_test", "acc_test", "key"):
@@ -97,7 +97,7 @@ def test_sweep_resume_after_interruption(tmp_path, monkeypatch):
 def test_sweep_epochs_checkpoints_resume(tmp_path, monkeypatch):
     calls = counting(monkeypatch)
     cfg = sw.SweepConfig(factors={"width": [6], "epochs": [0, 1, 3, 4]}, data=SMALL,
-                         train={"lr": 1e-2})
+                         train={"lr": 1e-2}, probes="knn")
     with pytest.raises(Stop):
         sw.run_sweep(cfg, tmp_path, progress=False, on_point=interrupt_after(2))
     assert calls == {"train": 1, "measure": 2}
@@ -106,6 +106,20 @@ def test_sweep_epochs_checkpoints_resume(tmp_path, monkeypatch):
     assert [r["epochs"] for r in rows] == [0, 1, 3, 4]
     assert rows[0]["acc_test"] < rows[-1]["acc_test"]
     assert all(r["stopped_epoch"] <= 4 for r in rows)
+
+
+def test_sweep_all_probes_and_label_noise(tmp_path):
+    cfg = sw.SweepConfig(factors={"label_noise": [0.25]}, data=dict(SMALL, n_train=200),
+                         train={"epochs": 3, "lr": 1e-2}, model={"arch": "mlp", "width": 24})
+    (row,) = sw.run_sweep(cfg, tmp_path, progress=False)
+    assert row["label_noise"] == 0.25 and row["noise_rate_true"] == 50 / 200
+    for col in ("knn_train", "knn_test", "kmeans_purity_train", "kmeans_hungarian_train",
+                "kmeans_purity_test", "kmeans_hungarian_test", "logreg_train", "logreg_test",
+                "acc_train", "acc_test"):
+        assert 0.0 <= row[col] <= 1.0, col
+    assert row["kmeans_hungarian_test"] <= row["kmeans_purity_test"]
+    assert row["knn_test"] > 0.3 and row["n_bits"] == 24
+    assert row["n_distinct_train"] == round((1 - row["redundancy_train"]) * 200)
 
 
 def test_sweep_config_errors():
@@ -125,7 +139,7 @@ def test_width_sweep_acceptance(tmp_path):
     cfg = sw.SweepConfig(factors={"width": [2, 4, 8, 16, 64]},
                          data={"name": "digits", "n_train": 600, "n_test": 300},
                          model={"arch": "mlp", "depth": 1, "batch_norm": True},
-                         train={"epochs": 8, "lr": 1e-2, "batch_size": 64}, seeds=[0])
+                         train={"epochs": 8, "lr": 1e-2, "batch_size": 64}, seeds=[0], probes="knn")
     rows = sw.run_sweep(cfg, tmp_path, progress=False)
     R = [r["redundancy_train"] for r in rows]
     knn = [r["knn_test"] for r in rows]
