@@ -122,7 +122,7 @@ def phase_figure(table: list[dict], x: str = "epochs", y: str = "width", title: 
     xs = sorted({c[x] for c in table}, key=lambda v: (isinstance(v, str), v))
     ys = sorted({c[y] for c in table}, key=lambda v: (isinstance(v, str), v))
     grid = np.full((len(ys), len(xs)), np.nan)
-    fig = Figure(figsize=(1.0 + 0.75 * max(len(xs), 4), 1.2 + 0.5 * max(len(ys), 4)), dpi=100)
+    fig = Figure(figsize=(max(6.5, 2.0 + 0.75 * len(xs)), max(4.0, 1.6 + 0.5 * len(ys))), dpi=100)
     ax = fig.add_subplot(1, 1, 1)
     for c in table:
         grid[ys.index(c[y]), xs.index(c[x])] = c["redundancy"]
