@@ -59,6 +59,16 @@ def test_bad_usage(tmp_path, capsys):
     assert "not found" in str(e.value)
 
 
+def test_paper_preset_and_overrides():
+    from activation_hash.cli import _train_cfg
+
+    args = build_parser().parse_args(["train", "--preset", "paper_mlp", "--epochs", "3", "--seed", "2"])
+    cfg = _train_cfg(args)
+    assert cfg["epochs"] == 3 and cfg["seed"] == 2
+    assert (cfg["lr"], cfg["lr_step"], cfg["lr_gamma"], cfg["batch_size"], cfg["patience"],
+            cfg["val_fraction"], cfg["weight_decay"]) == (1e-2, 20, 0.1, 64, 10, 0.2, 2e-6)
+
+
 def test_train_with_config_file(tmp_path, capsys):
     cfg = tmp_path / "train.toml"
     cfg.write_text('[data]\nn-train = 200\nn_test = 100\n[model]\nwidth = 5\nbatch_norm = true\n'

@@ -131,6 +131,14 @@ def test_sweep_config_errors():
     runs = sw.plan_points(cfg)
     assert len(runs) == 8 and len({k for r in runs for k, _, _ in r.points}) == 8
     assert {r.cfg["data"]["n_train"] for r in runs} == {50, 100}
+    assert {(r.cfg["data"]["label_noise"], r.cfg["seed"], r.cfg["train"]["seed"]) for r in runs} == \
+        {(n, s, s) for n in (0.0, 0.2) for s in (3, 4)}
+    runs = sw.plan_points(sw.SweepConfig(factors={"bn": [True, False], "dropout": [0, 0.5],
+                                                  "wd": [0, 1e-4], "depth": [1, 2]}))
+    assert len(runs) == 16
+    assert {(r.cfg["model"]["batch_norm"], r.cfg["model"]["dropout"], r.cfg["train"]["weight_decay"],
+             r.cfg["model"]["depth"]) for r in runs} == \
+        {(b, d, w, k) for b in (True, False) for d in (0, 0.5) for w in (0, 1e-4) for k in (1, 2)}
 
 
 def test_width_sweep_acceptance(tmp_path):
