@@ -204,20 +204,33 @@ inline void offer(Heap& h, int32_t& thr, const int32_t* dist, int64_t n, int64_t
 }
 
 #ifdef AH_X86
-AH_AVX512_POPCNT void offer_avx512(Heap& h, int32_t& thr, const int32_t* dist, int64_t n,
-                                   int64_t j0) {
-  for (int64_t j = 0; j < n; j += 16) {
-    const __mmask16 valid = n - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - j)) - 1);
-    __mmask16 m = _mm512_mask_cmplt_epi32_mask(valid, _mm512_loadu_si512(dist + j),
-                                               _mm512_set1_epi32(thr));
+// Top-k over a transposed tile without materializing its distances: 8 distances per group are
+// compared with the query's threshold in registers; only groups with a candidate are spilled.
+template <int kW>
+AH_AVX512_POPCNT void offer_tile_avx512(const uint64_t* q, const uint64_t* tt, int64_t n,
+                                        int64_t W, int64_t j0, Heap& h, int32_t& thr) {
+  __m512i qv[4];
+  if constexpr (kW == 4)
+    for (int w = 0; w < 4; ++w) qv[w] = _mm512_set1_epi64(q[w]);
+  __m512i tv = _mm512_set1_epi64(thr);
+  const int64_t groups = (n + kGroup - 1) / kGroup;
+  alignas(64) int64_t spill[kGroup];
+  for (int64_t g = 0; g < groups; ++g) {
+    const __m512i d = group_distances<kW>(q, qv, tt + g * W * kGroup, W);
+    const __mmask8 valid = n - g * kGroup >= kGroup ? __mmask8(0xFF)
+                                                    : __mmask8((1u << (n - g * kGroup)) - 1);
+    __mmask8 m = _mm512_mask_cmplt_epi64_mask(valid, d, tv);
+    if (m == 0) continue;
+    _mm512_store_si512(spill, d);
     while (m) {
       const int b = __builtin_ctz(m);
       m &= m - 1;
-      if (dist[j + b] < thr) {
-        h.push(dist[j + b], j0 + j + b);
+      if (spill[b] < thr) {
+        h.push(int32_t(spill[b]), j0 + g * kGroup + b);
         thr = h.threshold();
       }
     }
+    tv = _mm512_set1_epi64(thr);
   }
 }
 #endif
@@ -228,7 +241,7 @@ class TileScanner {
  public:
   TileScanner(const uint64_t* base, int64_t W)
       : base_(base), W_(W), rows_(tile_rows(W)), avx512_(isa() == Isa::kAvx512) {
-    // +16: the AVX-512 scans read whole 16-lane vectors (padding lanes are masked).
+    // The AVX-512 kernels write whole groups of 8 (rows_ is a multiple of 8); +16 spare.
     buf_.resize(static_cast<size_t>(rows_ + 16));
     if (avx512_) tt_.resize(static_cast<size_t>(rows_ * W_));
   }
@@ -268,11 +281,15 @@ class TileScanner {
     return out;
   }
 
-  void offer_to(Heap& h, int32_t& thr, const int32_t* dist) const {
+  // Offer the current tile's rows to query q's heap.
+  void offer_query(const uint64_t* q, Heap& h, int32_t& thr) {
 #ifdef AH_X86
-    if (avx512_) return offer_avx512(h, thr, dist, n_, j0_);
+    if (avx512_) {
+      if (W_ == 4) return offer_tile_avx512<4>(q, tt_.data(), n_, W_, j0_, h, thr);
+      return offer_tile_avx512<0>(q, tt_.data(), n_, W_, j0_, h, thr);
+    }
 #endif
-    offer(h, thr, dist, n_, j0_);
+    offer(h, thr, distances(q), n_, j0_);
   }
 
  private:
@@ -354,7 +371,7 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cpu(const at::Tensor& queries,
     for (int64_t j0 = 0; j0 < M; j0 += rows) {
       scan.load(j0, std::min(rows, M - j0));
       for (int64_t q = q0; q < q1; ++q)
-        scan.offer_to(heaps[q - q0], thr[q - q0], scan.distances(qp + q * W));
+        scan.offer_query(qp + q * W, heaps[q - q0], thr[q - q0]);
     }
     for (Heap& h : heaps) h.sort();
   });
