@@ -223,6 +223,23 @@ def test_every_cpu_kernel_family(isa):
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
+@pytest.mark.parametrize("threads", [2, 3, 4])
+def test_few_queries_split_the_base_between_threads(threads):
+    # Q < 2 threads and many tiles: each thread scans a range of the base, lists are merged
+    q, _ = random_codes(3, 256, seed=13)
+    b = low_entropy_codes(6000, 4, seed=14)  # many ties across the ranges
+    b[3000:] = random_codes(3000, 256, seed=15)[0]
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        for qq in [q, q[:1], b[:2]]:
+            for k in [1, 10, 700, 6000]:
+                got, want = ops.hamming_topk(qq, b, k), ref.hamming_topk(qq, b, k)
+                assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), k
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_threads_give_the_same_result():
     a, _ = random_codes(3, 256, seed=11)  # short a: distance parallel over base tiles
     b, _ = random_codes(5000, 256, seed=12)

@@ -305,6 +305,23 @@ const uint64_t* words_of(const at::Tensor& t) {
   return reinterpret_cast<const uint64_t*>(t.const_data_ptr<int64_t>());
 }
 
+// Top-k of queries [q0, q1) over base rows [jb, je): query q's sorted (distance, index) list
+// of kk <= je - jb entries goes to d + q * stride and i + q * stride.
+void topk_rows(const uint64_t* qp, const uint64_t* bp, int64_t W, int64_t q0, int64_t q1,
+               int64_t jb, int64_t je, int64_t kk, int32_t* d, int64_t* i, int64_t stride) {
+  TileScanner scan(bp, W);
+  const int64_t rows = scan.rows();
+  std::vector<Heap> heaps;
+  std::vector<int32_t> thr(static_cast<size_t>(q1 - q0), INT32_MAX);
+  heaps.reserve(static_cast<size_t>(q1 - q0));
+  for (int64_t q = q0; q < q1; ++q) heaps.push_back(Heap{d + q * stride, i + q * stride, kk, 0});
+  for (int64_t j0 = jb; j0 < je; j0 += rows) {
+    scan.load(j0, std::min(rows, je - j0));
+    for (int64_t q = q0; q < q1; ++q) scan.offer_query(qp + q * W, heaps[q - q0], thr[q - q0]);
+  }
+  for (Heap& h : heaps) h.sort();
+}
+
 // ---- ops -------------------------------------------------------------------------------
 
 at::Tensor hamming_distance_cpu(const at::Tensor& a, const at::Tensor& b) {
@@ -361,19 +378,47 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cpu(const at::Tensor& queries,
   }
   const uint64_t* qp = words_of(qc);
   const uint64_t* bp = words_of(bc);
+  const int64_t rows = tile_rows(W);
+  const int64_t tiles = (M + rows - 1) / rows;
+  const int64_t threads = at::get_num_threads();
+  if (Q >= 2 * threads || tiles < 2 * threads) {  // every thread: some queries, whole base
+    at::parallel_for(0, Q, 1, [&](int64_t q0, int64_t q1) {
+      topk_rows(qp, bp, W, q0, q1, 0, M, k, dp, ip, k);
+    });
+    return {dist, idx};
+  }
+  // Few queries, long base: every thread takes a range of base tiles and keeps the local k
+  // best of every query; the local lists are then merged (a row of the global top-k is in its
+  // range's top-k, so the merge is exact).
+  const int64_t chunks = threads;
+  const int64_t tiles_per = (tiles + chunks - 1) / chunks;
+  std::vector<int64_t> begin(chunks + 1), kc(chunks), off(chunks + 1, 0);
+  for (int64_t c = 0; c <= chunks; ++c) begin[c] = std::min(M, c * tiles_per * rows);
+  for (int64_t c = 0; c < chunks; ++c) {
+    kc[c] = std::min(k, begin[c + 1] - begin[c]);
+    off[c + 1] = off[c] + Q * kc[c];
+  }
+  std::vector<int32_t> ld(static_cast<size_t>(off[chunks]));
+  std::vector<int64_t> li(static_cast<size_t>(off[chunks]));
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c)
+      if (kc[c] > 0)
+        topk_rows(qp, bp, W, 0, Q, begin[c], begin[c + 1], kc[c], ld.data() + off[c],
+                  li.data() + off[c], kc[c]);
+  });
   at::parallel_for(0, Q, 1, [&](int64_t q0, int64_t q1) {
-    TileScanner scan(bp, W);
-    const int64_t rows = scan.rows();
-    std::vector<Heap> heaps;
-    std::vector<int32_t> thr(static_cast<size_t>(q1 - q0), INT32_MAX);
-    heaps.reserve(static_cast<size_t>(q1 - q0));
-    for (int64_t q = q0; q < q1; ++q) heaps.push_back(Heap{dp + q * k, ip + q * k, k, 0});
-    for (int64_t j0 = 0; j0 < M; j0 += rows) {
-      scan.load(j0, std::min(rows, M - j0));
-      for (int64_t q = q0; q < q1; ++q)
-        scan.offer_query(qp + q * W, heaps[q - q0], thr[q - q0]);
+    std::vector<std::pair<int32_t, int64_t>> all;
+    for (int64_t q = q0; q < q1; ++q) {
+      all.clear();
+      for (int64_t c = 0; c < chunks; ++c)
+        for (int64_t t = 0; t < kc[c]; ++t)
+          all.emplace_back(ld[off[c] + q * kc[c] + t], li[off[c] + q * kc[c] + t]);
+      std::partial_sort(all.begin(), all.begin() + k, all.end());
+      for (int64_t t = 0; t < k; ++t) {
+        dp[q * k + t] = all[t].first;
+        ip[q * k + t] = all[t].second;
+      }
     }
-    for (Heap& h : heaps) h.sort();
   });
   return {dist, idx};
 }
