@@ -253,3 +253,14 @@ def test_threads_give_the_same_result():
         torch.set_num_threads(old)
     assert torch.equal(d1, d2) and torch.equal(t1[0], t2[0]) and torch.equal(t1[1], t2[1])
     assert torch.equal(d1, ref.hamming_distance(a, b))
+
+
+def test_many_queries_run_in_blocks():
+    # more queries than one L2 block (csrc/cpu/hamming.cpp query_block) for both ops
+    g = torch.Generator().manual_seed(16)
+    q = torch.randint(-2**63, 2**63 - 1, (1200, 16), generator=g)
+    b = torch.randint(-2**63, 2**63 - 1, (300, 16), generator=g)
+    b[150:] = b[:150].clone()
+    assert torch.equal(ops.hamming_distance(q, b), ref.hamming_distance(q, b))
+    got, want = ops.hamming_topk(q, b, 20), ref.hamming_topk(q, b, 20)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

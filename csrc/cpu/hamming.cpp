@@ -44,6 +44,12 @@ namespace {
 constexpr int64_t kTileBytes = 16 * 1024;  // base rows per tile: kTileBytes / (8 W), >= 8
 constexpr int64_t kGroup = 8;              // rows per transposed group (one zmm of int64)
 
+// Queries per block: their words plus `extra` bytes each (heap, output) in about kL2Bytes.
+constexpr int64_t kL2Bytes = 256 * 1024;
+int64_t query_block(int64_t W, int64_t extra) {
+  return std::max<int64_t>(16, kL2Bytes / (8 * W + extra));
+}
+
 int64_t tile_rows(int64_t W) {
   const int64_t rows = kTileBytes / (8 * std::max<int64_t>(W, 1));
   return std::max<int64_t>(kGroup, rows / kGroup * kGroup);
@@ -315,9 +321,14 @@ void topk_rows(const uint64_t* qp, const uint64_t* bp, int64_t W, int64_t q0, in
   std::vector<int32_t> thr(static_cast<size_t>(q1 - q0), INT32_MAX);
   heaps.reserve(static_cast<size_t>(q1 - q0));
   for (int64_t q = q0; q < q1; ++q) heaps.push_back(Heap{d + q * stride, i + q * stride, kk, 0});
-  for (int64_t j0 = jb; j0 < je; j0 += rows) {
-    scan.load(j0, std::min(rows, je - j0));
-    for (int64_t q = q0; q < q1; ++q) scan.offer_query(qp + q * W, heaps[q - q0], thr[q - q0]);
+  // Blocks of queries whose rows and heaps fit in L2; each block walks the whole range.
+  const int64_t block = query_block(W, 12 * std::min<int64_t>(kk, 64));
+  for (int64_t b0 = q0; b0 < q1; b0 += block) {
+    const int64_t b1 = std::min(q1, b0 + block);
+    for (int64_t j0 = jb; j0 < je; j0 += rows) {
+      scan.load(j0, std::min(rows, je - j0));
+      for (int64_t q = b0; q < b1; ++q) scan.offer_query(qp + q * W, heaps[q - q0], thr[q - q0]);
+    }
   }
   for (Heap& h : heaps) h.sort();
 }
@@ -343,11 +354,15 @@ at::Tensor hamming_distance_cpu(const at::Tensor& a, const at::Tensor& b) {
   const bool by_rows = N >= 2 * at::get_num_threads() || tiles == 1;
   auto run = [&](int64_t i0, int64_t i1, int64_t t0, int64_t t1) {
     TileScanner scan(bp, W);
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t j0 = t * rows, n = std::min(rows, M - j0);
-      scan.load(j0, n);
-      for (int64_t i = i0; i < i1; ++i)
-        std::memcpy(op + i * M + j0, scan.distances(ap + i * W), sizeof(int32_t) * n);
+    const int64_t block = query_block(W, 4 * rows);  // rows of a and their output segments
+    for (int64_t b0 = i0; b0 < i1; b0 += block) {
+      const int64_t b1 = std::min(i1, b0 + block);
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t j0 = t * rows, n = std::min(rows, M - j0);
+        scan.load(j0, n);
+        for (int64_t i = b0; i < b1; ++i)
+          std::memcpy(op + i * M + j0, scan.distances(ap + i * W), sizeof(int32_t) * n);
+      }
     }
   };
   if (by_rows)
