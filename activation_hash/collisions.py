@@ -32,29 +32,85 @@ __all__ = ["CollisionReport", "collisions", "CollisionCounter", "group_codes", "
 _VERIFY_WORDS = 1 << 24  # words compared per step of the verification (bounds its memory)
 
 
-@dataclass
 class Groups:
     """Samples grouped by equal code.
 
     ``perm`` int64 ``[N]``: sample indices ordered so that each group is contiguous;
-    ``starts`` int64 ``[U]``: where each group begins in ``perm``; ``counts`` int64 ``[U]``.
+    ``new`` bool ``[N]``: True where a group begins in ``perm``. Derived (computed on demand):
+    ``starts`` / ``counts`` int64 ``[U]`` of every group, and :meth:`shared`, the same for the
+    groups of 2 samples or more only (cheap: no tensor of size U).
     """
 
-    perm: torch.Tensor
-    starts: torch.Tensor
-    counts: torch.Tensor
+    def __init__(self, perm: torch.Tensor, new: torch.Tensor):
+        self.perm, self.new = perm, new
+        self._shared = None
+
+    @property
+    def n(self) -> int:
+        return self.perm.shape[0]
+
+    def shared(self):
+        """``(starts, counts, dup, group)`` of the shared groups: where each begins in
+        ``perm`` and its size, the positions that are not a group's first, and the shared
+        group (index into starts) each of them belongs to."""
+        if self._shared is None:
+            new = self.new
+            head = new.clone()
+            if head.shape[0]:
+                head[:-1] &= ~new[1:]
+                head[-1] = False
+            starts = head.nonzero().squeeze(1)
+            dup = (~new).nonzero().squeeze(1)
+            group = torch.searchsorted(starts, dup, right=True) - 1
+            counts = torch.bincount(group, minlength=starts.shape[0]) + 1
+            self._shared = (starts, counts, dup, group)
+        return self._shared
 
     @property
     def n_groups(self) -> int:
-        return self.starts.shape[0]
+        return self.n - self.shared()[2].shape[0]
+
+    @property
+    def starts(self) -> torch.Tensor:
+        return self.new.nonzero().squeeze(1)
+
+    @property
+    def counts(self) -> torch.Tensor:
+        starts = self.starts
+        return torch.diff(starts, append=torch.tensor([self.n], device=starts.device))
 
     def group_ids(self) -> torch.Tensor:
         """Group of each sample, int64 ``[N]`` (groups numbered in sorted order)."""
-        gid_sorted = torch.repeat_interleave(
-            torch.arange(self.n_groups, device=self.perm.device), self.counts)
+        gid_sorted = torch.cumsum(self.new, 0) - 1
         out = torch.empty_like(gid_sorted)
         out[self.perm] = gid_sorted
         return out
+
+
+_MAX_FALSE_PAIRS = 1e5  # expected pairs of distinct keys sharing their high bits (see below)
+
+
+def _sort_keys(key: torch.Tensor, exact: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sorted key classes, perm)``: ``perm`` orders the samples so that equal keys are
+    adjacent, and ``sk[i] == sk[i + 1]`` marks a possibly-shared key there.
+
+    Fast path (CPU): the row index replaces the low ``b = bit_length(N - 1)`` bits of each
+    (uniformly random) key, and one value sort of that int64 array (numpy's vectorised sort)
+    yields both the order and the permutation. Keys equal in the high ``64 - b`` bits but
+    different in the low ones become candidates too; the caller's verification splits them.
+    The path is taken while the expected number of such pairs, N^2 / 2^(65 - b), is small.
+    Otherwise (``exact``: no verification follows; CUDA; huge N): torch.sort of the key.
+    """
+    N = key.shape[0]
+    b = max(1, (N - 1).bit_length())
+    false_pairs = N * N / 2.0 ** (65 - b)
+    if not exact and key.device.type == "cpu" and b < 48 and false_pairs <= _MAX_FALSE_PAIRS:
+        packed = (key & -(1 << b)) | torch.arange(N, dtype=torch.int64)
+        arr = packed.numpy()
+        arr.sort(kind="quicksort")  # in place; numpy dispatches to its SIMD sort
+        perm = packed & ((1 << b) - 1)
+        return packed >> b, perm
+    return torch.sort(key)
 
 
 def _group_sorted(key: torch.Tensor, verify: torch.Tensor | None) -> Groups:
@@ -63,18 +119,17 @@ def _group_sorted(key: torch.Tensor, verify: torch.Tensor | None) -> Groups:
     N = key.shape[0]
     dev = key.device
     if N == 0:
-        z = torch.zeros(0, dtype=torch.int64, device=dev)
-        return Groups(z, z, z)
-    sk, perm = torch.sort(key)
+        return Groups(torch.zeros(0, dtype=torch.int64, device=dev),
+                      torch.zeros(0, dtype=torch.bool, device=dev))
+    sk, perm = _sort_keys(key, exact=verify is None)
     new = torch.ones(N, dtype=torch.bool, device=dev)
-    new[1:] = sk[1:] != sk[:-1]
+    torch.ne(sk[1:], sk[:-1], out=new[1:])
     del sk
+    g = Groups(perm, new)
     if verify is not None and verify.shape[1] > 0:
-        dup = (~new).nonzero().squeeze(1)  # sorted positions that are not first of a group
+        starts, counts, dup, group = g.shared()
         if dup.numel():
-            starts = new.nonzero().squeeze(1)
-            gid = torch.cumsum(new, 0) - 1
-            first = starts[gid[dup]]
+            first = starts[group]
             step = max(1, _VERIFY_WORDS // verify.shape[1])
             mismatch = torch.zeros(dup.shape[0], dtype=torch.bool, device=dev)
             for lo in range(0, dup.shape[0], step):
@@ -82,23 +137,26 @@ def _group_sorted(key: torch.Tensor, verify: torch.Tensor | None) -> Groups:
                 b = verify[perm[first[lo:lo + step]]]
                 mismatch[lo:lo + step] = (a != b).any(dim=1)
             if bool(mismatch.any()):
-                _split_clashes(perm, new, gid, dup[mismatch], verify)
-    starts = new.nonzero().squeeze(1)
-    counts = torch.diff(starts, append=torch.tensor([N], device=dev))
-    return Groups(perm, starts, counts)
+                _split_clashes(perm, new, starts, counts, group[mismatch], verify)
+                g = Groups(perm, new)
+    return g
 
 
-def _split_clashes(perm, new, gid, bad_pos, verify) -> None:
-    """Exact regrouping (in place) of the groups that hold a sorted position in ``bad_pos``.
+def _split_clashes(perm, new, starts, counts, bad_groups, verify) -> None:
+    """Exact regrouping (in place) of the shared groups ``bad_groups`` (indices into
+    ``starts``/``counts``) whose rows are not all equal.
 
-    The members of those groups are grouped by (group id, full row) with torch.unique; since
-    the group id leads, each group's members stay inside its own range of positions.
+    Their members (contiguous runs of positions) are grouped by (run, full row) with
+    torch.unique; since the run number leads, each group's members stay in its own run.
     """
-    bad = torch.zeros(int(gid[-1]) + 1, dtype=torch.bool, device=perm.device)
-    bad[gid[bad_pos]] = True
-    pos = bad[gid].nonzero().squeeze(1)  # contiguous runs, in group order
+    dev = perm.device
+    bad = torch.unique(bad_groups)
+    g_start, lens = starts[bad], counts[bad]
+    run = torch.repeat_interleave(torch.arange(bad.shape[0], device=dev), lens)
+    offset = torch.arange(run.shape[0], device=dev) - (torch.cumsum(lens, 0) - lens)[run]
+    pos = g_start[run] + offset
     rows = verify[perm[pos]]
-    keyed = torch.cat([gid[pos].unsqueeze(1), rows], dim=1)
+    keyed = torch.cat([run.unsqueeze(1), rows], dim=1)
     _, inv = torch.unique(keyed, dim=0, return_inverse=True)
     inv_sorted, order = torch.sort(inv, stable=True)
     perm[pos] = perm[pos][order]
@@ -118,8 +176,6 @@ def group_codes(codes: torch.Tensor, fingerprints: torch.Tensor | None = None) -
     if W == 0:
         key = torch.zeros(codes.shape[0], dtype=torch.int64, device=codes.device)
         return _group_sorted(key, None)
-    if W == 1 and fingerprints is None:
-        return _group_sorted(codes[:, 0], None)  # the code is its own key
     if fingerprints is None:
         fingerprints = fingerprint128(codes)
     return _group_sorted(fingerprints[:, 0], codes)
@@ -169,38 +225,38 @@ class CollisionReport:
 
 
 def _report(g: Groups, labels: torch.Tensor | None, top: int, exact: bool) -> CollisionReport:
-    n = g.perm.shape[0]
-    U = g.n_groups
-    counts = g.counts
-    if n:
-        occ = torch.bincount(counts).cpu()
-        occupancy = {int(k): int(v) for k, v in enumerate(occ.tolist()) if v}
-    else:
-        occupancy = {}
-    alone = occupancy.get(1, 0)
-    shared = U - alone
+    n = g.n
+    starts, counts, dup, group = g.shared()
+    U = n - dup.shape[0]
+    shared = starts.shape[0]
+    alone = U - shared
+    occupancy = {1: alone} if alone else {}
+    if shared:
+        occ = torch.bincount(counts).cpu().tolist()
+        occupancy.update({k: v for k, v in enumerate(occ) if v})
     largest: list[torch.Tensor] = []
     if top and shared:
         k = min(top, shared)
         big = torch.topk(counts, k).indices
-        # ties: lower group number first (deterministic)
-        big = big[torch.argsort(-counts[big] * (U + 1) + big)]
-        starts, cnts = g.starts[big].tolist(), counts[big].tolist()
-        largest = [torch.sort(g.perm[s:s + c])[0].cpu() for s, c in zip(starts, cnts)]
+        # ties: earlier group first (deterministic)
+        big = big[torch.argsort(-counts[big] * (shared + 1) + big)]
+        s_l, c_l = starts[big].tolist(), counts[big].tolist()
+        largest = [torch.sort(g.perm[s:s + c])[0].cpu() for s, c in zip(s_l, c_l)]
     mixed_regions = mixed_samples = None
     if labels is not None:
-        lab = labels.to(g.perm.device)[g.perm]
-        gid = torch.repeat_interleave(torch.arange(U, device=lab.device), counts)
-        differs = (lab != lab[g.starts][gid]).to(torch.int64)
-        per_group = torch.zeros(U, dtype=torch.int64, device=lab.device).index_add_(0, gid, differs)
+        labels = labels.to(g.perm.device)
+        head = labels[g.perm[starts]]
+        differs = (labels[g.perm[dup]] != head[group]).to(torch.int64)
+        per_group = torch.zeros(shared, dtype=torch.int64, device=labels.device)
+        per_group.index_add_(0, group, differs)
         mixed = per_group > 0
         mixed_regions = int(mixed.sum())
         mixed_samples = int(counts[mixed].sum())
     return CollisionReport(
         n=n, n_distinct=U, redundancy=(n - U) / n if n else 0.0,
-        unique_fraction=alone / n if n else 0.0, occupancy=occupancy, n_shared_regions=shared,
-        largest_groups=largest, mixed_regions=mixed_regions, mixed_samples=mixed_samples,
-        exact=exact)
+        unique_fraction=alone / n if n else 0.0, occupancy=dict(sorted(occupancy.items())),
+        n_shared_regions=shared, largest_groups=largest, mixed_regions=mixed_regions,
+        mixed_samples=mixed_samples, exact=exact)
 
 
 def collisions(codes_or_codebook, labels=None, *, per_layer: bool = False, top: int = 10,
@@ -333,5 +389,5 @@ class CollisionCounter:
             if self._labels:
                 self._labels = [torch.cat(self._labels)]
         fp = self._fps[0]
-        g = _group_sorted(fp[:, 0], fp[:, 1:])
+        g = _group_sorted(fp[:, 0], fp)
         return _report(g, self._labels[0] if self._labels else None, self.top, exact=False)

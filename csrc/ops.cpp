@@ -22,6 +22,12 @@ TORCH_LIBRARY(activation_hash, m) {
   m.def("relu_mask_backward(Tensor grad_y, Tensor words, float negative_slope) -> Tensor");
   // words int64 [B, W] -> bool [B, n], the inverse of pack_signs on the first n bits.
   m.def("unpack_bits(Tensor words, int n) -> Tensor");
+  // ---- issue 4 (codes, collisions) ----
+  // codes int64 [N, W] -> int64 [N, 2], a 128-bit fingerprint of each row
+  // (activation_hash/fingerprint.h); with ends (non-decreasing word counts <= W): [N, P, 2],
+  // the fingerprints of the prefixes codes[:, :ends[p]], all in one pass.
+  m.def("fingerprint128(Tensor codes, int[]? ends=None) -> Tensor");
+  // ---- end issue 4 ----
   // ---- Hamming (issue 5: csrc/cpu/hamming.cpp, csrc/cuda/hamming.cu) ----
   // a int64 [N, W], b int64 [M, W] -> int32 [N, M], popcount(a[i] ^ b[j]).
   m.def("hamming_distance(Tensor a, Tensor b) -> Tensor");

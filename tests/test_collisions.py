@@ -238,3 +238,89 @@ def test_errors():
     c.update(torch.zeros(2, 1, dtype=torch.int64), torch.zeros(2, dtype=torch.int64))
     with pytest.raises(ValueError, match="labels with every update"):
         c.update(torch.zeros(2, 1, dtype=torch.int64))
+
+
+# ---- the fingerprint128 op: kernels vs reference, opcheck ---------------------------------
+
+@given(n=st.integers(0, 40), w=st.integers(0, 20), seed=st.integers(0, 2**16),
+       data=st.data())
+def test_fingerprint_kernel_matches_reference(n, w, seed, data):
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(-2**63, 2**63 - 1, (n, w), generator=g, dtype=torch.int64)
+    assert torch.equal(fingerprint128(codes), ref.fingerprint128(codes))
+    ends = sorted(data.draw(st.lists(st.integers(0, w), max_size=5)))
+    assert torch.equal(fingerprint128(codes, ends), ref.fingerprint128(codes, ends))
+
+
+@pytest.mark.parametrize("w", [1, 4, 63, 64, 65, 4688])
+def test_fingerprint_widths_and_layouts(device, w):
+    codes = planted(9, 64 * w - 5, seed=w).to(device)
+    want = ref.fingerprint128(codes.cpu())
+    assert torch.equal(fingerprint128(codes).cpu(), want)
+    wide = torch.zeros(9, 2 * w, dtype=torch.int64, device=device)
+    wide[:, ::2] = codes
+    assert not wide[:, ::2].is_contiguous()
+    assert torch.equal(fingerprint128(wide[:, ::2]).cpu(), want)  # non-contiguous input
+    assert torch.equal(fingerprint128(codes.t().contiguous().t()).cpu(), want)
+
+
+def test_fingerprint_known_values():
+    # pins the hash: a change of the function changes every stored fingerprint
+    fp = ref.fingerprint128(torch.tensor([[0], [1], [-1]], dtype=torch.int64))
+    assert fp.shape == (3, 2) and len(set(fp.flatten().tolist())) == 6
+    assert torch.equal(fingerprint128(torch.zeros(2, 0, dtype=torch.int64)),
+                       ref.fingerprint128(torch.zeros(1, 0, dtype=torch.int64)).expand(2, 2))
+
+
+@pytest.mark.skipif(not hasattr(torch.ops.activation_hash, "fingerprint128"),
+                    reason="compiled extension not loaded")
+def test_fingerprint_opcheck(device):
+    codes = planted(20, 300, seed=1).to(device)
+    torch.library.opcheck(torch.ops.activation_hash.fingerprint128, (codes,))
+    torch.library.opcheck(torch.ops.activation_hash.fingerprint128, (codes, [0, 2, 5]))
+    torch.library.opcheck(torch.ops.activation_hash.fingerprint128, (codes[:0], [1]))
+
+
+def test_fingerprint_kernels_registered():
+    import activation_hash.ops as ops
+    if ops.backend() != "extension":
+        pytest.skip("reference backend")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("activation_hash::fingerprint128",
+                                                          "CPU")
+    # a CUDA build registers the CUDA kernel of every op, this one included
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(
+        "activation_hash::fingerprint128", "CUDA") == ops.cuda_built()
+
+
+_ISA_FP = """
+import torch, activation_hash as ah
+from activation_hash import reference as ref
+assert ah.ops.cpu_isa() == {isa!r}, ah.ops.cpu_isa()
+g = torch.Generator().manual_seed(0)
+for n, w in [(0, 3), (7, 0), (8, 1), (13, 5), (29, 130), (64, 2)]:
+    c = torch.randint(-2**63, 2**63 - 1, (n, w), generator=g)
+    assert torch.equal(ah.ops.fingerprint128(c), ref.fingerprint128(c))
+    ends = [0, w // 2, w // 2, w]
+    assert torch.equal(ah.ops.fingerprint128(c, ends), ref.fingerprint128(c, ends))
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+def test_fingerprint_every_cpu_path(isa):
+    import os
+    import subprocess
+    import sys
+
+    import activation_hash as ah
+    if ah.ops.backend() != "extension":
+        pytest.skip("reference backend")
+    order = ["scalar", "avx2", "avx512"]
+    if order.index(isa) > order.index(ah.ops.cpu_isa()):
+        pytest.skip(f"this CPU has no {isa}")
+    env = {**os.environ, "ACTIVATION_HASH_ISA": isa,
+           "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(ah.__file__)),
+                                          os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", _ISA_FP.format(isa=isa)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -1,0 +1,53 @@
+// Launch of fingerprint128_kernel (fingerprint.cuh) and its registration for CUDA.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cuda/fingerprint.cuh"
+#include "cuda/launch.h"
+
+namespace activation_hash::cuda {
+namespace {
+
+at::Tensor fingerprint128_cuda(const at::Tensor& codes, at::OptionalIntArrayRef ends) {
+  TORCH_CHECK_TYPE(codes.scalar_type() == at::kLong,
+                   "codes must be int64 packed words [N, W], got ", codes.scalar_type());
+  TORCH_CHECK_VALUE(codes.dim() == 2, "codes must be 2-D [N, W], got shape ", codes.sizes());
+  const c10::cuda::CUDAGuard guard(codes.device());
+  const at::Tensor c = codes.contiguous();
+  const int64_t N = c.size(0), W = c.size(1);
+  std::vector<int64_t> e = ends.has_value() ? std::vector<int64_t>(ends->begin(), ends->end())
+                                            : std::vector<int64_t>{W};
+  int64_t prev = 0;
+  for (int64_t v : e) {
+    TORCH_CHECK_VALUE(prev <= v && v <= W, "ends must be non-decreasing word counts in [0, ", W,
+                      "], got ", at::IntArrayRef(e));
+    prev = v;
+  }
+  const int64_t P = static_cast<int64_t>(e.size());
+  at::Tensor out = ends.has_value() ? at::empty({N, P, 2}, c.options())
+                                    : at::empty({N, 2}, c.options());
+  if (N == 0 || P == 0) return out;
+  at::Tensor ends_host = at::empty({P}, c.options().device(at::kCPU));
+  std::copy(e.begin(), e.end(), ends_host.mutable_data_ptr<int64_t>());
+  const at::Tensor ends_dev = ends_host.to(c.device());
+  fingerprint128_kernel<<<grid_for(N), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      c.const_data_ptr<int64_t>(), N, W, ends_dev.const_data_ptr<int64_t>(), P,
+      out.mutable_data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(activation_hash, CUDA, m) {
+  m.impl("fingerprint128", &fingerprint128_cuda);
+}
+
+}  // namespace activation_hash::cuda
