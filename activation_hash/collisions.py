@@ -320,8 +320,8 @@ class CollisionCounter:
     for N = 1e12. Use :func:`collisions` when the codes fit (it verifies full rows).
 
     ``largest_groups`` hold indices in update order (the i-th sample seen is i).
-    ``merge(other)`` appends another counter's samples after this one's (e.g. the shards of a
-    distributed run gathered on one rank).
+    ``merge(other)`` appends another counter's samples after this one's; ``sync()`` gathers
+    the samples of every rank of a ``torch.distributed`` run (rank order) onto each rank.
 
     Example::
 
@@ -373,6 +373,50 @@ class CollisionCounter:
         self._fps += other._fps
         self._labels += other._labels
         self.n += other.n
+        return self
+
+    def sync(self, group=None) -> "CollisionCounter":
+        """Gather the samples of every rank of a ``torch.distributed`` run onto every rank
+        (rank order: rank 0's samples first); then ``compute()`` gives the global statistics.
+        No-op outside an initialised process group. Returns self."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return self
+        world = dist.get_world_size(group)
+        dev = self._fps[0].device if self._fps else torch.device("cpu")
+        if dist.get_backend(group) == "nccl":
+            dev = torch.device("cuda", torch.cuda.current_device())
+        fp = torch.cat(self._fps).to(dev) if self._fps else torch.zeros(0, 2, dtype=torch.int64,
+                                                                        device=dev)
+        flags = torch.tensor([fp.shape[0], 1 if self._with_labels else 0,
+                              1 if self._with_labels is False else 0], device=dev)
+        all_flags = [torch.zeros_like(flags) for _ in range(world)]
+        dist.all_gather(all_flags, flags, group=group)
+        sizes = [int(f[0]) for f in all_flags]
+        if any(int(f[1]) for f in all_flags) and any(int(f[2]) for f in all_flags):
+            raise ValueError("CollisionCounter.sync: some ranks have labels and some do not")
+        with_labels = any(int(f[1]) for f in all_flags)
+        big = max(sizes)
+
+        def gather(t: torch.Tensor) -> torch.Tensor:
+            pad = torch.zeros((big,) + tuple(t.shape[1:]), dtype=t.dtype, device=dev)
+            pad[:t.shape[0]] = t
+            parts = [torch.empty_like(pad) for _ in range(world)]
+            dist.all_gather(parts, pad, group=group)
+            return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
+        all_fp = gather(fp)
+        labels = None
+        if with_labels:
+            lab = torch.cat(self._labels).to(dev) if self._labels else torch.zeros(
+                0, dtype=torch.int64, device=dev)
+            labels = gather(lab)
+        self.reset()
+        self._fps = [all_fp]
+        self._labels = [labels] if labels is not None else []
+        self._with_labels = with_labels if sum(sizes) else None
+        self.n = all_fp.shape[0]
         return self
 
     @property

@@ -324,3 +324,44 @@ def test_fingerprint_every_cpu_path(isa):
     out = subprocess.run([sys.executable, "-c", _ISA_FP.format(isa=isa)], env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def _sync_worker(rank, world, port, codes, labels, out):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    try:
+        c = CollisionCounter()
+        shard = slice(rank * 250, (rank + 1) * 250 if rank < world - 1 else None)
+        c.update(codes[shard], labels[shard])
+        rep = c.sync().compute()
+        out.put((rank, rep.n, rep.n_distinct, rep.mixed_regions,
+                 [g.tolist() for g in rep.largest_groups]))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_counter_sync_across_ranks():
+    import socket
+
+    import torch.multiprocessing as mp
+    codes = planted(400, 100, seed=11)
+    labels = torch.randint(0, 3, (400,))
+    exact = collisions(codes, labels)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_sync_worker, args=(r, 2, port, codes, labels, out))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    got = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    for _, n, U, mixed, largest in got:
+        assert (n, U, mixed) == (400, exact.n_distinct, exact.mixed_regions)
+        assert largest == [g.tolist() for g in exact.largest_groups]
+    assert CollisionCounter().sync().n == 0  # no process group: no-op
