@@ -44,12 +44,13 @@ def _bits(codes: torch.Tensor) -> np.ndarray:
 # ---- K-NN ------------------------------------------------------------------------------------
 
 def knn_predict(train, queries, k: int = 9, *, backend: str = "ours",
-                chunk: int = 8192) -> torch.Tensor:
+                chunk: int = 8192, progress: bool = False) -> torch.Tensor:
     """Majority vote of the k nearest training codes (Hamming) of each query -> int64 ``[Q]``.
 
     Neighbours: ``backend="ours"`` (:func:`hamming_topk`, equal distances -> lower training
     index) or ``"faiss"`` (IndexBinaryFlat; FAISS orders ties its own way). Vote ties go to the
-    lowest class label (as scikit-learn's KNeighborsClassifier).
+    lowest class label (as scikit-learn's KNeighborsClassifier). Queries run ``chunk`` at a
+    time (``progress``: a bar over the chunks).
     """
     tc, tl = _labelled(train, "train")
     qc, _ = as_codes(queries, "queries")
@@ -63,7 +64,12 @@ def knn_predict(train, queries, k: int = 9, *, backend: str = "ours",
 
         index = CodeIndex("flat", device="cpu").add(tc)
     preds = []
-    for s in range(0, qc.shape[0], chunk):
+    starts = range(0, qc.shape[0], chunk)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=f"knn k={k}", unit="chunk", leave=False)
+    for s in starts:
         q = qc[s:s + chunk]
         if backend == "ours":
             _, idx = hamming_topk(q.to(tc.device), tc, k)
@@ -77,14 +83,15 @@ def knn_predict(train, queries, k: int = 9, *, backend: str = "ours",
     return torch.cat(preds)
 
 
-def knn_accuracy(train, test, k: int = 9, *, backend: str = "ours") -> float:
+def knn_accuracy(train, test, k: int = 9, *, backend: str = "ours",
+                 progress: bool = False) -> float:
     """Fraction of test codes whose K-NN vote (see :func:`knn_predict`) is their label. With
     ``test`` = ``train``, each sample is its own nearest neighbour (as scikit-learn's
     ``score(X_train, y_train)``)."""
     _, yl = _labelled(test, "test")
     if yl.numel() == 0:
         raise ValueError("test is empty")
-    pred = knn_predict(train, test, k, backend=backend)
+    pred = knn_predict(train, test, k, backend=backend, progress=progress)
     return float((pred == yl.cpu()).double().mean())
 
 
@@ -246,8 +253,8 @@ def categorize(train_cb, test_cb, *, k: int = 9, seed: int = 0, progress: bool =
             bar.set_postfix_str(name)
             bar.update(1)
 
-    knn_train = knn_accuracy(train_cb, train_cb, k, backend=knn_backend)
-    knn_test = knn_accuracy(train_cb, test_cb, k, backend=knn_backend)
+    knn_train = knn_accuracy(train_cb, train_cb, k, backend=knn_backend, progress=progress)
+    knn_test = knn_accuracy(train_cb, test_cb, k, backend=knn_backend, progress=progress)
     tick("knn")
     km_train = kmeans_accuracy(train_cb, n_clusters=n_clusters, seed=seed, backend=kmeans_backend)
     km_test = kmeans_accuracy(test_cb, n_clusters=n_clusters, seed=seed, backend=kmeans_backend)

@@ -212,6 +212,8 @@ def check_code_pair(a: torch.Tensor, b: torch.Tensor, na: str, nb: str) -> None:
 
 def _popcount_rows(x: torch.Tensor) -> torch.Tensor:
     """int64 [..., W] -> int32 [...]: popcount of each row, through a byte table."""
+    if x.numel() == 0:  # an empty tensor may keep strides that forbid the byte view
+        return torch.zeros(x.shape[:-1], dtype=torch.int32, device=x.device)
     lut = _BYTE_POPCOUNT.to(x.device)
     by = x.contiguous().view(torch.uint8).to(torch.int64)
     return lut[by].sum(-1, dtype=torch.int32)

@@ -223,6 +223,23 @@ def test_every_cpu_kernel_family(isa):
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
+@pytest.mark.parametrize("threads", [2, 3, 4])
+def test_few_queries_split_the_base_between_threads(threads):
+    # Q < 2 threads and many tiles: each thread scans a range of the base, lists are merged
+    q, _ = random_codes(3, 256, seed=13)
+    b = low_entropy_codes(6000, 4, seed=14)  # many ties across the ranges
+    b[3000:] = random_codes(3000, 256, seed=15)[0]
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        for qq in [q, q[:1], b[:2]]:
+            for k in [1, 10, 700, 6000]:
+                got, want = ops.hamming_topk(qq, b, k), ref.hamming_topk(qq, b, k)
+                assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), k
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_threads_give_the_same_result():
     a, _ = random_codes(3, 256, seed=11)  # short a: distance parallel over base tiles
     b, _ = random_codes(5000, 256, seed=12)
@@ -236,3 +253,14 @@ def test_threads_give_the_same_result():
         torch.set_num_threads(old)
     assert torch.equal(d1, d2) and torch.equal(t1[0], t2[0]) and torch.equal(t1[1], t2[1])
     assert torch.equal(d1, ref.hamming_distance(a, b))
+
+
+def test_many_queries_run_in_blocks():
+    # more queries than one L2 block (csrc/cpu/hamming.cpp query_block) for both ops
+    g = torch.Generator().manual_seed(16)
+    q = torch.randint(-2**63, 2**63 - 1, (1200, 16), generator=g)
+    b = torch.randint(-2**63, 2**63 - 1, (300, 16), generator=g)
+    b[150:] = b[:150].clone()
+    assert torch.equal(ops.hamming_distance(q, b), ref.hamming_distance(q, b))
+    got, want = ops.hamming_topk(q, b, 20), ref.hamming_topk(q, b, 20)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

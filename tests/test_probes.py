@@ -124,7 +124,7 @@ def test_logreg_equals_sklearn(split, multi_class):
 def test_categorize_report(split):
     (tc, ty, _), (qc, qy, _) = split
     train = SimpleNamespace(codes=tc, labels=ty)
-    r = probes.categorize(train, (qc, qy), k=5, seed=0)
+    r = probes.categorize(train, (qc, qy), k=5, seed=0, progress=True)
     assert r.knn_test == probes.knn_accuracy(train, (qc, qy), 5)
     assert r.knn_train == probes.knn_accuracy(train, train, 5)
     km = probes.kmeans_accuracy((qc, qy), seed=0)

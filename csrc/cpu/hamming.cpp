@@ -44,6 +44,12 @@ namespace {
 constexpr int64_t kTileBytes = 16 * 1024;  // base rows per tile: kTileBytes / (8 W), >= 8
 constexpr int64_t kGroup = 8;              // rows per transposed group (one zmm of int64)
 
+// Queries per block: their words plus `extra` bytes each (heap, output) in about kL2Bytes.
+constexpr int64_t kL2Bytes = 256 * 1024;
+int64_t query_block(int64_t W, int64_t extra) {
+  return std::max<int64_t>(16, kL2Bytes / (8 * W + extra));
+}
+
 int64_t tile_rows(int64_t W) {
   const int64_t rows = kTileBytes / (8 * std::max<int64_t>(W, 1));
   return std::max<int64_t>(kGroup, rows / kGroup * kGroup);
@@ -204,20 +210,33 @@ inline void offer(Heap& h, int32_t& thr, const int32_t* dist, int64_t n, int64_t
 }
 
 #ifdef AH_X86
-AH_AVX512_POPCNT void offer_avx512(Heap& h, int32_t& thr, const int32_t* dist, int64_t n,
-                                   int64_t j0) {
-  for (int64_t j = 0; j < n; j += 16) {
-    const __mmask16 valid = n - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - j)) - 1);
-    __mmask16 m = _mm512_mask_cmplt_epi32_mask(valid, _mm512_loadu_si512(dist + j),
-                                               _mm512_set1_epi32(thr));
+// Top-k over a transposed tile without materializing its distances: 8 distances per group are
+// compared with the query's threshold in registers; only groups with a candidate are spilled.
+template <int kW>
+AH_AVX512_POPCNT void offer_tile_avx512(const uint64_t* q, const uint64_t* tt, int64_t n,
+                                        int64_t W, int64_t j0, Heap& h, int32_t& thr) {
+  __m512i qv[4];
+  if constexpr (kW == 4)
+    for (int w = 0; w < 4; ++w) qv[w] = _mm512_set1_epi64(q[w]);
+  __m512i tv = _mm512_set1_epi64(thr);
+  const int64_t groups = (n + kGroup - 1) / kGroup;
+  alignas(64) int64_t spill[kGroup];
+  for (int64_t g = 0; g < groups; ++g) {
+    const __m512i d = group_distances<kW>(q, qv, tt + g * W * kGroup, W);
+    const __mmask8 valid = n - g * kGroup >= kGroup ? __mmask8(0xFF)
+                                                    : __mmask8((1u << (n - g * kGroup)) - 1);
+    __mmask8 m = _mm512_mask_cmplt_epi64_mask(valid, d, tv);
+    if (m == 0) continue;
+    _mm512_store_si512(spill, d);
     while (m) {
       const int b = __builtin_ctz(m);
       m &= m - 1;
-      if (dist[j + b] < thr) {
-        h.push(dist[j + b], j0 + j + b);
+      if (spill[b] < thr) {
+        h.push(int32_t(spill[b]), j0 + g * kGroup + b);
         thr = h.threshold();
       }
     }
+    tv = _mm512_set1_epi64(thr);
   }
 }
 #endif
@@ -228,7 +247,7 @@ class TileScanner {
  public:
   TileScanner(const uint64_t* base, int64_t W)
       : base_(base), W_(W), rows_(tile_rows(W)), avx512_(isa() == Isa::kAvx512) {
-    // +16: the AVX-512 scans read whole 16-lane vectors (padding lanes are masked).
+    // The AVX-512 kernels write whole groups of 8 (rows_ is a multiple of 8); +16 spare.
     buf_.resize(static_cast<size_t>(rows_ + 16));
     if (avx512_) tt_.resize(static_cast<size_t>(rows_ * W_));
   }
@@ -268,11 +287,15 @@ class TileScanner {
     return out;
   }
 
-  void offer_to(Heap& h, int32_t& thr, const int32_t* dist) const {
+  // Offer the current tile's rows to query q's heap.
+  void offer_query(const uint64_t* q, Heap& h, int32_t& thr) {
 #ifdef AH_X86
-    if (avx512_) return offer_avx512(h, thr, dist, n_, j0_);
+    if (avx512_) {
+      if (W_ == 4) return offer_tile_avx512<4>(q, tt_.data(), n_, W_, j0_, h, thr);
+      return offer_tile_avx512<0>(q, tt_.data(), n_, W_, j0_, h, thr);
+    }
 #endif
-    offer(h, thr, dist, n_, j0_);
+    offer(h, thr, distances(q), n_, j0_);
   }
 
  private:
@@ -286,6 +309,28 @@ class TileScanner {
 
 const uint64_t* words_of(const at::Tensor& t) {
   return reinterpret_cast<const uint64_t*>(t.const_data_ptr<int64_t>());
+}
+
+// Top-k of queries [q0, q1) over base rows [jb, je): query q's sorted (distance, index) list
+// of kk <= je - jb entries goes to d + q * stride and i + q * stride.
+void topk_rows(const uint64_t* qp, const uint64_t* bp, int64_t W, int64_t q0, int64_t q1,
+               int64_t jb, int64_t je, int64_t kk, int32_t* d, int64_t* i, int64_t stride) {
+  TileScanner scan(bp, W);
+  const int64_t rows = scan.rows();
+  std::vector<Heap> heaps;
+  std::vector<int32_t> thr(static_cast<size_t>(q1 - q0), INT32_MAX);
+  heaps.reserve(static_cast<size_t>(q1 - q0));
+  for (int64_t q = q0; q < q1; ++q) heaps.push_back(Heap{d + q * stride, i + q * stride, kk, 0});
+  // Blocks of queries whose rows and heaps fit in L2; each block walks the whole range.
+  const int64_t block = query_block(W, 12 * std::min<int64_t>(kk, 64));
+  for (int64_t b0 = q0; b0 < q1; b0 += block) {
+    const int64_t b1 = std::min(q1, b0 + block);
+    for (int64_t j0 = jb; j0 < je; j0 += rows) {
+      scan.load(j0, std::min(rows, je - j0));
+      for (int64_t q = b0; q < b1; ++q) scan.offer_query(qp + q * W, heaps[q - q0], thr[q - q0]);
+    }
+  }
+  for (Heap& h : heaps) h.sort();
 }
 
 // ---- ops -------------------------------------------------------------------------------
@@ -309,11 +354,15 @@ at::Tensor hamming_distance_cpu(const at::Tensor& a, const at::Tensor& b) {
   const bool by_rows = N >= 2 * at::get_num_threads() || tiles == 1;
   auto run = [&](int64_t i0, int64_t i1, int64_t t0, int64_t t1) {
     TileScanner scan(bp, W);
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t j0 = t * rows, n = std::min(rows, M - j0);
-      scan.load(j0, n);
-      for (int64_t i = i0; i < i1; ++i)
-        std::memcpy(op + i * M + j0, scan.distances(ap + i * W), sizeof(int32_t) * n);
+    const int64_t block = query_block(W, 4 * rows);  // rows of a and their output segments
+    for (int64_t b0 = i0; b0 < i1; b0 += block) {
+      const int64_t b1 = std::min(i1, b0 + block);
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t j0 = t * rows, n = std::min(rows, M - j0);
+        scan.load(j0, n);
+        for (int64_t i = b0; i < b1; ++i)
+          std::memcpy(op + i * M + j0, scan.distances(ap + i * W), sizeof(int32_t) * n);
+      }
     }
   };
   if (by_rows)
@@ -344,19 +393,47 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cpu(const at::Tensor& queries,
   }
   const uint64_t* qp = words_of(qc);
   const uint64_t* bp = words_of(bc);
+  const int64_t rows = tile_rows(W);
+  const int64_t tiles = (M + rows - 1) / rows;
+  const int64_t threads = at::get_num_threads();
+  if (Q >= 2 * threads || tiles < 2 * threads) {  // every thread: some queries, whole base
+    at::parallel_for(0, Q, 1, [&](int64_t q0, int64_t q1) {
+      topk_rows(qp, bp, W, q0, q1, 0, M, k, dp, ip, k);
+    });
+    return {dist, idx};
+  }
+  // Few queries, long base: every thread takes a range of base tiles and keeps the local k
+  // best of every query; the local lists are then merged (a row of the global top-k is in its
+  // range's top-k, so the merge is exact).
+  const int64_t chunks = threads;
+  const int64_t tiles_per = (tiles + chunks - 1) / chunks;
+  std::vector<int64_t> begin(chunks + 1), kc(chunks), off(chunks + 1, 0);
+  for (int64_t c = 0; c <= chunks; ++c) begin[c] = std::min(M, c * tiles_per * rows);
+  for (int64_t c = 0; c < chunks; ++c) {
+    kc[c] = std::min(k, begin[c + 1] - begin[c]);
+    off[c + 1] = off[c] + Q * kc[c];
+  }
+  std::vector<int32_t> ld(static_cast<size_t>(off[chunks]));
+  std::vector<int64_t> li(static_cast<size_t>(off[chunks]));
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c)
+      if (kc[c] > 0)
+        topk_rows(qp, bp, W, 0, Q, begin[c], begin[c + 1], kc[c], ld.data() + off[c],
+                  li.data() + off[c], kc[c]);
+  });
   at::parallel_for(0, Q, 1, [&](int64_t q0, int64_t q1) {
-    TileScanner scan(bp, W);
-    const int64_t rows = scan.rows();
-    std::vector<Heap> heaps;
-    std::vector<int32_t> thr(static_cast<size_t>(q1 - q0), INT32_MAX);
-    heaps.reserve(static_cast<size_t>(q1 - q0));
-    for (int64_t q = q0; q < q1; ++q) heaps.push_back(Heap{dp + q * k, ip + q * k, k, 0});
-    for (int64_t j0 = 0; j0 < M; j0 += rows) {
-      scan.load(j0, std::min(rows, M - j0));
-      for (int64_t q = q0; q < q1; ++q)
-        scan.offer_to(heaps[q - q0], thr[q - q0], scan.distances(qp + q * W));
+    std::vector<std::pair<int32_t, int64_t>> all;
+    for (int64_t q = q0; q < q1; ++q) {
+      all.clear();
+      for (int64_t c = 0; c < chunks; ++c)
+        for (int64_t t = 0; t < kc[c]; ++t)
+          all.emplace_back(ld[off[c] + q * kc[c] + t], li[off[c] + q * kc[c] + t]);
+      std::partial_sort(all.begin(), all.begin() + k, all.end());
+      for (int64_t t = 0; t < k; ++t) {
+        dp[q * k + t] = all[t].first;
+        ip[q * k + t] = all[t].second;
+      }
     }
-    for (Heap& h : heaps) h.sort();
   });
   return {dist, idx};
 }

@@ -1,0 +1,106 @@
+"""One self-contained HTML report per run directory.
+
+:func:`write_report` collects what a run directory holds: ``settings.json`` (the settings used;
+also ``sweep.json``), every ``*.png`` (embedded as base64 data URIs, so the file opens anywhere
+on its own), the phase tables ``phase*.csv`` and the sweep rows (``results.json``), and writes
+``report.html`` next to them.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+__all__ = ["write_report", "REPORT_COLUMNS"]
+
+REPORT_COLUMNS = ["width", "depth", "epochs", "n_train", "weight_decay", "dropout", "batch_norm",
+                  "label_noise", "noise_rate_true", "seed", "n_bits", "redundancy_train",
+                  "redundancy_test", "knn_test", "kmeans_purity_test", "kmeans_hungarian_test",
+                  "logreg_test", "acc_train", "acc_test", "t_train", "t_measure"]
+
+_STYLE = """body{font-family:sans-serif;margin:2em;max-width:1200px}
+table{border-collapse:collapse;font-size:12px;margin:1em 0}td,th{border:1px solid #ccc;padding:2px 6px}
+th{background:#eee}img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}
+.under{background:#f4c7c3}.critical{background:#fce8b2}.sufficient{background:#b7e1cd}"""
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, default=str)
+    return str(v)
+
+
+def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out += _flatten(v, f"{prefix}{k}.")
+        else:
+            out.append((f"{prefix}{k}", v))
+    return out
+
+
+def _table(header: list[str], rows: list[list], row_class=None) -> str:
+    h = "".join(f"<th>{html.escape(str(c))}</th>" for c in header)
+    body = []
+    for i, r in enumerate(rows):
+        cls = f' class="{html.escape(row_class(i))}"' if row_class else ""
+        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in r) + "</tr>")
+    return f"<table><thead><tr>{h}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def write_report(run_dir, title: str | None = None) -> Path:
+    """Write ``<run_dir>/report.html`` from the run directory's files; returns its path."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise FileNotFoundError(f"run directory {str(run)!r} does not exist")
+    parts = [f"<h1>{html.escape(title or 'activation-hash report')}</h1>",
+             f"<p>Run directory: <code>{html.escape(str(run.resolve()))}</code><br>"
+             f"Written {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}</p>"]
+    settings = {}
+    for name in ("settings.json", "sweep.json"):
+        if (run / name).is_file():
+            settings[name.removesuffix(".json")] = json.loads((run / name).read_text())
+    if settings:
+        parts.append("<h2>Settings</h2>")
+        parts.append(_table(["setting", "value"], [list(kv) for kv in _flatten(settings)]))
+    pngs = sorted(run.glob("*.png"))
+    if pngs:
+        parts.append("<h2>Plots</h2>")
+    for p in pngs:
+        data = base64.b64encode(p.read_bytes()).decode("ascii")
+        parts.append(f"<h3>{html.escape(p.stem)}</h3><img alt=\"{html.escape(p.stem)}\" "
+                     f"src=\"data:image/png;base64,{data}\">")
+    for p in sorted(run.glob("phase*.csv")):
+        with open(p, newline="") as f:
+            rows = list(csv.reader(f))
+        if not rows:
+            continue
+        header, body = rows[0], rows[1:]
+        ri = header.index("regime") if "regime" in header else None
+        parts.append(f"<h2>Phase table {html.escape(p.stem)}</h2>")
+        parts.append(_table(header, body, (lambda i: body[i][ri]) if ri is not None else None))
+    if (run / "results.json").is_file():
+        rows = json.loads((run / "results.json").read_text()).get("rows", [])
+        if rows:
+            cols = [c for c in REPORT_COLUMNS if any(c in r for r in rows)]
+            parts.append(f"<h2>Results ({len(rows)} points)</h2>")
+            parts.append(_table(cols, [[r.get(c, "") for c in cols] for r in rows]))
+    for name in ("metrics.json", "collisions.json", "categorization.json"):
+        if (run / name).is_file():
+            d = json.loads((run / name).read_text())
+            parts.append(f"<h2>{html.escape(name)}</h2>")
+            parts.append(_table(["key", "value"], [list(kv) for kv in _flatten(d)]))
+    doc = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+           f"<title>{html.escape(title or 'activation-hash report')}</title>"
+           f"<style>{_STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+    out = run / "report.html"
+    from activation_hash.experiments.sweep import atomic_write_text
+
+    atomic_write_text(out, doc)
+    return out

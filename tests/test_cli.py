@@ -1,0 +1,144 @@
+"""The activation-hash command line: --help of every subcommand, config files, and tiny
+end-to-end runs."""
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+
+from activation_hash.cli import build_parser, main
+
+COMMANDS = ["demo", "train", "extract", "collisions", "categorize", "sweep", "phase-chart", "report"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: activation-hash {cmd}")
+    if cmd not in ("report",):
+        assert "--out" in text and "--quiet" in text and "--config" in text
+
+
+def test_top_level_help_and_console_script(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert all(c in text for c in COMMANDS)
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert meta["project"]["scripts"]["activation-hash"] == "activation_hash.cli:main"
+    r = subprocess.run([sys.executable, "-m", "activation_hash.cli", "sweep", "--help"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0 and "--factor" in r.stdout
+
+
+def test_bad_usage(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["sweep", "--out", str(tmp_path / "s"), "--quiet"])
+    assert "--factor" in str(e.value)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("widht = 3\n")
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--config", str(cfg), "--out", str(tmp_path / "t")])
+    assert "widht" in str(e.value) and str(cfg) in str(e.value)
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--config", str(tmp_path / "none.toml")])
+    assert "not found" in str(e.value)
+
+
+def test_paper_preset_and_overrides():
+    from activation_hash.cli import _train_cfg
+
+    args = build_parser().parse_args(["train", "--preset", "paper_mlp", "--epochs", "3", "--seed", "2"])
+    cfg = _train_cfg(args)
+    assert cfg["epochs"] == 3 and cfg["seed"] == 2
+    assert (cfg["lr"], cfg["lr_step"], cfg["lr_gamma"], cfg["batch_size"], cfg["patience"],
+            cfg["val_fraction"], cfg["weight_decay"]) == (1e-2, 20, 0.1, 64, 10, 0.2, 2e-6)
+
+
+def test_train_with_config_file(tmp_path, capsys):
+    cfg = tmp_path / "train.toml"
+    cfg.write_text('[data]\nn-train = 200\nn_test = 100\n[model]\nwidth = 5\nbatch_norm = true\n'
+                   '[train]\nepochs = 2\nlr = 0.01\n')
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--width", "7", "--out", str(out), "--quiet",
+                 "--save-checkpoints", "paper"]) == 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == \
+        ["epoch_0000.pt", "epoch_0001.pt", "epoch_0002.pt"]
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["width"] == 7 and settings["n_train"] == 200 and settings["epochs"] == 2
+    assert settings["model_cfg"] == {"arch": "mlp", "batch_norm": True, "width": 7, "depth": 1}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["stopped_epoch"] == 2 and metrics["test_accuracy"] > 0.2
+    assert len(json.loads((out / "history.json").read_text())) == 2
+    ck = torch.load(out / "model.pt", weights_only=True)
+    assert ck["state_dict"]["1.weight"].shape == (7, 64)
+    assert (out / "training.png").stat().st_size > 5000 and (out / "report.html").is_file()
+
+
+def test_sweep_phase_report_cli(tmp_path, capsys):
+    cfg = tmp_path / "sweep.toml"
+    cfg.write_text('seeds = "0"\nprobes = "knn"\nn_train = 150\nn_test = 80\nlr = 0.01\n'
+                   '[factor]\nwidth = [2, 16]\nepochs = [0, 2]\n')
+    out = tmp_path / "sw"
+    assert main(["sweep", "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [(r["width"], r["epochs"]) for r in rows] == [(2, 0), (2, 2), (16, 0), (16, 2)]
+    assert all("knn_test" in r and "logreg_test" not in r for r in rows)
+    names = {p.name for p in out.iterdir()}
+    assert {"results.csv", "factor_width.png", "factor_epochs.png", "phase_width_x_epochs.png",
+            "phase_width_x_epochs.csv", "report.html", "settings.json"} <= names
+    # rerun: everything is already there
+    assert main(["sweep", "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "results.json").read_text())["rows"] == rows
+    ph = tmp_path / "ph"
+    assert main(["phase-chart", str(out), "--x", "epochs", "--y", "width", "--r-hi", "0.5",
+                 "--r-lo", "0.2", "--acc-eps", "1.0", "--out", str(ph), "--quiet"]) == 0
+    table = (ph / "phase_width_x_epochs.csv").read_text().splitlines()
+    assert len(table) == 5
+    for line in table[1:]:
+        w, e, R = line.split(",")[:3]
+        want = "under" if float(R) >= 0.5 else ("sufficient" if float(R) <= 0.2 else "critical")
+        assert line.endswith(want)
+    capsys.readouterr()
+    assert main(["report", str(ph), "--title", "again"]) == 0
+    assert capsys.readouterr().out.strip() == str(ph / "report.html")
+    assert "<title>again</title>" in (ph / "report.html").read_text()
+
+
+def test_train_extract_collisions_categorize(tmp_path, capsys):
+    run = tmp_path / "t"
+    main(["train", "--n-train", "300", "--n-test", "100", "--width", "12", "--epochs", "2",
+          "--val-fraction", "0.2", "--out", str(run), "--quiet"])
+    ex = tmp_path / "x"
+    assert main(["extract", "--model", str(run), "--out", str(ex), "--quiet"]) == 0
+    from activation_hash.codes import CodeBook
+
+    tr, te = CodeBook.load(str(ex / "train.codes")), CodeBook.load(str(ex / "test.codes"))
+    assert len(tr) == 240 and len(te) == 100 and tr.n_bits == 12
+    assert tr.labels is not None and len(tr.labels) == 240
+    co = tmp_path / "co"
+    assert main(["collisions", str(ex / "train.codes"), "--per-layer", "--out", str(co), "--quiet"]) == 0
+    rep = json.loads((co / "collisions.json").read_text())[str(ex / "train.codes")]
+    n_distinct = len({tuple(r) for r in tr.codes.tolist()})
+    assert rep["n"] == 240 and rep["n_distinct"] == n_distinct
+    assert rep["redundancy"] == pytest.approx((240 - n_distinct) / 240)
+    assert rep["per_layer"] == [["2", pytest.approx(rep["redundancy"])]]
+    ca = tmp_path / "ca"
+    assert main(["categorize", "--train", str(ex / "train.codes"), "--test", str(ex / "test.codes"),
+                 "--out", str(ca), "--quiet"]) == 0
+    d = json.loads((ca / "categorization.json").read_text())
+    assert 0.3 < d["knn_test"] <= 1.0 and 0.0 <= d["logreg_test"] <= 1.0
