@@ -199,8 +199,8 @@ def hamming_topk(queries: torch.Tensor, base: torch.Tensor,
     ValueError) -> (dist int32 ``[Q, k]``, idx int64 ``[Q, k]``), ascending by distance; equal
     distances are ordered by base index, so the result equals a stable full sort.
     CPU: per-query heaps over L1-sized base tiles (AVX-512 VPOPCNTDQ / POPCNT / portable).
-    CUDA: one block per query, a distance histogram then an ordered placement pass (any k);
-    codes wider than 128 words fall back to chunked distances + a stable sort.
+    CUDA: one block per query, a distance histogram then a warp-parallel ordered placement
+    pass (any k); codes wider than 128 words fall back to chunked distances + a stable sort.
     """
     if not isinstance(k, int) or isinstance(k, bool):
         raise TypeError(f"k must be an int, got {type(k).__name__}")
