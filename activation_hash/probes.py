@@ -128,6 +128,10 @@ def cluster_scores(assign: np.ndarray, labels: np.ndarray) -> dict:
     map of clusters to classes maximizing the matches) of a clustering."""
     from scipy.optimize import linear_sum_assignment
 
+    assign, labels = np.asarray(assign), np.asarray(labels)
+    for name, a in (("assign", assign), ("labels", labels)):
+        if a.dtype.kind not in "iu":
+            raise TypeError(f"{name} must hold integers, got dtype {a.dtype}")
     _, cl = np.unique(assign, return_inverse=True)
     _, lab = np.unique(labels, return_inverse=True)
     table = np.zeros((cl.max() + 1, lab.max() + 1), dtype=np.int64)
@@ -148,10 +152,8 @@ def kmeans_accuracy(codes, labels=None, n_clusters: int | None = None, seed: int
     Returns ``{"purity", "hungarian", "n_clusters", "backend"}``.
     """
     c, lab = as_codes(codes, "codes")
-    if labels is not None:
-        lab = torch.as_tensor(labels).to(torch.int64)
-        if lab.shape != (c.shape[0],):
-            raise ValueError(f"labels must have shape [{c.shape[0]}], got {list(lab.shape)}")
+    if labels is not None:  # checked as as_codes checks a (codes, labels) tuple: integers [N]
+        _, lab = as_codes((c, labels), "codes")
     if lab is None:
         raise ValueError("kmeans_accuracy needs labels: pass labels=... or a labelled CodeBook")
     if c.shape[0] == 0:

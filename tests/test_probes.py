@@ -162,6 +162,22 @@ def test_errors(split):
         probes.knn_accuracy((tc, ty.float()), (qc, qy))
 
 
+@pytest.mark.parametrize("bad", [lambda y: y.float(), lambda y: y.double().numpy(),
+                                 lambda y: y.float().tolist(), lambda y: y.bool()])
+def test_float_labels_are_a_type_error(split, bad):
+    (tc, ty, _), (qc, qy, _) = split
+    with pytest.raises(TypeError, match=r"labels must be integers, got dtype (torch\.)?(float|bool)"):
+        probes.kmeans_accuracy(tc, bad(ty))
+    with pytest.raises(TypeError, match="labels must be integers"):
+        probes.knn_predict(SimpleNamespace(codes=tc, labels=bad(ty)), qc)
+    with pytest.raises(TypeError, match="labels must be integers"):
+        probes.logreg_accuracy((tc, ty), (qc, bad(qy)))
+    with pytest.raises(TypeError, match="labels must be integers"):
+        probes.categorize((tc, bad(ty)), (qc, qy))
+    with pytest.raises(TypeError, match="labels must hold integers, got dtype float"):
+        probes.cluster_scores(np.zeros(3, dtype=np.int64), np.zeros(3))
+
+
 def test_real_codebooks():
     from activation_hash.codes import CodeBook
     from activation_hash.index import CodeIndex, to_bytes
