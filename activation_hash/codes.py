@@ -276,10 +276,11 @@ def _check_labels(y, n: int | None, name: str) -> torch.Tensor:
 def as_codes(x, name: str = "codes") -> tuple[torch.Tensor, torch.Tensor | None]:
     """The one adapter of code inputs: ``(codes int64 [N, W], labels int64 [N] or None)``.
 
-    ``x`` may be a :class:`CodeBook` (or any object with ``.codes`` and ``.labels``), an int64
-    torch tensor ``[N, W]``, an int64 numpy array ``[N, W]`` (shared when C-contiguous, else
-    copied), or a ``(codes, labels)`` tuple whose codes are any of those. Labels must be
-    integer (bool, float and complex are refused), 1-D, one per code. Errors name ``name``.
+    ``x`` may be a :class:`CodeBook` (or any object with ``.codes`` and optionally
+    ``.labels``), an int64 torch tensor ``[N, W]``, an int64 numpy array ``[N, W]`` (shared
+    when C-contiguous, else copied), or a ``(codes, labels)`` tuple whose codes are any of
+    those; the tuple's labels win (``(codebook, None)``: no labels). Labels must be integer
+    (bool, float and complex are refused), 1-D, one per code. Errors name ``name``.
     """
     labels = None
     if isinstance(x, tuple):
@@ -288,11 +289,9 @@ def as_codes(x, name: str = "codes") -> tuple[torch.Tensor, torch.Tensor | None]
         x, labels = x
         if isinstance(x, tuple):
             raise TypeError(f"{name}: the codes of a (codes, labels) tuple cannot be a tuple")
-        x, own = as_codes(x, name)
-        if labels is None:
-            labels = own
-    elif isinstance(x, CodeBook) or (hasattr(x, "codes") and hasattr(x, "labels")):
-        labels = x.labels
+        x, _ = as_codes(x, name)
+    elif isinstance(x, CodeBook) or hasattr(x, "codes"):
+        labels = getattr(x, "labels", None)
         x = x.codes
     if isinstance(x, np.ndarray):
         if x.dtype != np.int64:

@@ -379,26 +379,26 @@ class CollisionCounter:
         self.n = 0
 
     def update(self, codes, labels=None) -> None:
-        """Add a batch: a CodeBook, int64 codes ``[B, W]`` or ``(codes, labels)``."""
+        """Add a batch: a CodeBook, int64 codes ``[B, W]`` or ``(codes, labels)``. Every
+        batch must have the width (words per row) of the first; invalid input raises before
+        anything is added."""
         c, own = as_codes(codes)
-        if labels is None:
-            labels = own
-        if self._width is None:
-            self._width = c.shape[1]
-        elif c.shape[1] != self._width:
+        lab = own if labels is None else _check_labels(labels, c.shape[0], "labels")
+        if self._width is not None and c.shape[1] != self._width:
             raise ValueError(f"CollisionCounter: codes of {c.shape[1]} words per row, earlier "
                              f"ones had {self._width} (one counter counts one code width)")
-        has = labels is not None
-        if self._with_labels is None:
-            self._with_labels = has
-        elif self._with_labels != has:
+        has = lab is not None
+        if self._with_labels is not None and self._with_labels != has:
             raise ValueError("CollisionCounter: give labels with every update or with none")
         if self._fps and c.device != self._fps[0].device:
             raise ValueError(f"CollisionCounter: codes on {c.device}, earlier ones on "
                              f"{self._fps[0].device}")
-        self._fps.append(fingerprint128(c))
+        fp = fingerprint128(c)
+        self._width = c.shape[1]
+        self._with_labels = has
+        self._fps.append(fp)
         if has:
-            self._labels.append(_check_labels(labels, c.shape[0], "labels").to(c.device))
+            self._labels.append(lab.to(c.device))
         self.n += c.shape[0]
 
     def merge(self, other: "CollisionCounter") -> "CollisionCounter":

@@ -251,8 +251,10 @@ def test_as_codes_is_the_one_adapter():
     assert arr[0, 0] == c[0, 0]  # C-contiguous numpy: shared, not copied
     c, lab = as_codes((arr[:, ::-1], np.arange(5)))  # non-contiguous: copied
     assert torch.equal(c, torch.from_numpy(arr[:, ::-1].copy())) and lab.dtype == torch.int64
-    c, lab = as_codes((cb, None))
-    assert torch.equal(lab, cb.labels)
+    c, lab = as_codes((cb, None))  # the tuple's labels win: none
+    assert c is cb.codes and lab is None
+    c, lab = as_codes((cb, torch.arange(5, dtype=torch.int32)))
+    assert lab.tolist() == list(range(5)) and lab.dtype == torch.int64
     with pytest.raises(TypeError, match="queries must hold int64"):
         as_codes(cb.codes.int(), "queries")
     with pytest.raises(TypeError, match="queries must hold int64.*float32"):

@@ -454,3 +454,6 @@ def test_label_and_width_checks():
     with pytest.raises(ValueError, match="3 and of 1 words"):
         c.merge(other)
     assert c.n == 20
+    with pytest.raises(TypeError, match="float"):  # nothing added by a refused update
+        c.update(codes, torch.rand(20))
+    assert c.n == 20 and c.compute().n == 20
