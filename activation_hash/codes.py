@@ -500,7 +500,7 @@ def model_fingerprint(model: nn.Module) -> str:
         sums.append(v.to(torch.float64).sum().reshape(1) if v.numel() else
                     torch.zeros(1, dtype=torch.float64, device=v.device))
     if sums:
-        vals = torch.cat([s.cpu() for s in sums]).numpy()
+        vals = torch.cat([s.to(sums[0].device) for s in sums]).cpu().numpy()
         h.update(np.round(vals, 6).tobytes())  # same weights, same sums (deterministic CPU sums)
     return h.hexdigest()
 
