@@ -16,6 +16,7 @@ Example::
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from typing import Any, Iterable, Iterator, Sequence
@@ -29,7 +30,7 @@ from activation_hash.layout import Layout
 from activation_hash.nn import record
 from activation_hash.ops import unpack_bits
 
-__all__ = ["CodeBook", "extract_codes", "as_codes"]
+__all__ = ["CodeBook", "extract_codes", "as_codes", "model_fingerprint"]
 
 
 def _as_index_vector(x, n: int, name: str) -> torch.Tensor | None:
@@ -37,7 +38,7 @@ def _as_index_vector(x, n: int, name: str) -> torch.Tensor | None:
     if x is None:
         return None
     if isinstance(x, np.ndarray):
-        if x.dtype.kind not in "iub":
+        if x.dtype.kind not in "iu":
             raise TypeError(f"{name} must hold integers, got a numpy array of {x.dtype}")
         x = torch.from_numpy(np.ascontiguousarray(x).astype(np.int64, copy=False))
     elif isinstance(x, (list, tuple)):
@@ -45,8 +46,8 @@ def _as_index_vector(x, n: int, name: str) -> torch.Tensor | None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a tensor, a numpy array or a list of integers, "
                         f"got {type(x).__name__}")
-    if x.dtype.is_floating_point or x.dtype.is_complex:
-        raise TypeError(f"{name} must hold integers, got {x.dtype}")
+    if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integers (bool is refused), got {x.dtype}")
     if x.dim() != 1 or x.shape[0] != n:
         raise ValueError(f"{name} must have shape [{n}] (one per code), got {list(x.shape)}")
     return x.to(torch.int64)
@@ -58,7 +59,8 @@ class CodeBook:
     Args:
         codes: int64 ``[N, W]`` with ``W == layout.total_words`` (CPU or CUDA).
         layout: where each layer's bits live in a row.
-        labels: optional integer labels ``[N]`` (stored as int64).
+        labels: optional integer labels ``[N]`` (stored as int64; float, bool and 2-D labels
+            are refused with TypeError / ValueError).
         ids: optional integer sample ids ``[N]`` (e.g. dataset indices).
         meta: optional JSON-serialisable dict (model name, dataset, split, ...).
     """
@@ -230,9 +232,15 @@ class CodeBook:
     def load(cls, path: str | os.PathLike, mmap: bool = True, verify: bool = False) -> "CodeBook":
         """Read a store written by :meth:`save` or :func:`extract_codes` (``store=``).
 
-        With ``mmap`` the arrays are memory-mapped read-only (no copy). An incomplete store
-        (interrupted extraction) raises :class:`activation_hash.store.IncompleteStoreError`;
-        ``verify`` re-checks every file's checksum.
+        With ``mmap`` the arrays are memory-mapped copy-on-write (no copy at load): reads come
+        from the file, and writing into the tensors (``cb.codes[0, 0] = 1``) works but changes
+        private memory of this process only, never the file; use :meth:`save` to persist.
+        Without ``mmap`` the arrays are read into memory.
+
+        An incomplete store (interrupted extraction) raises
+        :class:`activation_hash.store.IncompleteStoreError`. ``verify=False`` (default, cheap)
+        checks only that each file's size, dtype and shape match the manifest;
+        ``verify=True`` also reads every file and checks its sha256 against the manifest.
         """
         data = _store.read(path, mmap=mmap, verify=verify)
         layout = Layout.from_dict(data.layout)
@@ -240,56 +248,100 @@ class CodeBook:
         codes = arrays.get("codes")
         if codes is None:
             raise ValueError(f"{path} holds no 'codes' array, only {sorted(arrays)}")
-        t = (lambda a: None if a is None else torch.from_numpy(a))
-        with warnings.catch_warnings():  # read-only memory maps: torch warns, we never write
-            warnings.simplefilter("ignore", UserWarning)
-            return cls(t(codes), layout, t(arrays.get("labels")), t(arrays.get("ids")), data.meta)
+        t = (lambda a: None if a is None else torch.from_numpy(a))  # writable: copy-on-write
+        return cls(t(codes), layout, t(arrays.get("labels")), t(arrays.get("ids")), data.meta)
 
 
-def as_codes(x) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(codes int64 [N, W], labels int64 [N] or None)`` from a CodeBook, an int64 tensor
-    ``[N, W]`` or a ``(codes, labels)`` tuple (codes may be a CodeBook there too)."""
-    if isinstance(x, CodeBook):
-        return x.codes, x.labels
-    if isinstance(x, tuple) and len(x) == 2:
-        codes, _ = as_codes(x[0])
-        if codes.shape[0] and x[1] is None:
-            return codes, None
-        labels = _as_index_vector(x[1], codes.shape[0], "labels") if x[1] is not None else None
-        return codes, labels
-    if isinstance(x, torch.Tensor):
-        if x.dtype != torch.int64:
-            raise TypeError(f"codes must be int64 packed words [N, W], got {x.dtype}")
-        if x.dim() != 2:
-            raise ValueError(f"codes must be 2-D [N, W], got shape {list(x.shape)}")
-        return x, None
-    if hasattr(x, "codes") and hasattr(x, "labels"):  # duck-typed code books
-        return as_codes((x.codes, x.labels))
-    raise TypeError(f"expected a CodeBook, an int64 tensor [N, W] or a (codes, labels) tuple, "
-                    f"got {type(x).__name__}")
+def _check_labels(y, n: int | None, name: str) -> torch.Tensor:
+    """Class labels: integer (not bool), 1-D, ``n`` of them -> int64 tensor (same device)."""
+    if isinstance(y, np.ndarray):
+        if y.dtype.kind not in "iu":
+            raise TypeError(f"{name} must be integer class labels, got a numpy array of {y.dtype}")
+        y = torch.from_numpy(np.ascontiguousarray(y))
+    elif not isinstance(y, torch.Tensor):
+        try:
+            y = torch.as_tensor(y)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"{name} must be integer class labels, got "
+                            f"{type(y).__name__}") from err
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise TypeError(f"{name} must be integer class labels (bool is refused), got {y.dtype}")
+    if y.dim() != 1 or (n is not None and y.shape[0] != n):
+        want = "[B]" if n is None else f"[{n}]"
+        raise ValueError(f"{name} must be 1-D class labels of shape {want}, got shape "
+                         f"{list(y.shape)}")
+    return y.to(torch.int64)
+
+
+def as_codes(x, name: str = "codes") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The one adapter of code inputs: ``(codes int64 [N, W], labels int64 [N] or None)``.
+
+    ``x`` may be a :class:`CodeBook` (or any object with ``.codes`` and optionally
+    ``.labels``), an int64 torch tensor ``[N, W]``, an int64 numpy array ``[N, W]`` (shared
+    when C-contiguous, else copied), or a ``(codes, labels)`` tuple whose codes are any of
+    those; the tuple's labels win (``(codebook, None)``: no labels). Labels must be integer
+    (bool, float and complex are refused), 1-D, one per code. Errors name ``name``.
+    """
+    labels = None
+    if isinstance(x, tuple):
+        if len(x) != 2:
+            raise ValueError(f"{name}: a tuple must be (codes, labels), got {len(x)} items")
+        x, labels = x
+        if isinstance(x, tuple):
+            raise TypeError(f"{name}: the codes of a (codes, labels) tuple cannot be a tuple")
+        x, _ = as_codes(x, name)
+    elif isinstance(x, CodeBook) or hasattr(x, "codes"):
+        labels = getattr(x, "labels", None)
+        x = x.codes
+    if isinstance(x, np.ndarray):
+        if x.dtype != np.int64:
+            raise TypeError(f"{name} must hold int64 packed words [N, W], got a numpy array of "
+                            f"{x.dtype}")
+        if x.ndim != 2:
+            raise ValueError(f"{name} must be 2-D [N, W] packed words, got shape {list(x.shape)}")
+        x = torch.from_numpy(np.require(x, requirements=["C", "W"]))
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a CodeBook, an int64 tensor or numpy array [N, W], or a "
+                        f"(codes, labels) tuple, got {type(x).__name__}")
+    if x.dtype != torch.int64:
+        raise TypeError(f"{name} must hold int64 packed words [N, W], got dtype {x.dtype}")
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be 2-D [N, W] packed words, got shape {list(x.shape)}")
+    if labels is not None:
+        labels = _check_labels(labels, x.shape[0], f"{name}: labels")
+    return x, labels
 
 
 # ---- extraction ---------------------------------------------------------------------------
 
-def _split_batch(batch) -> tuple[Any, torch.Tensor | None]:
-    """A loader item -> (model input, labels or None)."""
+_TARGETS_HINT = ("; extract_codes keeps integer class labels [B] only: pass labels=False to "
+                 "ignore the targets")
+
+
+def _split_batch(batch, labels: bool = True) -> tuple[Any, torch.Tensor | None]:
+    """A loader item -> (model input, int64 labels [B] or None). Targets that are not
+    integer class labels raise (unless ``labels`` is False: then they are ignored)."""
     if isinstance(batch, torch.Tensor):
         return batch, None
+    x = y = None
     if isinstance(batch, (tuple, list)) and len(batch) >= 1:
         x = batch[0]
         y = batch[1] if len(batch) >= 2 else None
-        if y is not None and not isinstance(y, torch.Tensor):
-            y = torch.as_tensor(y)
-        if y is not None and (y.dtype.is_floating_point or y.dim() != 1):
-            y = None  # not class labels (targets of another kind): not kept
-        return x, y
-    if isinstance(batch, dict):
+    elif isinstance(batch, dict):
         for k in ("x", "input", "inputs", "image", "images"):
             if k in batch:
+                x = batch[k]
                 y = batch.get("y", batch.get("label", batch.get("labels")))
-                return batch[k], (torch.as_tensor(y) if y is not None else None)
-    raise TypeError(f"a data batch must be a tensor, an (inputs, labels) tuple or a dict with "
-                    f"'x'/'input'/'image' keys, got {type(batch).__name__}")
+                break
+    if x is None:
+        raise TypeError(f"a data batch must be a tensor, an (inputs, labels) tuple or a dict "
+                        f"with 'x'/'input'/'image' keys, got {type(batch).__name__}")
+    if y is None or not labels:
+        return x, None
+    try:
+        return x, _check_labels(y, None, "the batch's labels")
+    except (TypeError, ValueError) as err:
+        raise type(err)(str(err) + _TARGETS_HINT) from err
 
 
 def _batch_len(x) -> int:
@@ -310,8 +362,8 @@ def _to(x, device):
 
 def _sequential_loader(data, batch_size: int, skip: int):
     """(iterable of batches, number of batches or None) over data in order, from sample skip."""
-    from torch.utils.data import (DataLoader, Dataset, IterableDataset, SequentialSampler,
-                                  Subset, TensorDataset)
+    from torch.utils.data import (BatchSampler, DataLoader, Dataset, IterableDataset,
+                                  SequentialSampler, Subset, TensorDataset)
 
     if isinstance(data, torch.Tensor):
         data = TensorDataset(data)
@@ -341,7 +393,9 @@ def _sequential_loader(data, batch_size: int, skip: int):
     if isinstance(data, DataLoader):
         loader = data
         ds = loader.dataset
-        in_order = isinstance(loader.sampler, SequentialSampler) and not loader.drop_last
+        bs = loader.batch_sampler  # a custom batch_sampler may shuffle whatever .sampler is
+        in_order = (type(bs) is BatchSampler and type(bs.sampler) is SequentialSampler
+                    and not bs.drop_last and isinstance(loader.sampler, SequentialSampler))
         if isinstance(ds, IterableDataset):
             if loader.drop_last:
                 raise ValueError("extract_codes keeps every sample, but this DataLoader over an "
@@ -349,7 +403,8 @@ def _sequential_loader(data, batch_size: int, skip: int):
             return _skip_samples(iter(loader), skip), None
         if not in_order or skip:
             if not in_order:
-                warnings.warn("extract_codes: the DataLoader shuffles or drops its last batch; "
+                warnings.warn("extract_codes: the DataLoader may shuffle or drop samples (shuffle, "
+                              "drop_last, a custom sampler or batch_sampler, or no batching); "
                               "iterating its dataset in order, every sample, instead",
                               RuntimeWarning, stacklevel=3)
             ds = Subset(ds, range(skip, len(ds))) if skip else ds
@@ -373,7 +428,10 @@ def _skip_samples(batches: Iterator, skip: int) -> Iterator:
     """Drop the first ``skip`` samples of a stream of batches (resume of iterable data)."""
     for batch in batches:
         if skip > 0:
-            x, y = _split_batch(batch)
+            try:
+                x, y = _split_batch(batch)
+            except (TypeError, ValueError):  # targets that are no labels (labels=False)
+                x, y = _split_batch(batch, False)
             b = _batch_len(x)
             if b <= skip:
                 skip -= b
@@ -393,10 +451,93 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _data_len(data) -> int | None:
+    """Number of samples of ``data`` when it can be told cheaply (else None)."""
+    from torch.utils.data import DataLoader, IterableDataset
+
+    if isinstance(data, torch.Tensor):
+        return data.shape[0]
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        return data[0].shape[0]
+    ds = data.dataset if isinstance(data, DataLoader) else data
+    if isinstance(ds, IterableDataset):
+        return None
+    try:
+        return len(ds)
+    except TypeError:
+        return None
+
+
+def _data_fingerprint(data) -> str | None:
+    """sha256 of the first (up to 64) samples of tensor data (and labels); None otherwise."""
+    if isinstance(data, torch.Tensor):
+        parts = [data]
+    elif isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        parts = [data[0], torch.as_tensor(np.asarray(data[1]) if not isinstance(
+            data[1], torch.Tensor) else data[1])]
+    else:
+        return None
+    h = hashlib.sha256()
+    for t in parts:
+        t = t[:64].detach().cpu().contiguous()
+        h.update(f"{t.dtype}{list(t.shape)}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """Cheap fingerprint of a model's weights: sha256 of the name, dtype and shape of every
+    parameter and buffer and of their sums (float64; one device sync in all)."""
+    h = hashlib.sha256()
+    sums = []
+    for k, v in model.state_dict().items():
+        if not isinstance(v, torch.Tensor):
+            continue
+        h.update(f"{k}:{v.dtype}:{list(v.shape)};".encode())
+        v = v.detach()
+        if v.is_complex():
+            v = torch.view_as_real(v)
+        sums.append(v.to(torch.float64).sum().reshape(1) if v.numel() else
+                    torch.zeros(1, dtype=torch.float64, device=v.device))
+    if sums:
+        vals = torch.cat([s.to(sums[0].device) for s in sums]).cpu().numpy()
+        h.update(np.round(vals, 6).tobytes())  # same weights, same sums (deterministic CPU sums)
+    return h.hexdigest()
+
+
+def _extraction_record(model, data, layers) -> dict:
+    return {"n": _data_len(data), "layers": None if layers is None else [
+                v if isinstance(v, str) else int(v) for v in
+                ([layers] if isinstance(layers, (str, int)) else list(layers))],
+            "model": model_fingerprint(model), "data": _data_fingerprint(data)}
+
+
+def _check_record(path, stored: dict, want: dict, rows: int, complete: bool) -> None:
+    """ValueError when a store was made from other data, layers or model than this call's."""
+    got = stored.get("extraction") if isinstance(stored, dict) else None
+    diffs = []
+    if isinstance(got, dict):
+        for k, what in (("n", "samples"), ("layers", "layers"), ("model", "model weights"),
+                        ("data", "data (first samples)")):
+            known = (k in got) if k == "layers" else (got.get(k) is not None and
+                                                      want[k] is not None)
+            if known and got[k] != want[k]:
+                diffs.append(f"{what}: store {got[k]!r}, this call {want[k]!r}"
+                             if k in ("n", "layers") else f"{what} differ")
+    n = want["n"]
+    if n is not None and (rows != n if complete else rows > n):
+        diffs.append(f"the store holds {rows} rows, the data {n} samples")
+    if diffs:
+        raise ValueError(f"store {os.fspath(path)!r} was made from other inputs than this call ("
+                         + "; ".join(diffs) + "): pass overwrite=True to replace it, or another "
+                         "store path")
+
+
 def extract_codes(model: nn.Module, data, *, layers: Iterable[int | str] | None = None,
                   batch_size: int = 256, device=None, progress: bool = True,
                   store: str | os.PathLike | None = None, resume: bool = True,
-                  chunk_rows: int | None = None, meta: dict | None = None) -> CodeBook:
+                  overwrite: bool = False, chunk_rows: int | None = None,
+                  meta: dict | None = None, labels: bool = True) -> CodeBook:
     """Neural codes of every sample of ``data``, in order.
 
     The model runs in eval mode under ``torch.no_grad()`` (each module's train/eval mode is
@@ -416,8 +557,16 @@ def extract_codes(model: nn.Module, data, *, layers: Iterable[int | str] | None 
             larger than memory) and return the CodeBook memory-mapped from it.
         resume: with ``store``, continue an interrupted extraction after its last intact chunk
             (a complete store is returned as it is); with False an existing store is an error.
+            Either way the store must come from the same inputs: its manifest's
+            ``meta["extraction"]`` records the number of samples, the ``layers`` argument, a
+            :func:`model_fingerprint` and (tensor data) a hash of the first samples, and any
+            difference (or a complete store of another size) raises ValueError.
+        overwrite: with ``store``, discard an existing store (its own files) and start afresh.
         chunk_rows: rows per chunk file of the store (default: about 64 MiB per chunk).
-        meta: metadata kept with the CodeBook (and in the store's manifest).
+        meta: metadata kept with the CodeBook (and in the store's manifest); its key
+            ``"extraction"`` is set by this function (see ``resume``).
+        labels: keep the data's labels (they must be integer class labels ``[B]``; other
+            targets raise TypeError / ValueError). False ignores the targets.
 
     Returns:
         a :class:`CodeBook` (codes on the CPU) with labels when the data has them.
@@ -434,13 +583,23 @@ def extract_codes(model: nn.Module, data, *, layers: Iterable[int | str] | None 
     writer = None
     skip = 0
     if store is not None:
+        record_ = _extraction_record(model, data, layers)
+        meta["extraction"] = record_
+        others_ok = False
+        if _store.exists(store) and overwrite:
+            _store.remove(store)  # the store's own files only
+            others_ok = True
         if _store.exists(store):
             if not resume:
                 raise ValueError(f"store {os.fspath(store)!r} already exists; pass resume=True "
-                                 f"to continue or return it, or remove it")
-            if _store.is_complete(store):
+                                 f"to continue or return it, overwrite=True, or remove it")
+            m = _store.manifest(store)
+            _check_record(store, m.get("meta", {}), record_, int(m.get("rows", 0)),
+                          bool(m.get("complete")))
+            if m.get("complete"):
                 return CodeBook.load(store)
-        writer = _store.Writer(store, meta=meta, chunk_rows=chunk_rows, resume=resume)
+        writer = _store.Writer(store, meta=meta, chunk_rows=chunk_rows, resume=resume,
+                               others_ok=others_ok)
         skip = writer.n_rows
 
     batches, total = _sequential_loader(data, batch_size, skip)
@@ -454,7 +613,7 @@ def extract_codes(model: nn.Module, data, *, layers: Iterable[int | str] | None 
         with rec, torch.no_grad():
             bar = tqdm(batches, total=total, disable=not progress, desc="codes", unit="batch")
             for batch in bar:
-                x, y = _split_batch(batch)
+                x, y = _split_batch(batch, labels)
                 b = _batch_len(x)
                 got: list[torch.Tensor] = []
                 rec.on_batch = (lambda c, lo, got=got: got.append(c))
@@ -473,7 +632,7 @@ def extract_codes(model: nn.Module, data, *, layers: Iterable[int | str] | None 
                     raise ValueError("some batches have labels and some do not")
                 if has and y.shape[0] != b:
                     raise ValueError(f"a batch has {b} inputs but {y.shape[0]} labels")
-                lab = y.cpu().to(torch.int64) if has else None
+                lab = y.cpu() if has else None  # int64 class labels (checked)
                 if writer is not None:
                     arrays = {"codes": code.numpy()}
                     if lab is not None:

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from activation_hash.codes import CodeBook, as_codes
+from activation_hash.codes import CodeBook, _check_labels, as_codes
 from activation_hash.layout import Layout
 from activation_hash.ops import fingerprint128, fingerprint_key
 
@@ -218,7 +218,10 @@ class CollisionReport:
         unique_fraction: fraction of samples alone in their region.
         occupancy: ``{k: number of regions holding exactly k samples}``.
         n_shared_regions: regions holding 2 samples or more.
-        largest_groups: sample indices (sorted int64 tensors) of the largest shared regions.
+        largest_groups: sample indices (sorted int64 tensors) of the largest shared regions,
+            largest first; regions of equal size are ordered by their smallest sample index
+            (deterministic: among regions tied at the cut-off size, those whose smallest
+            sample index is lowest are listed).
         mixed_regions / mixed_samples: (with labels) shared regions holding more than one
             class, and the samples in them; None without labels.
         per_layer: ``[(layer name, redundancy of the code truncated after that layer)]``.
@@ -263,9 +266,18 @@ def _report(g: Groups, labels: torch.Tensor | None, top: int, exact: bool) -> Co
     largest: list[torch.Tensor] = []
     if top and shared:
         k = min(top, shared)
-        big = torch.topk(counts, k).indices
-        # ties: earlier group first (deterministic)
-        big = big[torch.argsort(-counts[big] * (shared + 1) + big)]
+        # candidates: every region at least as large as the k-th largest (ties included)
+        cut = torch.topk(counts, k).values[-1]
+        cand = (counts >= cut).nonzero().squeeze(1)
+        lowest = g.perm[starts[cand]].clone()  # smallest sample index of each candidate
+        in_cand = torch.full((shared,), -1, dtype=torch.int64, device=counts.device)
+        in_cand[cand] = torch.arange(cand.shape[0], device=counts.device)
+        sel = in_cand[group]
+        ok = sel >= 0
+        lowest.scatter_reduce_(0, sel[ok], g.perm[dup[ok]], reduce="amin")
+        order = torch.sort(lowest, stable=True).indices  # then by size: stable sort on -count
+        order = order[torch.sort(-counts[cand][order], stable=True).indices]
+        big = cand[order[:k]]
         s_l, c_l = starts[big].tolist(), counts[big].tolist()
         largest = [torch.sort(g.perm[s:s + c])[0].cpu() for s, c in zip(s_l, c_l)]
     mixed_regions = mixed_samples = None
@@ -305,10 +317,8 @@ def collisions(codes_or_codebook, labels=None, *, per_layer: bool = False, top: 
         layout = codes_or_codebook.layout
     if labels is None:
         labels = own_labels
-    elif not isinstance(labels, torch.Tensor):
-        labels = torch.as_tensor(labels)
-    if labels is not None and labels.shape != (codes.shape[0],):
-        raise ValueError(f"labels must have shape [{codes.shape[0]}], got {list(labels.shape)}")
+    else:
+        labels = _check_labels(labels, codes.shape[0], "labels")
     if isinstance(top, bool) or not isinstance(top, int) or top < 0:
         raise ValueError(f"top must be an int >= 0, got {top!r}")
     if not per_layer:
@@ -365,27 +375,30 @@ class CollisionCounter:
         self._fps: list[torch.Tensor] = []
         self._labels: list[torch.Tensor] = []
         self._with_labels: bool | None = None
+        self._width: int | None = None
         self.n = 0
 
     def update(self, codes, labels=None) -> None:
-        """Add a batch: a CodeBook, int64 codes ``[B, W]`` or ``(codes, labels)``."""
+        """Add a batch: a CodeBook, int64 codes ``[B, W]`` or ``(codes, labels)``. Every
+        batch must have the width (words per row) of the first; invalid input raises before
+        anything is added."""
         c, own = as_codes(codes)
-        if labels is None:
-            labels = own
-        has = labels is not None
-        if self._with_labels is None:
-            self._with_labels = has
-        elif self._with_labels != has:
+        lab = own if labels is None else _check_labels(labels, c.shape[0], "labels")
+        if self._width is not None and c.shape[1] != self._width:
+            raise ValueError(f"CollisionCounter: codes of {c.shape[1]} words per row, earlier "
+                             f"ones had {self._width} (one counter counts one code width)")
+        has = lab is not None
+        if self._with_labels is not None and self._with_labels != has:
             raise ValueError("CollisionCounter: give labels with every update or with none")
         if self._fps and c.device != self._fps[0].device:
             raise ValueError(f"CollisionCounter: codes on {c.device}, earlier ones on "
                              f"{self._fps[0].device}")
-        self._fps.append(fingerprint128(c))
+        fp = fingerprint128(c)
+        self._width = c.shape[1]
+        self._with_labels = has
+        self._fps.append(fp)
         if has:
-            lab = torch.as_tensor(labels).to(device=c.device, dtype=torch.int64)
-            if lab.shape != (c.shape[0],):
-                raise ValueError(f"labels must have shape [{c.shape[0]}], got {list(lab.shape)}")
-            self._labels.append(lab)
+            self._labels.append(lab.to(c.device))
         self.n += c.shape[0]
 
     def merge(self, other: "CollisionCounter") -> "CollisionCounter":
@@ -394,8 +407,13 @@ class CollisionCounter:
             raise TypeError(f"merge takes a CollisionCounter, got {type(other).__name__}")
         if other.n and self.n and self._with_labels != other._with_labels:
             raise ValueError("CollisionCounter.merge: one counter has labels, the other not")
+        if self._width is not None and other._width is not None and self._width != other._width:
+            raise ValueError(f"CollisionCounter.merge: codes of {self._width} and of "
+                             f"{other._width} words per row")
         if self._with_labels is None:
             self._with_labels = other._with_labels
+        if self._width is None:
+            self._width = other._width
         self._fps += other._fps
         self._labels += other._labels
         self.n += other.n
@@ -416,13 +434,18 @@ class CollisionCounter:
         fp = torch.cat(self._fps).to(dev) if self._fps else torch.zeros(0, 2, dtype=torch.int64,
                                                                         device=dev)
         flags = torch.tensor([fp.shape[0], 1 if self._with_labels else 0,
-                              1 if self._with_labels is False else 0], device=dev)
+                              1 if self._with_labels is False else 0,
+                              -1 if self._width is None else self._width], device=dev)
         all_flags = [torch.zeros_like(flags) for _ in range(world)]
         dist.all_gather(all_flags, flags, group=group)
         sizes = [int(f[0]) for f in all_flags]
         if any(int(f[1]) for f in all_flags) and any(int(f[2]) for f in all_flags):
             raise ValueError("CollisionCounter.sync: some ranks have labels and some do not")
         with_labels = any(int(f[1]) for f in all_flags)
+        widths = {int(f[3]) for f in all_flags} - {-1}
+        if len(widths) > 1:
+            raise ValueError(f"CollisionCounter.sync: ranks counted codes of different widths "
+                             f"{sorted(widths)}")
         big = max(sizes)
 
         def gather(t: torch.Tensor) -> torch.Tensor:
@@ -442,6 +465,7 @@ class CollisionCounter:
         self._fps = [all_fp]
         self._labels = [labels] if labels is not None else []
         self._with_labels = with_labels if sum(sizes) else None
+        self._width = widths.pop() if widths else None
         self.n = all_fp.shape[0]
         return self
 

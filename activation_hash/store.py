@@ -14,14 +14,20 @@ is rewritten the same way after each chunk, and says ``"complete": true`` only a
 chunk and the merge are on disk. A store cut short (kill -9, power loss) therefore has
 ``complete: false``: :func:`read` refuses it with :class:`IncompleteStoreError`, and a
 :class:`Writer` opened with ``resume=True`` keeps the chunks whose size and sha256 verify and
-continues after them. Reads use ``np.load(mmap_mode="r", allow_pickle=False)``: no pickles.
+continues after them; it deletes only the store's own files (``manifest.json.tmp``, array
+files ``<name>.npy``, ``<name>-NNNNNN.npy`` and their ``.tmp``), never others. ``write(...,
+overwrite=True)`` writes the new store into a sibling temporary directory and swaps it in by
+renames, so a crash leaves the old store readable. Reads use ``np.load(mmap_mode="c",
+allow_pickle=False)``: copy-on-write memory maps (writes stay in process memory), no pickles.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import shutil
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +39,9 @@ MANIFEST = "manifest.json"
 CHUNK_BYTES = 64 << 20  # default chunk size of an extraction
 
 __all__ = ["IncompleteStoreError", "Writer", "StoreData", "write", "read", "exists",
-           "is_complete"]
+           "is_complete", "manifest", "remove"]
+
+_KNOWN_ARRAYS = ("codes", "labels", "ids")
 
 
 class IncompleteStoreError(ValueError):
@@ -148,6 +156,34 @@ def is_complete(path) -> bool:
     return exists(path) and bool(_load_manifest(path).get("complete"))
 
 
+def manifest(path) -> dict:
+    """The manifest dict of the store at ``path`` (finished or not)."""
+    return _load_manifest(path)
+
+
+def _own_file(name: str, arrays) -> bool:
+    """Whether a file name is one the store writes (arrays, chunks, temporaries)."""
+    if name in (MANIFEST, MANIFEST + ".tmp"):
+        return True
+    names = set(_KNOWN_ARRAYS) | set(arrays or ())
+    alt = "|".join(re.escape(n) for n in sorted(names))
+    return re.fullmatch(rf"(?:{alt})(?:-\d{{6}})?\.npy(?:\.tmp)?", name) is not None
+
+
+def remove(path) -> None:
+    """Delete the store at ``path``: its own files only (see :func:`_own_file`), then the
+    directory when nothing else is left in it."""
+    root = os.fspath(path)
+    m = _load_manifest(root)
+    os.remove(os.path.join(root, MANIFEST))  # first: no half-deleted store looks valid
+    _fsync_dir(root)
+    for name in os.listdir(root):
+        if _own_file(name, m.get("arrays")) and os.path.isfile(os.path.join(root, name)):
+            os.remove(os.path.join(root, name))
+    if not os.listdir(root):
+        os.rmdir(root)
+
+
 def _write_manifest(root: str, m: dict) -> None:
     tmp = os.path.join(root, MANIFEST + ".tmp")
     with open(tmp, "w") as f:
@@ -164,11 +200,13 @@ class Writer:
     ``append`` buffers rows and writes a chunk file per array every ``chunk_rows`` rows (each
     followed by a manifest update); ``finish`` writes the rest, merges the chunks into one
     file per array and marks the store complete. With ``resume=True`` on an unfinished store,
-    the chunks that verify are kept and :attr:`n_rows` tells how many rows they hold.
+    the chunks that verify are kept and :attr:`n_rows` tells how many rows they hold. A new
+    store needs an empty (or no) directory; ``others_ok`` accepts a directory holding files
+    that are not a store's (e.g. after :func:`remove` left the user's files there).
     """
 
     def __init__(self, path, *, meta: dict | None = None, chunk_rows: int | None = None,
-                 resume: bool = False):
+                 resume: bool = False, others_ok: bool = False):
         self.root = os.fspath(path)
         if chunk_rows is not None and (isinstance(chunk_rows, bool) or
                                        not isinstance(chunk_rows, int) or chunk_rows < 1):
@@ -195,12 +233,13 @@ class Writer:
             self.m = m
             keep = {e["file"] for ch in good for e in ch["files"].values()} | {MANIFEST}
             for name in os.listdir(self.root):  # partial chunks, temporaries of the dead run
-                if name not in keep:
+                if name not in keep and _own_file(name, m.get("arrays")) and \
+                        os.path.isfile(os.path.join(self.root, name)):
                     os.remove(os.path.join(self.root, name))
             _write_manifest(self.root, self.m)
         else:
-            if os.path.exists(self.root) and (not os.path.isdir(self.root) or
-                                              os.listdir(self.root)):
+            if os.path.exists(self.root) and (not os.path.isdir(self.root) or any(
+                    not others_ok or _own_file(n, None) for n in os.listdir(self.root))):
                 raise ValueError(f"{self.root!r} exists and is not an empty directory or a "
                                  f"code store")
             os.makedirs(self.root, exist_ok=True)
@@ -292,22 +331,40 @@ class Writer:
 
 def write(path, arrays: dict[str, np.ndarray], *, layout: dict, meta: dict | None = None,
           overwrite: bool = False) -> None:
-    """Write a complete store holding ``arrays`` (one file each) in one go."""
-    root = os.fspath(path)
-    if exists(root):
-        if not overwrite:
-            raise ValueError(f"store {root!r} already exists; pass overwrite=True to replace it")
-        shutil.rmtree(root)
-    w = Writer(root, meta=meta, chunk_rows=1 << 62)
-    if next(iter(arrays.values())).shape[0]:
-        w.append(arrays, layout=layout)
-    else:
-        w.m["layout"] = layout
-    w.finish(empty={k: (v.dtype, list(v.shape[1:])) for k, v in arrays.items()})
+    """Write a complete store holding ``arrays`` (one file each) in one go.
+
+    With ``overwrite`` an existing store is replaced crash-safely: the new one is written to a
+    sibling temporary directory, then renames swap it in (old -> ``.old-*``, new -> path) and
+    the old one is deleted; if anything fails before the swap the old store is untouched.
+    """
+    root = os.fspath(path).rstrip(os.sep) or os.sep
+    replace = exists(root)
+    if replace and not overwrite:
+        raise ValueError(f"store {root!r} already exists; pass overwrite=True to replace it")
+    tag = uuid.uuid4().hex[:8]
+    target = f"{root}.tmp-{tag}" if replace else root
+    try:
+        w = Writer(target, meta=meta, chunk_rows=1 << 62)
+        if next(iter(arrays.values())).shape[0]:
+            w.append(arrays, layout=layout)
+        else:
+            w.m["layout"] = layout
+        w.finish(empty={k: (v.dtype, list(v.shape[1:])) for k, v in arrays.items()})
+    except BaseException:
+        if replace:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+    if replace:
+        old = f"{root}.old-{tag}"
+        os.rename(root, old)
+        os.rename(target, root)
+        _fsync_dir(os.path.dirname(os.path.abspath(root)))
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def read(path, *, mmap: bool = True, verify: bool = False) -> StoreData:
-    """The arrays of a complete store (memory-mapped read-only with ``mmap``).
+    """The arrays of a complete store (memory-mapped copy-on-write with ``mmap``: writable
+    arrays whose writes never reach the file).
 
     Raises :class:`IncompleteStoreError` for a store whose writer did not finish, and
     ValueError when a file's size (or, with ``verify``, its sha256) differs from the manifest.
@@ -327,7 +384,7 @@ def read(path, *, mmap: bool = True, verify: bool = False) -> StoreData:
             if not _entry_ok(root, e, check_hash=verify):
                 raise ValueError(f"store {root!r}: file {e['file']} does not match the manifest "
                                  f"({'size or sha256' if verify else 'size'} differs)")
-            a = np.load(os.path.join(root, e["file"]), mmap_mode="r" if mmap else None,
+            a = np.load(os.path.join(root, e["file"]), mmap_mode="c" if mmap else None,
                         allow_pickle=False)
             if list(a.shape) != e["shape"] or a.dtype.str != e["dtype"]:
                 raise ValueError(f"store {root!r}: {e['file']} holds {a.dtype} {list(a.shape)}, "

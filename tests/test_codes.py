@@ -238,3 +238,108 @@ def test_record_counts_our_relu_once_with_the_reference_backend():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "['1', '3'] [4, 2]"
+
+
+def test_as_codes_is_the_one_adapter():
+    cb, _ = random_codebook(5)
+    c, lab = as_codes(cb)
+    assert c is cb.codes and torch.equal(lab, cb.labels)
+    arr = cb.codes.numpy().copy()
+    c, lab = as_codes(arr)
+    assert lab is None and torch.equal(c, cb.codes)
+    c[0, 0] += 1
+    assert arr[0, 0] == c[0, 0]  # C-contiguous numpy: shared, not copied
+    c, lab = as_codes((arr[:, ::-1], np.arange(5)))  # non-contiguous: copied
+    assert torch.equal(c, torch.from_numpy(arr[:, ::-1].copy())) and lab.dtype == torch.int64
+    c, lab = as_codes((cb, None))  # the tuple's labels win: none
+    assert c is cb.codes and lab is None
+    c, lab = as_codes((cb, torch.arange(5, dtype=torch.int32)))
+    assert lab.tolist() == list(range(5)) and lab.dtype == torch.int64
+    with pytest.raises(TypeError, match="queries must hold int64"):
+        as_codes(cb.codes.int(), "queries")
+    with pytest.raises(TypeError, match="queries must hold int64.*float32"):
+        as_codes(np.zeros((2, 2), np.float32), name="queries")
+    with pytest.raises(ValueError, match="db must be 2-D"):
+        as_codes(torch.zeros(3, dtype=torch.int64), "db")
+    with pytest.raises(TypeError, match="db: labels must be integer.*float"):
+        as_codes((cb.codes, torch.rand(5)), "db")
+    with pytest.raises(TypeError, match="bool"):
+        as_codes((cb.codes, np.ones(5, bool)))
+    with pytest.raises(ValueError, match=r"labels must be 1-D .*\[5\], got shape \[4\]"):
+        as_codes((cb.codes, torch.arange(4)))
+    with pytest.raises(ValueError, match="3 items"):
+        as_codes((cb.codes, None, None))
+    with pytest.raises(TypeError, match="got str"):
+        as_codes("codes")
+    with pytest.raises(TypeError, match="bool"):
+        CodeBook(cb.codes, LAYOUT, labels=torch.ones(5, dtype=torch.bool))
+
+
+def test_extract_refuses_targets_that_are_no_class_labels():
+    model = bn_model()
+    x = torch.randn(12, 5)
+    for y, err, what in [(torch.rand(12), TypeError, "float"),
+                         (torch.zeros(12, 3, dtype=torch.int64), ValueError, "shape"),
+                         (torch.ones(12, dtype=torch.bool), TypeError, "bool")]:
+        with pytest.raises(err, match=what):
+            extract_codes(model, (x, y), batch_size=5, progress=False)
+        with pytest.raises(err, match=what):  # dict batches too
+            extract_codes(model, [{"x": x[i:i + 4], "y": y[i:i + 4]} for i in (0, 4, 8)],
+                          progress=False)
+        cb = extract_codes(model, (x, y), batch_size=5, progress=False, labels=False)
+        assert cb.labels is None and len(cb) == 12
+
+
+class _Reversed(torch.utils.data.Sampler):
+    def __init__(self, n, b):
+        self.n, self.b = n, b
+
+    def __iter__(self):
+        idx = list(range(self.n))[::-1]
+        return iter([idx[i:i + self.b] for i in range(0, self.n, self.b)])
+
+    def __len__(self):
+        return (self.n + self.b - 1) // self.b
+
+
+def test_extract_refuses_custom_batch_samplers_order():
+    from torch.utils.data import BatchSampler, RandomSampler
+
+    model = bn_model()
+    x, y = torch.randn(23, 5), torch.arange(23)
+    whole = extract_codes(model, (x, y), progress=False)
+    ds = TensorDataset(x, y)
+    for bs in [_Reversed(23, 4), BatchSampler(RandomSampler(ds), 4, False)]:
+        loader = DataLoader(ds, batch_sampler=bs)
+        assert isinstance(loader.sampler, torch.utils.data.SequentialSampler)
+        with pytest.warns(RuntimeWarning, match="batch_sampler"):
+            cb = extract_codes(model, loader, progress=False)
+        assert torch.equal(cb.labels, y) and torch.equal(cb.codes, whole.codes)
+
+
+_WRITE_LOADED = """
+import sys, torch
+from activation_hash.codes import CodeBook
+cb = CodeBook.load(sys.argv[1])
+before = cb.codes[0, 0].item()
+cb.codes[0, 0] = before + 1
+cb.labels[1] = 99
+assert cb.codes[0, 0].item() == before + 1 and cb.labels[1].item() == 99
+assert CodeBook.load(sys.argv[1]).codes[0, 0].item() == before
+print("ok")
+"""
+
+
+def test_writing_a_loaded_codebook_is_private(tmp_path):
+    cb, _ = random_codebook(6)
+    cb.save(tmp_path / "s")
+    files = {p.name: p.read_bytes() for p in (tmp_path / "s").iterdir()}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [os.path.dirname(os.path.dirname(ah.__file__)), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", _WRITE_LOADED,
+                          str(tmp_path / "s")], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "s").iterdir()} == files
+    back = CodeBook.load(tmp_path / "s", verify=True)
+    assert torch.equal(back.codes, cb.codes)

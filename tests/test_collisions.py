@@ -229,7 +229,7 @@ def test_errors():
         collisions([[1, 2]])
     with pytest.raises(ValueError, match="layout"):
         collisions(torch.zeros(3, 2, dtype=torch.int64), per_layer=True)
-    with pytest.raises(ValueError, match="labels must have shape"):
+    with pytest.raises(ValueError, match=r"labels must be 1-D .*shape \[3\]"):
         collisions(torch.zeros(3, 2, dtype=torch.int64), torch.zeros(2, dtype=torch.int64))
     with pytest.raises(ValueError, match="top"):
         collisions(torch.zeros(3, 2, dtype=torch.int64), top=-1)
@@ -400,3 +400,60 @@ def test_counter_sync_across_ranks():
         assert (n, U, mixed) == (400, exact.n_distinct, exact.mixed_regions)
         assert largest == [g.tolist() for g in exact.largest_groups]
     assert CollisionCounter().sync().n == 0  # no process group: no-op
+
+
+def test_torch_sort_clash_path_matches_np_unique(monkeypatch):
+    """The path of huge N (and of exact keys): torch.sort of the fingerprint instead of the
+    packed value sort, with forced clashes so that the exact split runs too."""
+    monkeypatch.setattr(col, "_index_bits", lambda n: None)
+    monkeypatch.setattr(col, "fingerprint128",
+                        lambda c, ends=None: (c[:, :1] % 5).expand(-1, 2).clone())
+
+    def no_key(*a):
+        raise AssertionError("the packed-key path must not run")
+    monkeypatch.setattr(col, "fingerprint_key", no_key)
+    for seed, (n, bits) in enumerate([(300, 130), (257, 64), (40, 1)]):
+        codes = planted(n, bits, seed=seed)
+        rep = check_against_oracle(codes)
+        assert rep.n_distinct < n
+
+
+def test_largest_groups_ties_are_deterministic():
+    # 6 regions of 2 samples each (tied), smallest members 0..5 in a scrambled order
+    rows = torch.tensor([[9], [3], [7], [1], [5], [2]], dtype=torch.int64)
+    order = torch.tensor([4, 0, 3, 5, 1, 2, 0, 1, 2, 3, 4, 5, 0, 0, 1])
+    codes = rows[order]  # codes 5 9 1 2 3 7 9 3 7 1 5 2 9 9 3
+    rep = collisions(codes, top=4)
+    got = [g.tolist() for g in rep.largest_groups]
+    # sizes 4, 3, then four regions of 2 tied: the two of smallest sample index (0, then 2)
+    assert got == [[1, 6, 12, 13], [4, 7, 14], [0, 10], [2, 9]]
+    assert [g.tolist() for g in collisions(codes, top=10).largest_groups][2:] == \
+        [[0, 10], [2, 9], [3, 11], [5, 8]]
+    c = CollisionCounter(top=4)
+    c.update(codes)
+    assert [g.tolist() for g in c.compute().largest_groups] == got
+
+
+def test_label_and_width_checks():
+    codes = planted(20, 130, seed=1)
+    with pytest.raises(TypeError, match="float"):
+        collisions(codes, labels=torch.rand(20))
+    with pytest.raises(TypeError, match="bool"):
+        collisions(codes, labels=torch.ones(20, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"shape \[20\]"):
+        collisions(codes, labels=torch.zeros(20, 2, dtype=torch.int64))
+    c = CollisionCounter()
+    with pytest.raises(TypeError, match="float"):
+        c.update(codes, torch.rand(20))
+    c = CollisionCounter()
+    c.update(codes)
+    with pytest.raises(ValueError, match="2 words per row, earlier ones had 3"):
+        c.update(codes[:, :2])
+    other = CollisionCounter()
+    other.update(codes[:, :1])
+    with pytest.raises(ValueError, match="3 and of 1 words"):
+        c.merge(other)
+    assert c.n == 20
+    with pytest.raises(TypeError, match="float"):  # nothing added by a refused update
+        c.update(codes, torch.rand(20))
+    assert c.n == 20 and c.compute().n == 20

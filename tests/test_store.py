@@ -40,8 +40,8 @@ def test_save_load_round_trip(tmp_path):
     m = json.loads((tmp_path / "s" / "manifest.json").read_text())
     assert m["complete"] is True and m["rows"] == 33 and len(m["chunks"]) == 1
     data = store.read(tmp_path / "s")
-    assert isinstance(data.arrays["codes"], np.memmap)  # memory-mapped, read-only
-    assert not data.arrays["codes"].flags.writeable
+    assert isinstance(data.arrays["codes"], np.memmap)  # memory-mapped, copy-on-write
+    assert data.arrays["codes"].mode == "c" and data.arrays["codes"].flags.writeable
     unlabelled = book(5, labels=False)
     unlabelled.save(tmp_path / "u")
     assert CodeBook.load(tmp_path / "u").labels is None
@@ -110,7 +110,8 @@ def test_chunked_extraction_store(tmp_path):
     cb = extract_codes(model, (x, y), batch_size=8, progress=False, store=tmp_path / "s",
                        chunk_rows=16, meta={"run": 1})
     assert torch.equal(cb.codes, mem.codes) and torch.equal(cb.labels, y)
-    assert cb.layout == mem.layout and cb.meta == {"run": 1}
+    assert cb.layout == mem.layout and cb.meta["run"] == 1
+    assert cb.meta["extraction"]["n"] == x.shape[0]
     names = sorted(os.listdir(tmp_path / "s"))
     assert names == ["codes.npy", "labels.npy", "manifest.json"]  # chunks merged
     # a complete store is returned as it is
@@ -225,3 +226,80 @@ def test_resume_over_a_dataloader_and_a_dataset(tmp_path):
     w.flush()
     with pytest.raises(ValueError, match="layout"):
         extract_codes(model, (x, y), progress=False, store=path)
+
+
+def test_store_is_tied_to_its_data_model_and_layers(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 70), torch.nn.ReLU(), torch.nn.Linear(70, 9),
+                                torch.nn.ReLU())
+    x, y = torch.randn(50, 4), torch.randint(0, 5, (50,))
+    d = tmp_path / "d"
+    small = extract_codes(model, (x[:10], y[:10]), progress=False, store=d)
+    assert len(small) == 10 and small.meta["extraction"]["n"] == 10
+    with pytest.raises(ValueError, match="10 rows, the data 50 samples"):
+        extract_codes(model, (x, y), progress=False, store=d)
+    with pytest.raises(ValueError, match="data .first samples. differ"):
+        extract_codes(model, (x[10:20], y[10:20]), progress=False, store=d)
+    with pytest.raises(ValueError, match="layers"):
+        extract_codes(model, (x[:10], y[:10]), layers=[0], progress=False, store=d)
+    other = torch.nn.Sequential(torch.nn.Linear(4, 70), torch.nn.ReLU(),
+                                torch.nn.Linear(70, 9), torch.nn.ReLU())
+    with pytest.raises(ValueError, match="model weights differ"):
+        extract_codes(other, (x[:10], y[:10]), progress=False, store=d)
+    assert torch.equal(extract_codes(model, (x[:10], y[:10]), progress=False, store=d).codes,
+                       small.codes)  # same inputs: the store is returned
+    (d / "notes.txt").write_text("mine")
+    big = extract_codes(model, (x, y), progress=False, store=d, overwrite=True)
+    assert torch.equal(big.codes, extract_codes(model, (x, y), progress=False).codes)
+    assert (d / "notes.txt").read_text() == "mine"
+    # resume: an unfinished store of 20 rows of another model is not continued
+    p = tmp_path / "r"
+    w = store.Writer(p, meta={"extraction": {"n": 50, "layers": None, "model": "other",
+                                             "data": None}}, chunk_rows=1000)
+    w.append({"codes": big.codes[:20].numpy(), "labels": y[:20].numpy()},
+             layout=big.layout.to_dict())
+    w.flush()
+    with pytest.raises(ValueError, match="model weights differ"):
+        extract_codes(model, (x, y), progress=False, store=p)
+    with pytest.raises(ValueError, match="20 rows, the data 15"):
+        extract_codes(model, (x[:15], y[:15]), progress=False, store=p)
+    cb = extract_codes(model, (x, y), progress=False, store=p, overwrite=True)
+    assert torch.equal(cb.codes, big.codes)
+
+
+def test_resume_keeps_the_users_other_files(tmp_path):
+    p = tmp_path / "s"
+    b = book(30)
+    w = store.Writer(p, chunk_rows=10)
+    w.append({"codes": b.codes[:20].numpy()}, layout=LAYOUT.to_dict())  # 1 chunk of 20
+    (p / "codes-000001.npy.tmp").write_bytes(b"partial")  # the dead run's temporaries
+    (p / "manifest.json.tmp").write_bytes(b"{")
+    (p / "codes.npy.tmp").write_bytes(b"x")
+    mine = ["README.txt", "codes_backup.npy", "plot.png", "labels-1.npy"]
+    for name in mine:
+        (p / name).write_text(name)
+    w2 = store.Writer(p, resume=True)
+    assert w2.n_rows == 20
+    assert sorted(os.listdir(p)) == sorted(mine + ["manifest.json", "codes-000000.npy"])
+    w2.append({"codes": b.codes[20:].numpy()}, layout=LAYOUT.to_dict())
+    w2.finish()
+    assert torch.equal(CodeBook.load(p).codes, b.codes)
+    assert all((p / name).read_text() == name for name in mine)
+
+
+def test_overwrite_is_crash_safe(tmp_path, monkeypatch):
+    old, new = book(12), book(20)
+    old.save(tmp_path / "s")
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+    monkeypatch.setattr(store, "_write_npy", boom)
+    with pytest.raises(OSError, match="disk full"):
+        new.save(tmp_path / "s", overwrite=True)
+    monkeypatch.undo()
+    back = CodeBook.load(tmp_path / "s", verify=True)
+    assert torch.equal(back.codes, old.codes)
+    assert os.listdir(tmp_path) == ["s"]  # no temporary left behind
+    new.save(tmp_path / "s", overwrite=True)
+    assert torch.equal(CodeBook.load(tmp_path / "s", verify=True).codes, new.codes)
+    assert os.listdir(tmp_path) == ["s"]
