@@ -7,46 +7,12 @@ or a ``(codes, labels)`` tuple. Distances are int32, indices int64 (rows of the 
 """
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
 import torch
 
 from activation_hash import ops
+from activation_hash.codes import as_codes
 
-__all__ = ["as_codes", "hamming_distance", "hamming_topk", "hamming_consecutive"]
-
-
-def as_codes(x: Any, name: str = "codes") -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(codes int64 [N, W], labels int64 [N] or None)`` from a CodeBook-like object (with
-    ``.codes`` and optionally ``.labels``), an int64 tensor / numpy array ``[N, W]``, or a
-    ``(codes, labels)`` tuple."""
-    labels = None
-    if isinstance(x, tuple):
-        if len(x) != 2:
-            raise ValueError(f"{name}: a tuple must be (codes, labels), got {len(x)} items")
-        x, labels = x
-    elif hasattr(x, "codes"):
-        labels = getattr(x, "labels", None)
-        x = x.codes
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a CodeBook, an int64 tensor [N, W] or a (codes, labels) "
-                        f"tuple, got {type(x).__name__}")
-    if x.dtype != torch.int64:
-        raise TypeError(f"{name} must hold int64 packed words [N, W], got dtype {x.dtype}")
-    if x.dim() != 2:
-        raise ValueError(f"{name} must be 2-D [N, W] packed words, got shape {list(x.shape)}")
-    if labels is not None:
-        labels = torch.as_tensor(labels)
-        if labels.dim() != 1 or labels.shape[0] != x.shape[0]:
-            raise ValueError(f"{name}: labels must have shape [{x.shape[0]}], got "
-                             f"{list(labels.shape)}")
-        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-            raise TypeError(f"{name}: labels must be integers, got dtype {labels.dtype}")
-        labels = labels.to(torch.int64)
-    return x, labels
+__all__ = ["hamming_distance", "hamming_topk", "hamming_consecutive"]
 
 
 def _same_device(a: torch.Tensor, b: torch.Tensor, device, na: str, nb: str):

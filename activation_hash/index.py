@@ -41,8 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from activation_hash.codes import CodeBook
-from activation_hash.hamming import as_codes
+from activation_hash.codes import CodeBook, as_codes
 from activation_hash.layout import Layout
 
 __all__ = ["CodeIndex", "GPU_K_LIMIT", "KINDS"]

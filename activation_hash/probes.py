@@ -43,7 +43,8 @@ import numpy as np
 import torch
 
 from activation_hash import ops
-from activation_hash.hamming import as_codes, hamming_topk
+from activation_hash.codes import as_codes
+from activation_hash.hamming import hamming_topk
 
 __all__ = ["CategorizationReport", "MAX_DENSE_BYTES", "categorize", "kmeans_accuracy",
            "knn_accuracy", "knn_predict", "logreg_accuracy"]

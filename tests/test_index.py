@@ -238,7 +238,7 @@ def test_hamming_face_errors(data):
     with pytest.raises(TypeError, match="int64"):
         hamming.hamming_distance(q.float(), base)
     with pytest.raises(ValueError, match="labels must have shape"):
-        hamming.as_codes((base, torch.zeros(3)))
+        hamming.as_codes((base, torch.zeros(3, dtype=torch.int64)))
     with pytest.raises(ValueError, match="chunk"):
         hamming.hamming_topk(q, base, 2, chunk=0)
     with pytest.raises(ValueError, match="k must be <="):
