@@ -231,9 +231,9 @@ def test_errors(split):
         probes.knn_accuracy((tc, ty), (qc, qy), backend="annoy")
     with pytest.raises(ValueError, match="n_clusters"):
         probes.kmeans_accuracy(tc, ty, n_clusters=0)
-    with pytest.raises(ValueError, match="labels must have shape"):
+    with pytest.raises(ValueError, match=r"labels must be 1-D class labels of shape \[300\]"):
         probes.kmeans_accuracy(tc, ty[:5])
-    with pytest.raises(TypeError, match="integers"):
+    with pytest.raises(TypeError, match="integer class labels"):
         probes.knn_accuracy((tc, ty.float()), (qc, qy))
 
 
@@ -241,13 +241,13 @@ def test_errors(split):
                                  lambda y: y.float().tolist(), lambda y: y.bool()])
 def test_float_labels_are_a_type_error(split, bad):
     (tc, ty, _), (qc, qy, _) = split
-    with pytest.raises(TypeError, match=r"labels must be integers, got dtype (torch\.)?(float|bool)"):
+    with pytest.raises(TypeError, match=r"labels must be integer class labels.*(float|bool)"):
         probes.kmeans_accuracy(tc, bad(ty))
-    with pytest.raises(TypeError, match="labels must be integers"):
+    with pytest.raises(TypeError, match="labels must be integer class labels"):
         probes.knn_predict(SimpleNamespace(codes=tc, labels=bad(ty)), qc)
-    with pytest.raises(TypeError, match="labels must be integers"):
+    with pytest.raises(TypeError, match="labels must be integer class labels"):
         probes.logreg_accuracy((tc, ty), (qc, bad(qy)))
-    with pytest.raises(TypeError, match="labels must be integers"):
+    with pytest.raises(TypeError, match="labels must be integer class labels"):
         probes.categorize((tc, bad(ty)), (qc, qy))
     with pytest.raises(TypeError, match="labels must hold integers, got dtype float"):
         probes.cluster_scores(np.zeros(3, dtype=np.int64), np.zeros(3))
