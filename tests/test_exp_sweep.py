@@ -108,6 +108,26 @@ def test_sweep_epochs_checkpoints_resume(tmp_path, monkeypatch):
     assert all(r["stopped_epoch"] <= 4 for r in rows)
 
 
+def test_sweep_extending_epochs_keeps_finished_checkpoints(tmp_path, monkeypatch):
+    calls = counting(monkeypatch)
+    base = dict(data=SMALL, train={"lr": 1e-2}, model={"arch": "mlp", "width": 6}, probes="knn")
+    first = sw.run_sweep(sw.SweepConfig(factors={"epochs": [0, 1, 3]}, **base), tmp_path,
+                         progress=False)
+    assert calls == {"train": 1, "measure": 3}
+    calls.update(train=0, measure=0)
+    rows = sw.run_sweep(sw.SweepConfig(factors={"epochs": [0, 1, 3, 6]}, **base), tmp_path,
+                        progress=False)
+    assert calls == {"train": 1, "measure": 1}  # only epoch 6 measured
+    assert rows[:3] == first and [r["epochs"] for r in rows] == [0, 1, 3, 6]
+    # the reused checkpoints equal those of a fresh run that goes on to epoch 6
+    fresh = sw.run_sweep(sw.SweepConfig(factors={"epochs": [0, 1, 3, 6]}, **base),
+                         tmp_path / "fresh", progress=False)
+    for a, b in zip(fresh, rows):
+        assert a["key"] == b["key"]
+        for col in ("redundancy_train", "redundancy_test", "knn_test", "acc_test", "stopped_epoch"):
+            assert a[col] == b[col], col
+
+
 def test_sweep_all_probes_and_label_noise(tmp_path):
     cfg = sw.SweepConfig(factors={"label_noise": [0.25]}, data=dict(SMALL, n_train=200),
                          train={"epochs": 3, "lr": 1e-2}, model={"arch": "mlp", "width": 24})

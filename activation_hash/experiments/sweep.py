@@ -16,8 +16,10 @@ set, and records:
 
 Every finished point is written at once to ``<out>/points/<key>.json`` (atomic rename) and the
 tables ``results.json`` / ``results.csv`` are rewritten. ``key`` hashes the point's full
-configuration, so a rerun with the same (or an extended) grid skips every finished point. An
-interrupted ``epochs`` run is retrained (deterministically) but only its missing checkpoints are
+configuration, so a rerun with the same (or an extended) grid skips every finished point; the
+key of an ``epochs`` point holds its checkpoint epoch, not the run's last one, so adding epoch
+values keeps the finished checkpoints. An interrupted or extended ``epochs`` run is retrained
+(deterministically, up to its last missing checkpoint) but only its missing checkpoints are
 measured.
 
 With label noise, the probes are fit on the (noisy) labels the network was trained on and
@@ -158,7 +160,11 @@ def plan_points(config: SweepConfig) -> list[_Run]:
                 cfg["train"]["epochs"] = max(epochs)
                 pts = []
                 for e in epochs:
+                    # The model at checkpoint e depends only on the first e epochs (same seed,
+                    # schedule and stopping rule), not on how long the run goes on: the key
+                    # holds e, so adding epochs to the sweep keeps the finished checkpoints.
                     p = copy.deepcopy(cfg)
+                    p["train"]["epochs"] = int(e)
                     p["checkpoint"] = int(e)
                     pts.append((point_key(p), p, int(e)))
             else:
@@ -335,6 +341,7 @@ def run_sweep(config: SweepConfig | dict, out_dir: str | os.PathLike, *, progres
             if config.factors.get("epochs") is not None:
                 wanted = {e: (key, p) for key, p, e in todo}
                 tcfg.checkpoints = sorted(wanted)
+                tcfg.epochs = max(wanted)  # no need to train past the last missing checkpoint
                 measured = [0.0]  # time spent measuring, excluded from t_train
 
                 def on_ckpt(epoch, m, result):
