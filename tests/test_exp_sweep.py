@@ -142,6 +142,19 @@ def test_sweep_all_probes_and_label_noise(tmp_path):
     assert row["n_distinct_train"] == round((1 - row["redundancy_train"]) * 200)
 
 
+def test_sweep_n_trained_excludes_validation_split(tmp_path):
+    cfg = sw.SweepConfig(factors={"n_train": [150]}, data=SMALL, probes="none",
+                         train={"epochs": 1, "lr": 1e-2, "val_fraction": 0.2})
+    (row,) = sw.run_sweep(cfg, tmp_path, progress=False)
+    assert row["n_train"] == 150 and row["factor_n_train"] == 150
+    assert row["n_trained"] == 120  # 20% held out for validation
+    assert row["n_distinct_train"] == round((1 - row["redundancy_train"]) * 120)
+    (plain,) = sw.run_sweep(sw.SweepConfig(factors={"n_train": [150]}, data=SMALL, probes="none",
+                                           train={"epochs": 1, "lr": 1e-2}),
+                            tmp_path / "plain", progress=False)
+    assert plain["n_train"] == plain["n_trained"] == 150
+
+
 def test_sweep_config_errors():
     with pytest.raises(ValueError, match="unknown sweep factor 'size'"):
         sw.SweepConfig(factors={"size": [1]})

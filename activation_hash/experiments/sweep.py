@@ -12,7 +12,10 @@ set, and records:
 - the probe accuracies of :func:`activation_hash.probes.categorize` (K-NN, K-Means purity and
   Hungarian, logistic regression; train and test);
 - the network's own accuracy (``acc_train`` on the samples trained on, ``acc_test``);
-- timings (``t_train``, ``t_extract``, ``t_collisions``, ``t_probes``, seconds).
+- timings (``t_train``, ``t_extract``, ``t_collisions``, ``t_probes``, seconds);
+- the sizes: ``n_train`` (the training set or its requested subset) and ``n_trained`` (the
+  samples actually trained on, i.e. without the ``val_fraction`` validation split: the codes
+  of ``*_train`` columns are theirs), ``n_test``.
 
 Every finished point is written at once to ``<out>/points/<key>.json`` (atomic rename) and the
 tables ``results.json`` / ``results.csv`` are rewritten. ``key`` hashes the point's full
@@ -327,6 +330,7 @@ def run_sweep(config: SweepConfig | dict, out_dir: str | os.PathLike, *, progres
                         p["seed"] if n == "seed" else p[section].get(opt))
                 row.update({f"factor_{n}": v for n, v in factor_values.items()})
                 row.update(_flat_settings(p, data, epoch))
+                row["n_trained"] = len(result.train_idx)
                 t0 = time.perf_counter()
                 row.update(measure(model, data.x_train[result.train_idx], ytr, data.x_test,
                                    data.y_test, k=meas["k"], seed=p["seed"], probes=meas["probes"],
