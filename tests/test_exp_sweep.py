@@ -228,6 +228,25 @@ def test_phase_labelling_row_saturation_and_eps():
         phase_table([{"width": 1, "epochs": 1}], "epochs", "width")
 
 
+def test_phase_nan_cells_are_not_a_regime(tmp_path):
+    nan = float("nan")
+    rows = synthetic_rows() + [
+        {"width": 64, "epochs": 1, "redundancy_train": nan, "knn_test": 0.9, "seed": 0},
+        {"width": 64, "epochs": 10, "redundancy_train": 0.0, "knn_test": nan, "seed": 0},
+        {"width": 4, "epochs": 1, "redundancy_train": 0.5, "knn_test": None, "seed": 0}]
+    table = phase_table(rows, "epochs", "width")
+    got = {(c["width"], c["epochs"]): c["regime"] for c in table}
+    assert got[(64, 1)] == got[(64, 10)] == got[(4, 1)] == "n/a"
+    assert got[(32, 1)] == "sufficient" and got[(8, 1)] == "critical"  # the others unchanged
+    ax = phase_figure(table, "epochs", "width").axes[0]
+    texts = {(round(t.get_position()[0]), round(t.get_position()[1])): t.get_text() for t in ax.texts}
+    xs, ys = [1, 10], [2, 4, 8, 16, 32, 64]
+    assert texts[(xs.index(1), ys.index(64))] == "n/a" and texts[(xs.index(10), ys.index(64))] == "n/a"
+    assert texts[(xs.index(1), ys.index(32))].startswith("S")
+    res = write_phase(rows, tmp_path, "epochs", "width")
+    assert sum(line.endswith(",n/a") for line in res["csv"].read_text().splitlines()) == 3
+
+
 def png_size(path):
     raw = path.read_bytes()
     assert raw[:8] == b"\x89PNG\r\n\x1a\n"
