@@ -390,7 +390,12 @@ def cmd_sweep(args) -> Path:
     cfg = SweepConfig(factors=factors, data=_data_cfg(args), model=_model_cfg(args),
                       train=train_cfg, seeds=_seed_list(args.seeds), k=args.k, probes=args.probes)
     _settings(args, out, sweep=cfg.to_dict())
-    rows = run_sweep(cfg, out, progress=not args.quiet, root=args.data_root)
+    try:
+        rows = run_sweep(cfg, out, progress=not args.quiet, root=args.data_root, force=args.force)
+    except ValueError as e:
+        if "torch thread" not in str(e):
+            raise
+        raise SystemExit(f"activation-hash sweep: {e}") from None
     _plots_for(rows, list(cfg.factors), out, _thresholds(args))
     rep = write_report(out, "activation-hash sweep")
     _say(args, f"{len(rows)} points -> {out / 'results.csv'}; report: {rep}")
@@ -585,6 +590,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--k", type=int, default=9, help="K-NN neighbours")
     s.add_argument("--probes", choices=["all", "knn", "none"], default="all",
                    help="all: K-NN, K-Means, logistic regression; knn: K-NN only; none")
+    s.add_argument("--force", action="store_true",
+                   help="resume even if --threads differs from the count the sweep was run with "
+                        "(recorded in sweep.json; results depend on it)")
     _data_opts(s)
     _model_opts(s)
     _train_opts(s)

@@ -119,6 +119,20 @@ def test_sweep_phase_report_cli(tmp_path, capsys):
     assert "<title>again</title>" in (ph / "report.html").read_text()
 
 
+def test_sweep_cli_thread_count_guard(tmp_path):
+    out = tmp_path / "sw"
+    base = ["sweep", "--factor", "width=2", "--dataset", "moons", "--epochs", "1", "--probes",
+            "none", "--out", str(out), "--quiet"]
+    assert main(base + ["--threads", "1"]) == 0
+    assert json.loads((out / "sweep.json").read_text())["torch_threads"] == 1
+    with pytest.raises(SystemExit) as e:
+        main(base + ["--threads", "2"])
+    assert "1 torch thread(s)" in str(e.value) and "--force" in str(e.value)
+    assert main(base + ["--threads", "1"]) == 0  # the same count resumes
+    with pytest.warns(RuntimeWarning):
+        assert main(base + ["--threads", "2", "--force"]) == 0
+
+
 def test_train_extract_collisions_categorize(tmp_path, capsys):
     run = tmp_path / "t"
     main(["train", "--n-train", "300", "--n-test", "100", "--width", "12", "--epochs", "2",

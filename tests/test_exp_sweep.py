@@ -128,6 +128,26 @@ def test_sweep_extending_epochs_keeps_finished_checkpoints(tmp_path, monkeypatch
             assert a[col] == b[col], col
 
 
+def test_sweep_records_thread_count_and_guards_resume(tmp_path, monkeypatch):
+    calls = counting(monkeypatch)
+    cfg = sw.SweepConfig(factors={"width": [2, 4]}, data=SMALL, train={"epochs": 1, "lr": 1e-2},
+                         probes="none")
+    with pytest.raises(Stop):
+        sw.run_sweep(cfg, tmp_path, progress=False, on_point=interrupt_after(1))
+    assert json.loads((tmp_path / "sweep.json").read_text())["torch_threads"] == 1
+    torch.set_num_threads(2)
+    with pytest.raises(ValueError, match=r"run with 1 torch thread\(s\), this run uses 2"):
+        sw.run_sweep(cfg, tmp_path, progress=False)
+    assert calls["train"] == 1  # refused before any work
+    with pytest.warns(RuntimeWarning, match="deterministic only for a given thread count"):
+        rows = sw.run_sweep(cfg, tmp_path, progress=False, force=True)
+    assert [r["torch_threads"] for r in rows] == [1, 2] and calls["train"] == 2
+    assert json.loads((tmp_path / "sweep.json").read_text())["torch_threads"] == 2
+    torch.set_num_threads(1)
+    with pytest.raises(ValueError, match="--threads 2"):
+        sw.run_sweep(cfg, tmp_path, progress=False)
+
+
 def test_sweep_all_probes_and_label_noise(tmp_path):
     cfg = sw.SweepConfig(factors={"label_noise": [0.25]}, data=dict(SMALL, n_train=200),
                          train={"epochs": 3, "lr": 1e-2}, model={"arch": "mlp", "width": 24})
