@@ -5,7 +5,8 @@ Subcommands: ``demo``, ``train``, ``extract``, ``collisions``, ``categorize``, `
 directory (``--out DIR``; default a new folder under ``runs/``) holding ``settings.json``, its
 results and plots; ``report`` writes ``report.html`` into the directory it is given. Options can
 come from a TOML file (``--config FILE``; keys are the long option names, ``-`` or ``_``,
-tables are flattened; YAML too when PyYAML is installed); flags given on the command line win.
+tables are flattened and an option set in two of them is an error; YAML too when PyYAML is
+installed); flags given on the command line win.
 """
 from __future__ import annotations
 
@@ -102,16 +103,31 @@ def _load_config(path: str) -> dict:
             cfg = tomllib.loads(p.read_text())
         except tomllib.TOMLDecodeError as e:
             raise SystemExit(f"activation-hash: {path}: bad TOML: {e}") from None
-    flat: dict = {}
+    try:
+        return _flatten_config(cfg)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
 
-    def walk(d):
+
+def _flatten_config(cfg: dict) -> dict:
+    """Option name -> value from a nested config (tables flattened; ``factor`` kept as a
+    table). A name given twice (e.g. ``seed`` in ``[data]`` and ``[train]``, or ``n-train`` and
+    ``n_train``) raises ``ValueError`` naming it and both places."""
+    flat: dict = {}
+    where: dict = {}
+
+    def walk(d, section):
         for k, v in d.items():
             key = str(k).replace("-", "_")
             if isinstance(v, dict) and key != "factor":
-                walk(v)
-            else:
-                flat[key] = v
-    walk(cfg)
+                walk(v, f"{section}.{k}" if section else str(k))
+                continue
+            here = f"[{section}]" if section else "the top level"
+            if key in flat:
+                raise ValueError(f"option {key!r} is set both in {where[key]} and in {here}; "
+                                 f"tables are flattened into one set of options, so give it once")
+            flat[key], where[key] = v, here
+    walk(cfg, "")
     return flat
 
 
@@ -621,7 +637,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "config", None):
-        cfg = _load_config(args.config)
+        try:
+            cfg = _load_config(args.config)
+        except ValueError as e:
+            raise SystemExit(f"activation-hash {args.command}: {e}") from None
         sub = parser._subparsers._group_actions[0].choices[args.command]
         dests = {a.dest for a in sub._actions}
         unknown = sorted(set(cfg) - dests)

@@ -59,6 +59,24 @@ def test_bad_usage(tmp_path, capsys):
     assert "not found" in str(e.value)
 
 
+def test_config_same_key_in_two_tables(tmp_path):
+    from activation_hash.cli import _load_config
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[data]\nseed = 1\nn_train = 100\n[train]\nseed = 2\nepochs = 1\n")
+    with pytest.raises(ValueError, match=r"'seed' is set both in \[data\] and in \[train\]"):
+        _load_config(str(cfg))
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--config", str(cfg), "--out", str(tmp_path / "t"), "--quiet"])
+    assert "'seed'" in str(e.value) and "[data]" in str(e.value) and "[train]" in str(e.value)
+    assert str(cfg) in str(e.value) and not (tmp_path / "t").exists()
+    cfg.write_text("n-train = 5\n[data]\nn_train = 100\n")
+    with pytest.raises(ValueError, match=r"'n_train' is set both in the top level and in \[data\]"):
+        _load_config(str(cfg))
+    cfg.write_text("seed = 1\n[data]\nn_train = 100\n[factor]\nwidth = [2, 4]\n")
+    assert _load_config(str(cfg)) == {"seed": 1, "n_train": 100, "factor": {"width": [2, 4]}}
+
+
 def test_paper_preset_and_overrides():
     from activation_hash.cli import _train_cfg
 
