@@ -171,6 +171,20 @@ def test_synthetic(name):
     d = ds.load_dataset(name, n_samples=200, seed=3)
     assert d.x_train.shape[1] == 2 and len(d.y_train) + len(d.y_test) == 200
     assert torch.equal(d.x_train, ds.load_dataset(name, n_samples=200, seed=3).x_train)
+    assert d.meta["jitter"] == 0.1 and "noise" not in d.meta
+    assert d.meta["label_noise"] == d.meta["noise_rate_true"] == 0.0
+
+
+def test_synthetic_jitter_is_not_label_noise():
+    calm = ds.load_dataset("moons", n_samples=200, seed=3, jitter=0.0)
+    wild = ds.load_dataset("moons", n_samples=200, seed=3, jitter=0.3)
+    assert calm.meta["jitter"] == 0.0 and wild.meta["jitter"] == 0.3
+    assert torch.equal(calm.y_train, wild.y_train) and not torch.equal(calm.x_train, wild.x_train)
+    both = ds.load_dataset("moons", n_samples=200, seed=3, jitter=0.3, label_noise=0.1)
+    assert both.meta["jitter"] == 0.3 and both.meta["label_noise"] == 0.1
+    assert both.meta["noise_rate_true"] == 15 / 150 == both.meta["n_noisy"] / 150
+    with pytest.raises(TypeError, match="noise"):
+        ds.load_dataset("moons", noise=0.2)
 
 
 def test_stratified_subset():
