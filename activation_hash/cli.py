@@ -170,12 +170,16 @@ def _train_opts(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--preset", choices=["none", "paper_mlp"], default="none",
                    help="paper_mlp: Adam 1e-2, x0.1 every 20 epochs, batch 64, 200 epochs, "
-                        "patience 10, 20%% validation, L2 (flags below override it)")
+                        "patience 10, 20%% validation, L2 on the kernels only (flags below "
+                        "override it)")
     g.add_argument("--epochs", type=int, help="maximum epochs (default 20)")
     g.add_argument("--batch-size", type=int, help="default 64")
     g.add_argument("--optimizer", choices=["adam", "sgd"], help="default adam")
     g.add_argument("--lr", type=float, help="learning rate (default 0.01)")
     g.add_argument("--weight-decay", type=float, help="coupled L2 coefficient (default 0)")
+    g.add_argument("--decay-bias-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="apply --weight-decay to biases and BatchNorm parameters too (default "
+                        "yes; the paper_mlp preset: no, kernels only like Keras l2)")
     g.add_argument("--lr-step", type=int, help="decay the learning rate every N epochs")
     g.add_argument("--lr-gamma", type=float)
     g.add_argument("--val-fraction", type=float)
@@ -208,8 +212,8 @@ def _train_cfg(args) -> dict:
 
     base = paper_mlp().to_dict() if args.preset == "paper_mlp" else {"epochs": 20, "lr": 1e-2}
     base.pop("checkpoints", None)
-    for k in ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "lr_step", "lr_gamma",
-              "val_fraction", "patience", "epoch_size"):
+    for k in ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "decay_bias_bn",
+              "lr_step", "lr_gamma", "val_fraction", "patience", "epoch_size"):
         v = getattr(args, k, None)
         if v is not None:
             base[k] = v

@@ -85,6 +85,10 @@ def test_paper_preset_and_overrides():
     assert cfg["epochs"] == 3 and cfg["seed"] == 2
     assert (cfg["lr"], cfg["lr_step"], cfg["lr_gamma"], cfg["batch_size"], cfg["patience"],
             cfg["val_fraction"], cfg["weight_decay"]) == (1e-2, 20, 0.1, 64, 10, 0.2, 2e-6)
+    assert cfg["decay_bias_bn"] is False  # Keras l2: kernels only
+    args = build_parser().parse_args(["train", "--preset", "paper_mlp", "--decay-bias-bn"])
+    assert _train_cfg(args)["decay_bias_bn"] is True
+    assert "decay_bias_bn" not in _train_cfg(build_parser().parse_args(["train"]))
 
 
 def test_train_with_config_file(tmp_path, capsys):
