@@ -177,4 +177,8 @@ def test_train_extract_collisions_categorize(tmp_path, capsys):
     assert main(["categorize", "--train", str(ex / "train.codes"), "--test", str(ex / "test.codes"),
                  "--out", str(ca), "--quiet"]) == 0
     d = json.loads((ca / "categorization.json").read_text())
-    assert 0.3 < d["knn_test"] <= 1.0 and 0.0 <= d["logreg_test"] <= 1.0
+    from activation_hash.probes import knn_accuracy, logreg_accuracy
+
+    assert d["logreg_test"] == logreg_accuracy(tr, te, "ovo", C=1.0, seed=0)  # the same saved codes
+    assert d["knn_test"] == knn_accuracy(tr, te, k=9) and d["knn_test"] > 0.3
+    assert d["settings"]["logreg"] == {"multi_class": "ovo", "C": 1.0, "penalty": "l2"}
