@@ -1,11 +1,13 @@
 """Exact collision counting: how many samples share a neural code (a linear region).
 
-:func:`collisions` groups N codes exactly: a 128-bit fingerprint of each row (the
-``fingerprint128`` op, CPU and CUDA kernels) is sorted on its first 64 bits, which puts equal
-codes next to each other; every candidate group is then verified against the full rows, and
-a group whose rows differ (a fingerprint clash) is split by exact lexicographic grouping of
-its rows. So a clash costs time, never correctness. Everything runs in torch ops on the
-codes' device (the sort is torch's, GPU included); no Python loop over groups.
+:func:`collisions` groups N codes exactly: one kernel pass (the ``fingerprint_key`` op, CPU
+and CUDA) hashes each row to 64 bits and puts the row index in the low bits, and one value
+sort of those keys puts rows of equal hash next to each other; every candidate group is then
+verified against the full rows, and a group whose rows differ (a hash clash) is split by
+exact lexicographic grouping of its rows. So a clash costs time, never correctness.
+Everything runs in torch ops on the codes' device (the sort is torch's on the GPU); no Python
+loop over groups. The per-layer profile fingerprints every layer prefix in the same pass
+(``fingerprint128`` with prefix ends).
 
 The redundancy ratio is the paper's ``(N - U) / N`` with U distinct codes.
 :class:`CollisionCounter` keeps only the fingerprints (16 bytes per sample) for runs that need
@@ -25,7 +27,7 @@ import torch
 
 from activation_hash.codes import CodeBook, as_codes
 from activation_hash.layout import Layout
-from activation_hash.ops import fingerprint128
+from activation_hash.ops import fingerprint128, fingerprint_key
 
 __all__ = ["CollisionReport", "collisions", "CollisionCounter", "group_codes", "Groups"]
 
@@ -90,38 +92,59 @@ class Groups:
 _MAX_FALSE_PAIRS = 1e5  # expected pairs of distinct keys sharing their high bits (see below)
 
 
+def _index_bits(N: int) -> int | None:
+    """Low key bits that number N rows, or None when too few high bits would be left: the
+    expected number of distinct keys equal above those bits, N^2 / 2^(65 - b), must stay
+    small (each such pair is split by the exact verification, which costs time)."""
+    b = max(1, (N - 1).bit_length())
+    if b >= 48 or N * N / 2.0 ** (65 - b) > _MAX_FALSE_PAIRS:
+        return None
+    return b
+
+
+def _sort_packed(packed: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys whose low ``b`` bits hold the row index -> (sorted high bits, permutation), with a
+    single value sort (in place on the CPU: numpy's SIMD sort)."""
+    if packed.device.type == "cpu":
+        packed.numpy().sort(kind="quicksort")
+    else:
+        packed = torch.sort(packed)[0]
+    perm = packed & ((1 << b) - 1)
+    packed >>= b
+    return packed, perm
+
+
 def _sort_keys(key: torch.Tensor, exact: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sorted key classes, perm)``: ``perm`` orders the samples so that equal keys are
     adjacent, and ``sk[i] == sk[i + 1]`` marks a possibly-shared key there.
 
-    Fast path (CPU): the row index replaces the low ``b = bit_length(N - 1)`` bits of each
-    (uniformly random) key, and one value sort of that int64 array (numpy's vectorised sort)
-    yields both the order and the permutation. Keys equal in the high ``64 - b`` bits but
-    different in the low ones become candidates too; the caller's verification splits them.
-    The path is taken while the expected number of such pairs, N^2 / 2^(65 - b), is small.
-    Otherwise (``exact``: no verification follows; CUDA; huge N): torch.sort of the key.
+    Fast path: the row index replaces the low ``b = bit_length(N - 1)`` bits of each
+    (uniformly random) key, and one value sort yields both the order and the permutation.
+    Keys equal in the high ``64 - b`` bits but different in the low ones become candidates
+    too; the caller's verification splits them. Otherwise (``exact``: no verification
+    follows; huge N): torch.sort of the key.
     """
     N = key.shape[0]
-    b = max(1, (N - 1).bit_length())
-    false_pairs = N * N / 2.0 ** (65 - b)
-    if not exact and key.device.type == "cpu" and b < 48 and false_pairs <= _MAX_FALSE_PAIRS:
-        packed = (key & -(1 << b)) | torch.arange(N, dtype=torch.int64)
-        arr = packed.numpy()
-        arr.sort(kind="quicksort")  # in place; numpy dispatches to its SIMD sort
-        perm = packed & ((1 << b) - 1)
-        return packed >> b, perm
-    return torch.sort(key)
+    b = None if exact else _index_bits(N)
+    if b is None:
+        return torch.sort(key)
+    packed = torch.bitwise_and(key, -(1 << b))
+    packed |= torch.arange(N, dtype=torch.int64, device=key.device)
+    return _sort_packed(packed, b)
 
 
-def _group_sorted(key: torch.Tensor, verify: torch.Tensor | None) -> Groups:
-    """Group rows by ``key`` (int64 [N]), then split groups whose ``verify`` rows ([N, K])
-    differ, exactly. Equal rows of ``verify`` with equal keys end up in one group."""
-    N = key.shape[0]
-    dev = key.device
+def _group_sorted(key: torch.Tensor | None, verify: torch.Tensor | None,
+                  presorted: tuple[torch.Tensor, torch.Tensor] | None = None) -> Groups:
+    """Group rows by ``key`` (int64 [N]; or ``presorted`` = (sorted key classes, perm)), then
+    split groups whose ``verify`` rows ([N, K]) differ, exactly. Equal rows of ``verify``
+    with equal keys end up in one group."""
+    ref_t = key if key is not None else presorted[1]
+    N = ref_t.shape[0]
+    dev = ref_t.device
     if N == 0:
         return Groups(torch.zeros(0, dtype=torch.int64, device=dev),
                       torch.zeros(0, dtype=torch.bool, device=dev))
-    sk, perm = _sort_keys(key, exact=verify is None)
+    sk, perm = presorted if presorted is not None else _sort_keys(key, exact=verify is None)
     new = torch.ones(N, dtype=torch.bool, device=dev)
     torch.ne(sk[1:], sk[:-1], out=new[1:])
     del sk
@@ -177,6 +200,9 @@ def group_codes(codes: torch.Tensor, fingerprints: torch.Tensor | None = None) -
         key = torch.zeros(codes.shape[0], dtype=torch.int64, device=codes.device)
         return _group_sorted(key, None)
     if fingerprints is None:
+        b = _index_bits(codes.shape[0])
+        if b is not None:  # one kernel pass gives the packed sort key directly
+            return _group_sorted(None, codes, _sort_packed(fingerprint_key(codes, b), b))
         fingerprints = fingerprint128(codes)
     return _group_sorted(fingerprints[:, 0], codes)
 

@@ -41,7 +41,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from activation_hash.codes import CodeBook
 from activation_hash.hamming import as_codes
+from activation_hash.layout import Layout
 
 __all__ = ["CodeIndex", "GPU_K_LIMIT", "KINDS"]
 
@@ -66,10 +68,15 @@ def _num_gpus(faiss) -> int:
     return int(get()) if get is not None else 0
 
 
-def to_bytes(codes: torch.Tensor) -> np.ndarray:
-    """int64 words ``[N, W]`` -> C-contiguous uint8 ``[N, 8 W]`` (FAISS input)."""
-    c = codes.detach().to("cpu").contiguous().numpy()
-    return np.ascontiguousarray(c.view(np.uint8).reshape(c.shape[0], 8 * c.shape[1]))
+def to_bytes(codes) -> np.ndarray:
+    """int64 words ``[N, W]`` (or a CodeBook) -> C-contiguous uint8 ``[N, 8 W]`` (FAISS input).
+
+    The bytes are those of :meth:`activation_hash.codes.CodeBook.as_bytes`, the one
+    implementation of that layout (bare words are wrapped in a one-layer CodeBook)."""
+    if isinstance(codes, CodeBook):
+        return codes.as_bytes()
+    c, _ = as_codes(codes, "codes")
+    return CodeBook(c, Layout(("codes",), ((64 * c.shape[1],),))).as_bytes()
 
 
 class CodeIndex:

@@ -150,6 +150,23 @@ if _HAS_FINGERPRINT:
         return codes.new_empty((codes.shape[0], len(ends), 2), dtype=torch.int64)
 
 
+if _HAS_FINGERPRINT:
+    @torch.library.register_fake("activation_hash::fingerprint_key")
+    def _fingerprint_key_fake(codes, index_bits):
+        reference.check_key_args(codes, index_bits)
+        return codes.new_empty((codes.shape[0],), dtype=torch.int64)
+
+
+def fingerprint_key(codes: torch.Tensor, index_bits: int) -> torch.Tensor:
+    """Sort key of each code row: int64 ``[N, W]`` -> int64 ``[N]``, the first 64 bits of
+    :func:`fingerprint128` with the low ``index_bits`` bits replaced by the row index
+    (``N <= 2**index_bits``). One value sort of the keys groups the rows whose fingerprints
+    agree above those bits, and the low bits of the sorted keys are the permutation."""
+    if _HAS_FINGERPRINT:
+        return _ops.fingerprint_key(codes, int(index_bits))
+    return reference.fingerprint_key(codes, index_bits)
+
+
 def fingerprint128(codes: torch.Tensor, ends=None) -> torch.Tensor:
     """128-bit fingerprint of each code row, as two int64 halves (reference.py gives the hash).
 
@@ -164,7 +181,13 @@ def fingerprint128(codes: torch.Tensor, ends=None) -> torch.Tensor:
 
 # ---- Hamming distances (csrc/cpu/hamming.cpp, csrc/cuda/hamming.cu) ----------------------
 
-if HAS_EXTENSION:
+# An extension built before these ops existed must not break the import: without them the
+# wrappers below run the reference.
+_HAMMING_OPS = ("hamming_distance", "hamming_topk", "hamming_consecutive")
+_HAS_HAMMING = HAS_EXTENSION and all(hasattr(torch.ops.activation_hash, name)
+                                     for name in _HAMMING_OPS)
+
+if _HAS_HAMMING:
     @torch.library.register_fake("activation_hash::hamming_distance")
     def _hamming_distance_fake(a, b):
         reference.check_code_pair(a, b, "a", "b")
@@ -186,7 +209,7 @@ if HAS_EXTENSION:
 def hamming_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Hamming distances of packed codes: a int64 ``[N, W]``, b int64 ``[M, W]`` -> int32
     ``[N, M]`` (popcount of ``a[i] ^ b[j]``; padding bits are 0 so they add nothing)."""
-    if HAS_EXTENSION:
+    if _HAS_HAMMING:
         return _ops.hamming_distance.default(a, b)
     return reference.hamming_distance(a, b)
 
@@ -199,12 +222,12 @@ def hamming_topk(queries: torch.Tensor, base: torch.Tensor,
     ValueError) -> (dist int32 ``[Q, k]``, idx int64 ``[Q, k]``), ascending by distance; equal
     distances are ordered by base index, so the result equals a stable full sort.
     CPU: per-query heaps over L1-sized base tiles (AVX-512 VPOPCNTDQ / POPCNT / portable).
-    CUDA: one block per query, a distance histogram then an ordered placement pass (any k);
-    codes wider than 128 words fall back to chunked distances + a stable sort.
+    CUDA: one block per query, a distance histogram then a warp-parallel ordered placement
+    pass (any k); codes wider than 128 words fall back to chunked distances + a stable sort.
     """
     if not isinstance(k, int) or isinstance(k, bool):
         raise TypeError(f"k must be an int, got {type(k).__name__}")
-    if HAS_EXTENSION:
+    if _HAS_HAMMING:
         return _ops.hamming_topk.default(queries, base, k)
     return reference.hamming_topk(queries, base, k)
 
@@ -212,6 +235,6 @@ def hamming_topk(queries: torch.Tensor, base: torch.Tensor,
 def hamming_consecutive(codes: torch.Tensor) -> torch.Tensor:
     """Distances between successive rows (walks): codes ``[N, W]`` -> int32
     ``[max(N - 1, 0)]``, element i = distance of row i to row i + 1."""
-    if HAS_EXTENSION:
+    if _HAS_HAMMING:
         return _ops.hamming_consecutive.default(codes)
     return reference.hamming_consecutive(codes)

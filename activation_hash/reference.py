@@ -251,3 +251,22 @@ def hamming_consecutive(codes: torch.Tensor) -> torch.Tensor:
     if codes.shape[0] < 2:
         return torch.empty(0, dtype=torch.int32, device=codes.device)
     return _popcount_rows(codes[1:] ^ codes[:-1])
+
+
+def check_key_args(codes: torch.Tensor, index_bits: int) -> None:
+    check_fingerprint_args(codes, None)
+    if isinstance(index_bits, bool) or not isinstance(index_bits, int) or \
+            not 0 <= index_bits <= 62:
+        raise ValueError(f"index_bits must be an int in [0, 62], got {index_bits!r}")
+    if codes.shape[0] > 1 << index_bits:
+        raise ValueError(f"index_bits={index_bits} cannot number {codes.shape[0]} rows "
+                         f"(at most 2^index_bits)")
+
+
+def fingerprint_key(codes: torch.Tensor, index_bits: int) -> torch.Tensor:
+    """Sort key of each row: codes int64 ``[N, W]`` -> int64 ``[N]``, the first half of
+    :func:`fingerprint128` with its low ``index_bits`` bits replaced by the row index."""
+    check_key_args(codes, index_bits)
+    low = (1 << index_bits) - 1
+    rows = torch.arange(codes.shape[0], dtype=torch.int64, device=codes.device)
+    return (fingerprint128(codes)[:, 0] & ~low) | rows

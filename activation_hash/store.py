@@ -223,17 +223,17 @@ class Writer:
         if len(rows) != 1:
             raise ValueError(f"arrays must have one number of rows, got "
                              f"{ {k: v.shape for k, v in arrays.items()} }")
-        spec = {k: [np.dtype(v.dtype).str, list(v.shape[1:])] for k, v in arrays.items()}
-        if self.m["arrays"] is None:
-            self.m["arrays"] = spec
-        elif spec != self.m["arrays"]:
-            raise ValueError(f"these rows hold arrays {spec}, the store holds {self.m['arrays']}")
         if layout is not None:
             if self.m["layout"] is None:
                 self.m["layout"] = layout
             elif layout != self.m["layout"]:
                 raise ValueError(f"rows of layout {layout} appended to a store of layout "
                                  f"{self.m['layout']}")
+        spec = {k: [np.dtype(v.dtype).str, list(v.shape[1:])] for k, v in arrays.items()}
+        if self.m["arrays"] is None:
+            self.m["arrays"] = spec
+        elif spec != self.m["arrays"]:
+            raise ValueError(f"these rows hold arrays {spec}, the store holds {self.m['arrays']}")
         for k, v in arrays.items():
             self._buf.setdefault(k, []).append(np.asarray(v))
         self._buf_rows += rows.pop()

@@ -27,6 +27,9 @@ TORCH_LIBRARY(activation_hash, m) {
   // (activation_hash/fingerprint.h); with ends (non-decreasing word counts <= W): [N, P, 2],
   // the fingerprints of the prefixes codes[:, :ends[p]], all in one pass.
   m.def("fingerprint128(Tensor codes, int[]? ends=None) -> Tensor");
+  // codes int64 [N, W] -> int64 [N]: the first half of fingerprint128 with its low index_bits
+  // bits replaced by the row index (N <= 2^index_bits, index_bits in [0, 62]): a sort key.
+  m.def("fingerprint_key(Tensor codes, int index_bits) -> Tensor");
   // ---- end issue 4 ----
   // ---- Hamming (issue 5: csrc/cpu/hamming.cpp, csrc/cuda/hamming.cu) ----
   // a int64 [N, W], b int64 [M, W] -> int32 [N, M], popcount(a[i] ^ b[j]).

@@ -10,7 +10,7 @@ from activation_hash import reference as ref
 from activation_hash.codes import CodeBook
 from activation_hash.collisions import CollisionCounter, collisions, group_codes
 from activation_hash.layout import Layout
-from activation_hash.ops import fingerprint128
+from activation_hash.ops import fingerprint128, fingerprint_key
 
 
 def planted(n, bits, dup_fraction=0.3, seed=0, near=True):
@@ -109,6 +109,11 @@ def test_forced_fingerprint_clash_never_merges(monkeypatch, fake):
             return (c[:, :1] % 3).expand(-1, 2).clone() if ends is None else fp * 0 + 7
         return c[:, :1].expand(-1, 2).clone() if ends is None else fp * 0
     monkeypatch.setattr(col, "fingerprint128", clashing)
+
+    def clashing_key(c, b):
+        rows = torch.arange(c.shape[0], dtype=torch.int64)
+        return (clashing(c)[:, 0] & -(1 << b)) | rows
+    monkeypatch.setattr(col, "fingerprint_key", clashing_key)
     check_against_oracle(codes)
     # per layer too: all prefixes clash
     layout = Layout(("a", "b", "c"), ((64,), (1,), (65,)))
@@ -292,6 +297,35 @@ def test_fingerprint_kernels_registered():
         "activation_hash::fingerprint128", "CUDA") == ops.cuda_built()
 
 
+@given(n=st.integers(0, 40), w=st.integers(0, 12), extra=st.integers(0, 5),
+       seed=st.integers(0, 2**16))
+def test_fingerprint_key_matches_reference(n, w, extra, seed):
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(-2**63, 2**63 - 1, (n, w), generator=g, dtype=torch.int64)
+    b = max(0, (n - 1).bit_length()) + extra
+    key = fingerprint_key(codes, b)
+    assert torch.equal(key, ref.fingerprint_key(codes, b))
+    low = (1 << b) - 1
+    assert torch.equal(key & low, torch.arange(n) & low)
+    assert torch.equal(key & ~low, fingerprint128(codes)[:, 0] & ~low)
+
+
+def test_fingerprint_key_device_and_errors(device):
+    codes = planted(100, 700, seed=3).to(device)
+    assert torch.equal(fingerprint_key(codes, 7).cpu(), ref.fingerprint_key(codes.cpu(), 7))
+    assert torch.equal(fingerprint_key(codes[:, ::2], 9).cpu(),
+                       ref.fingerprint_key(codes[:, ::2].contiguous().cpu(), 9))
+    with pytest.raises(ValueError, match="cannot number 100 rows"):
+        fingerprint_key(codes, 6)
+    with pytest.raises(ValueError, match="index_bits"):
+        fingerprint_key(codes, 63)
+    with pytest.raises(TypeError, match="int64"):
+        fingerprint_key(codes.int(), 8)
+    if hasattr(torch.ops.activation_hash, "fingerprint_key"):
+        torch.library.opcheck(torch.ops.activation_hash.fingerprint_key, (codes, 7))
+        torch.library.opcheck(torch.ops.activation_hash.fingerprint_key, (codes[:0], 0))
+
+
 _ISA_FP = """
 import torch, activation_hash as ah
 from activation_hash import reference as ref
@@ -302,6 +336,7 @@ for n, w in [(0, 3), (7, 0), (8, 1), (13, 5), (29, 130), (64, 2)]:
     assert torch.equal(ah.ops.fingerprint128(c), ref.fingerprint128(c))
     ends = [0, w // 2, w // 2, w]
     assert torch.equal(ah.ops.fingerprint128(c, ends), ref.fingerprint128(c, ends))
+    assert torch.equal(ah.ops.fingerprint_key(c, 8), ref.fingerprint_key(c, 8))
 print("ok")
 """
 

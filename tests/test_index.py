@@ -32,6 +32,26 @@ def test_bytes_view_is_little_endian_packbits():
     assert np.array_equal(b, want) and b.flags.c_contiguous
 
 
+@pytest.mark.parametrize("shapes", [((70,), (2, 29)), ((64,),), ((1,), (130,), (3, 3, 3)),
+                                    ((0,),)])
+@pytest.mark.parametrize("n", [0, 1, 9])
+def test_bytes_equal_codebook_as_bytes(shapes, n):
+    from activation_hash.codes import CodeBook
+    from activation_hash.layout import Layout
+
+    layout = Layout(tuple(f"l{i}" for i in range(len(shapes))), shapes)
+    g = torch.Generator().manual_seed(n)
+    rows = torch.cat([ref.pack_bits(torch.rand(n, u, generator=g) < 0.5)
+                      for u in layout.units], dim=1)
+    cb = CodeBook(rows, layout)
+    want = cb.as_bytes()
+    for got in (to_bytes(rows), to_bytes(cb), to_bytes(torch.tensor(rows.numpy().T).T)):
+        assert got.dtype == np.uint8 and got.shape == (n, 8 * layout.total_words)
+        assert np.array_equal(got, want) and got.flags.c_contiguous
+    with pytest.raises(TypeError, match="int64"):
+        to_bytes(rows.to(torch.int32))
+
+
 def test_flat_equals_our_topk(data):
     base, q = data
     index = CodeIndex("flat", device="cpu").add(base)

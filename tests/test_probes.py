@@ -86,12 +86,25 @@ def test_kmeans_sklearn_backend_equals_sklearn_kmeans_plus_mapping(split):
     from sklearn.cluster import KMeans
 
     (tc, ty, tb), _ = split
-    got = probes.kmeans_accuracy((tc, ty), seed=3, backend="sklearn")
     bits = ref.unpack_bits(tc, 64 * tc.shape[1]).float().numpy()
-    assign = KMeans(n_clusters=4, random_state=3, n_init=1, max_iter=20).fit_predict(bits)
-    purity, hung = _manual_scores(list(assign), list(ty.numpy()))
-    assert got["purity"] == pytest.approx(purity) and got["hungarian"] == pytest.approx(hung)
-    assert got["n_clusters"] == 4
+    for n_init in (1, 3):
+        got = probes.kmeans_accuracy((tc, ty), seed=3, backend="sklearn", n_init=n_init,
+                                     features="dense")
+        assign = KMeans(n_clusters=4, random_state=3, n_init=n_init, max_iter=20).fit_predict(bits)
+        purity, hung = _manual_scores(list(assign), list(ty.numpy()))
+        assert got["purity"] == pytest.approx(purity) and got["hungarian"] == pytest.approx(hung)
+        assert got["n_clusters"] == 4 and got["n_init"] == n_init and got["n_train"] == 300
+        assert got["backend"] == "sklearn" and got["niter"] == 20
+
+
+def test_kmeans_settings_default_n_init_and_faiss_sample(split):
+    (tc, ty, _), _ = split
+    r = probes.kmeans_accuracy((tc, ty), seed=0)
+    assert r["backend"] == "faiss" and r["n_init"] == 10 and r["n_train"] == 300  # < 256 * 4
+    r = probes.kmeans_accuracy((tc, ty), seed=0, points_per_centroid=20, n_init=2)
+    assert r["n_train"] == 80 and r["n_init"] == 2
+    with pytest.raises(ValueError, match="n_init must be an int >= 1"):
+        probes.kmeans_accuracy((tc, ty), n_init=0)
 
 
 @pytest.mark.parametrize("backend", ["faiss", "sklearn"])
@@ -121,6 +134,64 @@ def test_logreg_equals_sklearn(split, multi_class):
     assert got > 0.8
 
 
+def test_bits_and_csr_by_chunks(monkeypatch):
+    c, _, bits = clustered(37, n_bits=100, flip=0.1, seed=6)
+    monkeypatch.setattr(probes, "_CHUNK_BYTES", 4 * 128 * 5)  # 5 rows a chunk
+    assert probes._chunk_rows(c) == 5
+    want = ref.unpack_bits(c, 128).numpy().astype(np.float32)
+    dense = probes._bits(c)
+    assert dense.dtype == np.float32 and np.array_equal(dense, want)
+    nnz = probes._nnz(c)
+    assert nnz == int(bits.sum())
+    csr = probes._csr_bits(c, nnz)
+    assert csr.dtype == np.float32 and csr.nnz == nnz and np.array_equal(csr.toarray(), want)
+    assert probes._csr_bits(c[:0], 0).shape == (0, 128)
+
+
+def test_features_pick_the_smaller_matrix():
+    import scipy.sparse
+
+    sparse_codes, _, _ = clustered(50, n_bits=128, flip=0.0, seed=7)
+    sparse_codes = sparse_codes & ref.pack_bits(torch.rand(50, 128) < 0.2)  # ~10% ones
+    dense_codes = ~sparse_codes  # ~90% ones
+    assert scipy.sparse.issparse(probes._features(sparse_codes, "auto", None, "x"))
+    assert isinstance(probes._features(dense_codes, "auto", None, "x"), np.ndarray)
+    assert scipy.sparse.issparse(probes._features(dense_codes, "sparse", None, "x"))
+    with pytest.raises(ValueError, match="features must be one of"):
+        probes._features(dense_codes, "csr", None, "x")
+
+
+@pytest.mark.parametrize("features", ["dense", "sparse"])
+def test_dense_and_sparse_features_give_the_same_probes(split, features):
+    (tc, ty, _), (qc, qy, _) = split
+    want = probes.logreg_accuracy((tc, ty), (qc, qy), multi_class="ovr", features="dense")
+    assert probes.logreg_accuracy((tc, ty), (qc, qy), multi_class="ovr",
+                                  features=features) == pytest.approx(want)
+    km = probes.kmeans_accuracy((tc, ty), seed=1, backend="sklearn", n_init=2, features="dense")
+    got = probes.kmeans_accuracy((tc, ty), seed=1, backend="sklearn", n_init=2,
+                                 features=features)
+    assert got["purity"] == pytest.approx(km["purity"], abs=0.02)
+
+
+def test_memory_limit_is_a_clear_error(split):
+    (tc, ty, _), (qc, qy, _) = split
+    # 300 x 128 bits: dense float32 150 KiB; the limit of 10 KiB is below either form
+    with pytest.raises(ValueError, match=r"logistic regression on 300 codes x 128 bits needs .*"
+                                         r"max_dense_bytes=10000.*Subsample"):
+        probes.logreg_accuracy((tc, ty), (qc, qy), max_dense_bytes=10_000)
+    with pytest.raises(ValueError, match=r"sklearn K-Means on 300 codes x 128 bits needs"):
+        probes.kmeans_accuracy((tc, ty), backend="sklearn", max_dense_bytes=10_000)
+    with pytest.raises(ValueError, match=r"FAISS K-Means trains on 300 codes .* points_per_centroid"):
+        probes.kmeans_accuracy((tc, ty), max_dense_bytes=10_000)
+    with pytest.raises(ValueError, match="max_dense_bytes=10000"):
+        probes.categorize((tc, ty), (qc, qy), max_dense_bytes=10_000)
+    # within the limit (dense: 153 600 bytes) the probes run
+    assert probes.logreg_accuracy((tc, ty), (qc, qy), features="dense",
+                                  max_dense_bytes=153_600) > 0.8
+    r = probes.kmeans_accuracy((tc, ty), points_per_centroid=5, max_dense_bytes=4 * 20 * 128)
+    assert r["n_train"] == 20
+
+
 def test_categorize_report(split):
     (tc, ty, _), (qc, qy, _) = split
     train = SimpleNamespace(codes=tc, labels=ty)
@@ -132,6 +203,10 @@ def test_categorize_report(split):
     assert r.logreg_test == pytest.approx(probes.logreg_accuracy(train, (qc, qy)))
     d = r.to_dict()
     assert d["settings"]["k"] == 5 and d["settings"]["logreg"]["multi_class"] == "ovo"
+    km = d["settings"]["kmeans"]
+    assert km["backend"] == "faiss" and km["n_init"] == 10 and km["niter"] == 20
+    assert km["n_train_train"] == 300 and km["n_train_test"] == 100
+    assert "many-to-one" in km["purity"] and "one-to-one" in km["hungarian"]
     assert set(d) >= {"knn_train", "knn_test", "kmeans_purity_train", "kmeans_hungarian_train",
                       "kmeans_purity_test", "kmeans_hungarian_test", "logreg_train",
                       "logreg_test", "settings"}
@@ -160,6 +235,22 @@ def test_errors(split):
         probes.kmeans_accuracy(tc, ty[:5])
     with pytest.raises(TypeError, match="integers"):
         probes.knn_accuracy((tc, ty.float()), (qc, qy))
+
+
+@pytest.mark.parametrize("bad", [lambda y: y.float(), lambda y: y.double().numpy(),
+                                 lambda y: y.float().tolist(), lambda y: y.bool()])
+def test_float_labels_are_a_type_error(split, bad):
+    (tc, ty, _), (qc, qy, _) = split
+    with pytest.raises(TypeError, match=r"labels must be integers, got dtype (torch\.)?(float|bool)"):
+        probes.kmeans_accuracy(tc, bad(ty))
+    with pytest.raises(TypeError, match="labels must be integers"):
+        probes.knn_predict(SimpleNamespace(codes=tc, labels=bad(ty)), qc)
+    with pytest.raises(TypeError, match="labels must be integers"):
+        probes.logreg_accuracy((tc, ty), (qc, bad(qy)))
+    with pytest.raises(TypeError, match="labels must be integers"):
+        probes.categorize((tc, bad(ty)), (qc, qy))
+    with pytest.raises(TypeError, match="labels must hold integers, got dtype float"):
+        probes.cluster_scores(np.zeros(3, dtype=np.int64), np.zeros(3))
 
 
 def test_real_codebooks():

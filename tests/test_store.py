@@ -197,3 +197,31 @@ def test_kill_9_then_refuse_then_resume(tmp_path):
     assert torch.equal(cb.codes, whole.codes) and torch.equal(cb.labels, y)
     assert sum(calls) == 300 - (m["rows"] - 20)  # only the missing rows were recomputed
     assert CodeBook.load(path, verify=True).codes.shape == whole.codes.shape
+
+
+def test_resume_over_a_dataloader_and_a_dataset(tmp_path):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 70), torch.nn.ReLU())
+    x, y = torch.randn(45, 4), torch.randint(0, 5, (45,))
+    whole = extract_codes(model, (x, y), progress=False)
+    for k, data in enumerate([DataLoader(TensorDataset(x, y), batch_size=7),
+                              TensorDataset(x, y)]):
+        path = tmp_path / f"s{k}"
+        w = store.Writer(path, chunk_rows=1000)  # a run that stopped after 17 rows
+        w.append({"codes": whole.codes[:17].numpy(), "labels": y[:17].numpy()},
+                 layout=whole.layout.to_dict())
+        w.flush()
+        assert not store.is_complete(path)
+        cb = extract_codes(model, data, batch_size=5, progress=False, store=path)
+        assert torch.equal(cb.codes, whole.codes) and torch.equal(cb.labels, y)
+        assert store.is_complete(path)
+    # a store of another layout is not resumed with these codes
+    path = tmp_path / "other"
+    w = store.Writer(path)
+    w.append({"codes": np.zeros((3, 1), np.int64), "labels": np.zeros(3, np.int64)},
+             layout={"names": ["z"], "shapes": [[5]]})
+    w.flush()
+    with pytest.raises(ValueError, match="layout"):
+        extract_codes(model, (x, y), progress=False, store=path)

@@ -94,6 +94,35 @@ AH_FP_AVX512 int64_t fingerprint_rows_avx512(const int64_t* codes, int64_t W, co
   return r;
 }
 
+// fingerprint_key for rows [begin, begin + 8 k); returns the first row not done.
+AH_FP_AVX512 int64_t key_rows_avx512(const int64_t* codes, int64_t W, int index_bits,
+                                     int64_t begin, int64_t end, int64_t* out) {
+  const __m512i m0 = _mm512_set1_epi64(static_cast<int64_t>(fp::kM0));
+  const __m512i n0 = _mm512_set1_epi64(static_cast<int64_t>(fp::kN0));
+  const __m512i d0 = _mm512_set1_epi64(static_cast<int64_t>(fp::kD0));
+  const __m512i lane = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m512i stride = _mm512_mullo_epi64(lane, _mm512_set1_epi64(W));
+  const int64_t low = index_bits >= 63 ? -1 : (int64_t(1) << index_bits) - 1;
+  const __m512i low_v = _mm512_set1_epi64(low);
+  int64_t r = begin;
+  for (; r + 8 <= end; r += 8) {
+    __m512i h = _mm512_set1_epi64(static_cast<int64_t>(fp::kSeed0));
+    const int64_t* base = codes + r * W;
+    for (int64_t j = 0; j < W; ++j) {
+      const __m512i w =
+          _mm512_mask_i64gather_epi64(_mm512_setzero_si512(), 0xFF, stride, base + j, 8);
+      const __m512i k = _mm512_mullo_epi64(_mm512_rol_epi64(_mm512_mullo_epi64(w, m0), 31), n0);
+      h = _mm512_rol_epi64(_mm512_xor_si512(h, k), 27);
+      h = _mm512_add_epi64(_mm512_add_epi64(_mm512_slli_epi64(h, 2), h), d0);
+    }
+    const __m512i f = fmix8(_mm512_xor_si512(h, _mm512_set1_epi64(W)));
+    const __m512i rows = _mm512_add_epi64(_mm512_set1_epi64(r), lane);
+    _mm512_storeu_si512(out + r, _mm512_or_si512(_mm512_andnot_si512(low_v, f),
+                                                 _mm512_and_si512(rows, low_v)));
+  }
+  return r;
+}
+
 inline bool use_avx512_dq() {
   static const bool yes = isa() == Isa::kAvx512 && __builtin_cpu_supports("avx512dq");
   return yes;
@@ -121,10 +150,41 @@ at::Tensor fingerprint128_cpu(const at::Tensor& codes, at::OptionalIntArrayRef e
   return out;
 }
 
+void check_key_args(const at::Tensor& codes, int64_t index_bits) {
+  TORCH_CHECK_TYPE(codes.scalar_type() == at::kLong,
+                   "codes must be int64 packed words [N, W], got ", codes.scalar_type());
+  TORCH_CHECK_VALUE(codes.dim() == 2, "codes must be 2-D [N, W], got shape ", codes.sizes());
+  TORCH_CHECK_VALUE(index_bits >= 0 && index_bits <= 62, "index_bits must be in [0, 62], got ",
+                    index_bits);
+  TORCH_CHECK_VALUE(codes.size(0) <= (int64_t(1) << index_bits), "index_bits=", index_bits,
+                    " cannot number ", codes.size(0), " rows (at most 2^index_bits)");
+}
+
+at::Tensor fingerprint_key_cpu(const at::Tensor& codes, int64_t index_bits) {
+  check_key_args(codes, index_bits);
+  const at::Tensor c = codes.contiguous();
+  const int64_t N = c.size(0), W = c.size(1);
+  at::Tensor out = at::empty({N}, c.options());
+  if (N == 0) return out;
+  const int64_t* cp = c.const_data_ptr<int64_t>();
+  int64_t* op = out.mutable_data_ptr<int64_t>();
+  const int bits = static_cast<int>(index_bits);
+  const int64_t grain = std::max<int64_t>(8, kGrainWords / std::max<int64_t>(W, 1));
+  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+    int64_t r = begin;
+#ifdef AH_FP_X86
+    if (use_avx512_dq()) r = key_rows_avx512(cp, W, bits, begin, end, op);
+#endif
+    for (; r < end; ++r) op[r] = fp::key_of_row(cp, W, r, bits);
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(activation_hash, CPU, m) {
   m.impl("fingerprint128", &fingerprint128_cpu);
+  m.impl("fingerprint_key", &fingerprint_key_cpu);
 }
 
 }  // namespace activation_hash::cpu

@@ -44,10 +44,31 @@ at::Tensor fingerprint128_cuda(const at::Tensor& codes, at::OptionalIntArrayRef 
   return out;
 }
 
+at::Tensor fingerprint_key_cuda(const at::Tensor& codes, int64_t index_bits) {
+  TORCH_CHECK_TYPE(codes.scalar_type() == at::kLong,
+                   "codes must be int64 packed words [N, W], got ", codes.scalar_type());
+  TORCH_CHECK_VALUE(codes.dim() == 2, "codes must be 2-D [N, W], got shape ", codes.sizes());
+  TORCH_CHECK_VALUE(index_bits >= 0 && index_bits <= 62, "index_bits must be in [0, 62], got ",
+                    index_bits);
+  TORCH_CHECK_VALUE(codes.size(0) <= (int64_t(1) << index_bits), "index_bits=", index_bits,
+                    " cannot number ", codes.size(0), " rows (at most 2^index_bits)");
+  const c10::cuda::CUDAGuard guard(codes.device());
+  const at::Tensor c = codes.contiguous();
+  const int64_t N = c.size(0);
+  at::Tensor out = at::empty({N}, c.options());
+  if (N == 0) return out;
+  fingerprint_key_kernel<<<grid_for(N), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      c.const_data_ptr<int64_t>(), N, c.size(1), static_cast<int>(index_bits),
+      out.mutable_data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(activation_hash, CUDA, m) {
   m.impl("fingerprint128", &fingerprint128_cuda);
+  m.impl("fingerprint_key", &fingerprint_key_cuda);
 }
 
 }  // namespace activation_hash::cuda

@@ -42,9 +42,11 @@ __global__ void hamming_distance_kernel(const uint64_t* __restrict__ a,
   }
 }
 
-// Dynamic shared memory of hamming_topk_kernel, in bytes.
+// Dynamic shared memory of hamming_topk_kernel, in bytes (`threads` is kept for the
+// launchers' signature; the kernel no longer stages per-thread flags).
 AH_HD inline int64_t topk_shared_bytes(int64_t W, int threads) {
-  return 8 * W + 4 * (64 * W + 1) + 4 * int64_t(threads);
+  (void)threads;
+  return 8 * W + 4 * (64 * W + 1);
 }
 
 // One block per query (grid-stride over queries), any blockDim.x that is a multiple of 32, any
@@ -53,10 +55,18 @@ AH_HD inline int64_t topk_shared_bytes(int64_t W, int threads) {
 //      of the k-th nearest and, for every d <= t, the output slot where rows at distance d
 //      start (counting sort);
 //   2. the base is scanned again in index order, blockDim.x rows at a time; the rows at
-//      distance <= t of a chunk are placed by thread 0 in index order into the slots of their
-//      distance (those at t only while slots remain), so the output comes out sorted by
-//      (distance, index). The scan stops once the k slots are full.
-// Shared memory: topk_shared_bytes(W, blockDim.x) (the query, the histogram, the chunk flags).
+//      distance <= t of a chunk go to the slots of their distance in index order (those at t
+//      only while slots remain), so the output comes out sorted by (distance, index). The scan
+//      stops once the k slots are full.
+// Placement of a chunk is parallel: in each warp, the lanes with equal distances form a group
+// (ballot + shuffle; the lowest lane leads) and each lane's rank in its group is the popcount
+// of the group's lower lanes. Then the warps take turns in order (one barrier per warp): the
+// leaders of warp w reserve their group's slots from hist[d] (distinct d per leader, so no
+// conflicts), which keeps warp w's rows after those of warps < w. Every lane then writes its
+// own slot = reserved start + rank. Cost per chunk with candidates: blockDim.x / 32 barriers
+// and, per warp, one ballot round per distinct distance (instead of a serial scan of the
+// chunk by one thread).
+// Shared memory: topk_shared_bytes(W, blockDim.x) (the query and the histogram).
 __global__ void hamming_topk_kernel(const uint64_t* __restrict__ queries,
                                     const uint64_t* __restrict__ base, int64_t Q, int64_t M,
                                     int64_t W, int64_t k, int32_t* __restrict__ out_d,
@@ -64,11 +74,13 @@ __global__ void hamming_topk_kernel(const uint64_t* __restrict__ queries,
   AH_DYNAMIC_SHARED(uint64_t, smem);
   uint64_t* qs = smem;                                  // [W]
   int* hist = reinterpret_cast<int*>(smem + W);         // [64 W + 1]
-  int* flag = hist + 64 * W + 1;                        // [blockDim.x]
   __shared__ int s_threshold;
   __shared__ int s_filled;
+  const unsigned kAll = 0xffffffffu;
   const int nb = int(64 * W);
   const int t = threadIdx.x;
+  const int lane = t & 31, warp = t >> 5, n_warps = int(blockDim.x) >> 5;
+  const unsigned below = (1u << lane) - 1u;  // lanes lower than this one
   for (int64_t q = blockIdx.x; q < Q; q += gridDim.x) {
     __syncthreads();  // the previous query is done with the shared arrays
     for (int64_t w = t; w < W; w += blockDim.x) qs[w] = queries[q * W + w];
@@ -97,7 +109,9 @@ __global__ void hamming_topk_kernel(const uint64_t* __restrict__ queries,
     __syncthreads();
     const int thr = s_threshold;
     for (int64_t j0 = 0; j0 < M; j0 += blockDim.x) {
-      if (s_filled >= k) break;  // uniform: read after a barrier, written before the next
+      // Uniform: s_filled was last written before the previous barrier, and is written again
+      // only after the next one.
+      if (s_filled >= k) break;
       const int64_t j = j0 + t;
       int d = -1;
       if (j < M) {
@@ -105,22 +119,36 @@ __global__ void hamming_topk_kernel(const uint64_t* __restrict__ queries,
         for (int64_t w = 0; w < W; ++w) s += __popcll(qs[w] ^ base[j * W + w]);
         if (s <= thr) d = s;
       }
-      flag[t] = d;
-      if (__syncthreads_or(d >= 0) && t == 0) {
-        int filled = s_filled;
-        for (int r = 0; r < int(blockDim.x); ++r) {
-          const int dr = flag[r];
-          if (dr < 0) continue;
-          const int slot = hist[dr]++;
-          if (slot < k) {
-            out_d[q * k + slot] = dr;
-            out_i[q * k + slot] = j0 + r;
-            ++filled;
-          }
-        }
-        s_filled = filled;
+      if (!__syncthreads_or(d >= 0)) continue;
+      // Groups of equal distance within the warp (the whole warp runs this loop: todo is
+      // warp-uniform).
+      unsigned group = 0;
+      for (unsigned todo = __ballot_sync(kAll, d >= 0); todo != 0;) {
+        const int dl = __shfl_sync(kAll, d, __ffs(int(todo)) - 1);
+        const unsigned g = __ballot_sync(kAll, d == dl);
+        if (d == dl) group = g;
+        todo &= ~g;
       }
-      __syncthreads();
+      const bool leads = d >= 0 && (group & below) == 0;
+      int start = 0;
+      for (int w = 0; w < n_warps; ++w) {  // warps in index order reserve their slots
+        if (w == warp && leads) {
+          const int n = __popc(group);
+          start = hist[d];
+          hist[d] = start + n;
+          const int64_t room = k - int64_t(start);
+          atomicAdd(&s_filled, int(room < 0 ? 0 : (room < n ? room : n)));
+        }
+        __syncthreads();
+      }
+      start = __shfl_sync(kAll, start, d >= 0 ? __ffs(int(group)) - 1 : lane);
+      if (d >= 0) {
+        const int64_t slot = int64_t(start) + __popc(group & below);
+        if (slot < k) {
+          out_d[q * k + slot] = d;
+          out_i[q * k + slot] = j;
+        }
+      }
     }
   }
 }

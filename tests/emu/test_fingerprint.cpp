@@ -9,6 +9,7 @@
 namespace {
 
 using activation_hash::cuda::fingerprint128_kernel;
+using activation_hash::cuda::fingerprint_key_kernel;
 using activation_hash::cuda::grid_for;
 using activation_hash::cuda::kThreads;
 using emu_test::Buf;
@@ -84,6 +85,44 @@ void test_fingerprint128_kernel() {
     }
 }
 
+// fingerprint_key_kernel: stream 0 of the reference fingerprint, low bits = row index.
+void run_key_case(int64_t N, int64_t W, int bits, unsigned grid, unsigned block, Rng& rng) {
+  if (grid == 0) {
+    grid = grid_for(N);
+    block = kThreads;
+  }
+  emu_test::set_case("fingerprint_key N=%" PRId64 " W=%" PRId64 " bits=%d grid=%u block=%u", N,
+                     W, bits, grid, block);
+  Buf<int64_t> codes(N * W), out(N);
+  for (int64_t i = 0; i < N * W; ++i) codes[i] = int64_t(rng.next());
+  std::vector<int64_t> want(size_t(N) + 1);
+  const uint64_t low = (uint64_t(1) << bits) - 1;
+  for (int64_t r = 0; r < N; ++r) {
+    int64_t fp[2];
+    ref_fingerprint(&codes[r * W], W, fp);
+    want[size_t(r)] = int64_t((uint64_t(fp[0]) & ~low) | (uint64_t(r) & low));
+  }
+  launch(dim3(grid), dim3(block), fingerprint_key_kernel, codes.data(), N, W, bits, out.data());
+  CHECK_EQUAL_BITS(out.data(), want.data(), N, "keys");
+  CHECK(out.front_intact(), "write before the start of the output");
+}
+
+void test_fingerprint_key_kernel() {
+  Rng rng(5);
+  const int64_t Ns[] = {0, 1, 2, 7, 64, 300};
+  const int64_t Ws[] = {0, 1, 3, 64};
+  const struct { unsigned grid, block; } shapes[] = {{1, 1}, {2, 33}, {1, 256}, {0, 0}};
+  for (int64_t N : Ns)
+    for (int64_t W : Ws)
+      for (int extra : {0, 3, 40})
+        for (const auto& sh : shapes) {
+          int bits = 0;
+          while ((int64_t(1) << bits) < N) ++bits;
+          run_key_case(N, W, bits + extra, sh.grid, sh.block, rng);
+        }
+}
+
 }  // namespace
 
 AH_KERNEL_TEST(fingerprint128_kernel, test_fingerprint128_kernel);
+AH_KERNEL_TEST(fingerprint_key_kernel, test_fingerprint_key_kernel);

@@ -1,6 +1,7 @@
 // Emulation tests of csrc/cuda/hamming.cuh: hamming_distance_kernel, hamming_topk_kernel and
 // hamming_consecutive_kernel against plain C++ references (popcount of xor; top-k by a stable
-// sort of (distance, index)), on random codes and on codes full of ties.
+// sort of (distance, index)), on random codes, on codes full of ties and (top-k) on codes where
+// every base row is the same (one distance shared by every lane of every warp).
 #include "harness.h"
 
 #include <algorithm>
@@ -25,6 +26,13 @@ using emu_test::Rng;
 void fill_codes(Buf<uint64_t>& c, Rng& r, bool ties) {
   const uint64_t pool[4] = {0, ~uint64_t(0), 0x0F0F, uint64_t(1) << 63};
   for (int64_t i = 0; i < c.size(); ++i) c[i] = ties ? pool[r.below(4)] : r.next();
+}
+
+// Top-k inputs: 0 random, 1 pooled words (ties), 2 every base row equal to the first one.
+void fill_topk(Buf<uint64_t>& c, Rng& r, int mode, int64_t W) {
+  fill_codes(c, r, mode != 0);
+  if (mode == 2)
+    for (int64_t i = W; i < c.size(); ++i) c[i] = c[i % W];
 }
 
 int32_t ref_distance(const uint64_t* a, const uint64_t* b, int64_t W) {
@@ -72,20 +80,23 @@ void test_hamming_topk_kernel() {
   struct Shape {
     unsigned grid, block;
   };
-  const Shape shapes[] = {{1, 32}, {2, 64}, {3, 256}, {0, 96}};  // grid 0: one block per query
-  for (const Dims& dm : kDims)
+  // grid 0: one block per query. Blocks of several warps check the warps' turns of placement.
+  const Shape shapes[] = {{1, 32}, {2, 64}, {3, 256}, {0, 96}, {2, 160}};
+  std::vector<Dims> dims(std::begin(kDims), std::end(kDims));
+  dims.push_back({3, 700, 1});  // many chunks, few distinct distances (0 .. 64)
+  for (const Dims& dm : dims)
     for (const Shape& sh : shapes)
-      for (bool ties : {false, true}) {
+      for (int mode : {0, 1, 2}) {
         const int64_t Q = dm.N, M = dm.M, W = dm.W;
         const int64_t ks[] = {0, 1, std::min<int64_t>(M, 5), M / 2, M};
         for (int64_t k : ks) {
           if (k > M) continue;  // the launcher rejects k > M
           const unsigned grid = sh.grid != 0 ? sh.grid : unsigned(std::max<int64_t>(Q, 1));
           emu_test::set_case("hamming_topk Q=%" PRId64 " M=%" PRId64 " W=%" PRId64 " k=%" PRId64
-                             " grid=%u block=%u ties=%d", Q, M, W, k, grid, sh.block, int(ties));
+                             " grid=%u block=%u mode=%d", Q, M, W, k, grid, sh.block, mode);
           Buf<uint64_t> q(Q * W), b(M * W);
-          fill_codes(q, rng, ties);
-          fill_codes(b, rng, ties);
+          fill_topk(q, rng, mode == 0 ? 0 : 1, W);
+          fill_topk(b, rng, mode, W);
           Buf<int32_t> out_d(Q * k);
           Buf<int64_t> out_i(Q * k);
           std::vector<int32_t> want_d(size_t(Q * k) + 1);
