@@ -5,7 +5,8 @@ Subcommands: ``demo``, ``train``, ``extract``, ``collisions``, ``categorize``, `
 directory (``--out DIR``; default a new folder under ``runs/``) holding ``settings.json``, its
 results and plots; ``report`` writes ``report.html`` into the directory it is given. Options can
 come from a TOML file (``--config FILE``; keys are the long option names, ``-`` or ``_``,
-tables are flattened; YAML too when PyYAML is installed); flags given on the command line win.
+tables are flattened and an option set in two of them is an error; YAML too when PyYAML is
+installed); flags given on the command line win.
 """
 from __future__ import annotations
 
@@ -102,16 +103,31 @@ def _load_config(path: str) -> dict:
             cfg = tomllib.loads(p.read_text())
         except tomllib.TOMLDecodeError as e:
             raise SystemExit(f"activation-hash: {path}: bad TOML: {e}") from None
-    flat: dict = {}
+    try:
+        return _flatten_config(cfg)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
 
-    def walk(d):
+
+def _flatten_config(cfg: dict) -> dict:
+    """Option name -> value from a nested config (tables flattened; ``factor`` kept as a
+    table). A name given twice (e.g. ``seed`` in ``[data]`` and ``[train]``, or ``n-train`` and
+    ``n_train``) raises ``ValueError`` naming it and both places."""
+    flat: dict = {}
+    where: dict = {}
+
+    def walk(d, section):
         for k, v in d.items():
             key = str(k).replace("-", "_")
             if isinstance(v, dict) and key != "factor":
-                walk(v)
-            else:
-                flat[key] = v
-    walk(cfg)
+                walk(v, f"{section}.{k}" if section else str(k))
+                continue
+            here = f"[{section}]" if section else "the top level"
+            if key in flat:
+                raise ValueError(f"option {key!r} is set both in {where[key]} and in {here}; "
+                                 f"tables are flattened into one set of options, so give it once")
+            flat[key], where[key] = v, here
+    walk(cfg, "")
     return flat
 
 
@@ -154,12 +170,16 @@ def _train_opts(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--preset", choices=["none", "paper_mlp"], default="none",
                    help="paper_mlp: Adam 1e-2, x0.1 every 20 epochs, batch 64, 200 epochs, "
-                        "patience 10, 20%% validation, L2 (flags below override it)")
+                        "patience 10, 20%% validation, L2 on the kernels only (flags below "
+                        "override it)")
     g.add_argument("--epochs", type=int, help="maximum epochs (default 20)")
     g.add_argument("--batch-size", type=int, help="default 64")
     g.add_argument("--optimizer", choices=["adam", "sgd"], help="default adam")
     g.add_argument("--lr", type=float, help="learning rate (default 0.01)")
     g.add_argument("--weight-decay", type=float, help="coupled L2 coefficient (default 0)")
+    g.add_argument("--decay-bias-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="apply --weight-decay to biases and BatchNorm parameters too (default "
+                        "yes; the paper_mlp preset: no, kernels only like Keras l2)")
     g.add_argument("--lr-step", type=int, help="decay the learning rate every N epochs")
     g.add_argument("--lr-gamma", type=float)
     g.add_argument("--val-fraction", type=float)
@@ -192,8 +212,8 @@ def _train_cfg(args) -> dict:
 
     base = paper_mlp().to_dict() if args.preset == "paper_mlp" else {"epochs": 20, "lr": 1e-2}
     base.pop("checkpoints", None)
-    for k in ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "lr_step", "lr_gamma",
-              "val_fraction", "patience", "epoch_size"):
+    for k in ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "decay_bias_bn",
+              "lr_step", "lr_gamma", "val_fraction", "patience", "epoch_size"):
         v = getattr(args, k, None)
         if v is not None:
             base[k] = v
@@ -390,7 +410,12 @@ def cmd_sweep(args) -> Path:
     cfg = SweepConfig(factors=factors, data=_data_cfg(args), model=_model_cfg(args),
                       train=train_cfg, seeds=_seed_list(args.seeds), k=args.k, probes=args.probes)
     _settings(args, out, sweep=cfg.to_dict())
-    rows = run_sweep(cfg, out, progress=not args.quiet, root=args.data_root)
+    try:
+        rows = run_sweep(cfg, out, progress=not args.quiet, root=args.data_root, force=args.force)
+    except ValueError as e:
+        if "torch thread" not in str(e):
+            raise
+        raise SystemExit(f"activation-hash sweep: {e}") from None
     _plots_for(rows, list(cfg.factors), out, _thresholds(args))
     rep = write_report(out, "activation-hash sweep")
     _say(args, f"{len(rows)} points -> {out / 'results.csv'}; report: {rep}")
@@ -585,6 +610,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--k", type=int, default=9, help="K-NN neighbours")
     s.add_argument("--probes", choices=["all", "knn", "none"], default="all",
                    help="all: K-NN, K-Means, logistic regression; knn: K-NN only; none")
+    s.add_argument("--force", action="store_true",
+                   help="resume even if --threads differs from the count the sweep was run with "
+                        "(recorded in sweep.json; results depend on it)")
     _data_opts(s)
     _model_opts(s)
     _train_opts(s)
@@ -613,7 +641,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "config", None):
-        cfg = _load_config(args.config)
+        try:
+            cfg = _load_config(args.config)
+        except ValueError as e:
+            raise SystemExit(f"activation-hash {args.command}: {e}") from None
         sub = parser._subparsers._group_actions[0].choices[args.command]
         dests = {a.dest for a in sub._actions}
         unknown = sorted(set(cfg) - dests)

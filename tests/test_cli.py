@@ -59,6 +59,24 @@ def test_bad_usage(tmp_path, capsys):
     assert "not found" in str(e.value)
 
 
+def test_config_same_key_in_two_tables(tmp_path):
+    from activation_hash.cli import _load_config
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[data]\nseed = 1\nn_train = 100\n[train]\nseed = 2\nepochs = 1\n")
+    with pytest.raises(ValueError, match=r"'seed' is set both in \[data\] and in \[train\]"):
+        _load_config(str(cfg))
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--config", str(cfg), "--out", str(tmp_path / "t"), "--quiet"])
+    assert "'seed'" in str(e.value) and "[data]" in str(e.value) and "[train]" in str(e.value)
+    assert str(cfg) in str(e.value) and not (tmp_path / "t").exists()
+    cfg.write_text("n-train = 5\n[data]\nn_train = 100\n")
+    with pytest.raises(ValueError, match=r"'n_train' is set both in the top level and in \[data\]"):
+        _load_config(str(cfg))
+    cfg.write_text("seed = 1\n[data]\nn_train = 100\n[factor]\nwidth = [2, 4]\n")
+    assert _load_config(str(cfg)) == {"seed": 1, "n_train": 100, "factor": {"width": [2, 4]}}
+
+
 def test_paper_preset_and_overrides():
     from activation_hash.cli import _train_cfg
 
@@ -67,6 +85,10 @@ def test_paper_preset_and_overrides():
     assert cfg["epochs"] == 3 and cfg["seed"] == 2
     assert (cfg["lr"], cfg["lr_step"], cfg["lr_gamma"], cfg["batch_size"], cfg["patience"],
             cfg["val_fraction"], cfg["weight_decay"]) == (1e-2, 20, 0.1, 64, 10, 0.2, 2e-6)
+    assert cfg["decay_bias_bn"] is False  # Keras l2: kernels only
+    args = build_parser().parse_args(["train", "--preset", "paper_mlp", "--decay-bias-bn"])
+    assert _train_cfg(args)["decay_bias_bn"] is True
+    assert "decay_bias_bn" not in _train_cfg(build_parser().parse_args(["train"]))
 
 
 def test_train_with_config_file(tmp_path, capsys):
@@ -119,6 +141,20 @@ def test_sweep_phase_report_cli(tmp_path, capsys):
     assert "<title>again</title>" in (ph / "report.html").read_text()
 
 
+def test_sweep_cli_thread_count_guard(tmp_path):
+    out = tmp_path / "sw"
+    base = ["sweep", "--factor", "width=2", "--dataset", "moons", "--epochs", "1", "--probes",
+            "none", "--out", str(out), "--quiet"]
+    assert main(base + ["--threads", "1"]) == 0
+    assert json.loads((out / "sweep.json").read_text())["torch_threads"] == 1
+    with pytest.raises(SystemExit) as e:
+        main(base + ["--threads", "2"])
+    assert "1 torch thread(s)" in str(e.value) and "--force" in str(e.value)
+    assert main(base + ["--threads", "1"]) == 0  # the same count resumes
+    with pytest.warns(RuntimeWarning):
+        assert main(base + ["--threads", "2", "--force"]) == 0
+
+
 def test_train_extract_collisions_categorize(tmp_path, capsys):
     run = tmp_path / "t"
     main(["train", "--n-train", "300", "--n-test", "100", "--width", "12", "--epochs", "2",
@@ -141,4 +177,9 @@ def test_train_extract_collisions_categorize(tmp_path, capsys):
     assert main(["categorize", "--train", str(ex / "train.codes"), "--test", str(ex / "test.codes"),
                  "--out", str(ca), "--quiet"]) == 0
     d = json.loads((ca / "categorization.json").read_text())
-    assert 0.3 < d["knn_test"] <= 1.0 and 0.0 <= d["logreg_test"] <= 1.0
+    from activation_hash.probes import knn_accuracy, logreg_accuracy
+
+    assert d["logreg_test"] == logreg_accuracy(tr, te, "ovo", C=1.0, seed=0)  # the same saved codes
+    assert d["knn_test"] == knn_accuracy(tr, te, k=9) and d["knn_test"] > 0.3
+    logreg = d["settings"]["logreg"]
+    assert (logreg["multi_class"], logreg["C"], logreg["penalty"]) == ("ovo", 1.0, "l2")

@@ -11,7 +11,8 @@ import torch
 from activation_hash.experiments import datasets as ds
 from activation_hash.experiments.models import MLP, VGG, ResNet, SmallCNN, build_model
 from activation_hash.experiments.training import (TrainConfig, log_checkpoints, paper_checkpoints,
-                                                  paper_mlp, train)
+                                                  make_optimizer, paper_mlp, split_decay,
+                                                  train)
 from activation_hash.nn import ReLU, record
 
 
@@ -171,6 +172,20 @@ def test_synthetic(name):
     d = ds.load_dataset(name, n_samples=200, seed=3)
     assert d.x_train.shape[1] == 2 and len(d.y_train) + len(d.y_test) == 200
     assert torch.equal(d.x_train, ds.load_dataset(name, n_samples=200, seed=3).x_train)
+    assert d.meta["jitter"] == 0.1 and "noise" not in d.meta
+    assert d.meta["label_noise"] == d.meta["noise_rate_true"] == 0.0
+
+
+def test_synthetic_jitter_is_not_label_noise():
+    calm = ds.load_dataset("moons", n_samples=200, seed=3, jitter=0.0)
+    wild = ds.load_dataset("moons", n_samples=200, seed=3, jitter=0.3)
+    assert calm.meta["jitter"] == 0.0 and wild.meta["jitter"] == 0.3
+    assert torch.equal(calm.y_train, wild.y_train) and not torch.equal(calm.x_train, wild.x_train)
+    both = ds.load_dataset("moons", n_samples=200, seed=3, jitter=0.3, label_noise=0.1)
+    assert both.meta["jitter"] == 0.3 and both.meta["label_noise"] == 0.1
+    assert both.meta["noise_rate_true"] == 15 / 150 == both.meta["n_noisy"] / 150
+    with pytest.raises(TypeError, match="noise"):
+        ds.load_dataset("moons", noise=0.2)
 
 
 def test_stratified_subset():
@@ -278,6 +293,41 @@ def test_training_options():
         TrainConfig(patience=3)
     with pytest.raises(ValueError, match="unknown training option"):
         TrainConfig.from_dict({"epoch": 3})
+
+
+def test_paper_preset_decays_kernels_only():
+    model = MLP((1, 8, 8), 10, width=6, depth=2, batch_norm=True)
+    cfg = paper_mlp()
+    assert cfg.decay_bias_bn is False and cfg.weight_decay == 2e-6
+    groups = make_optimizer(model, cfg).param_groups
+    by_decay = {g["weight_decay"]: {id(p) for p in g["params"]} for g in groups}
+    kernels = {id(m.weight) for m in model if isinstance(m, torch.nn.Linear)}
+    rest = {id(p) for p in model.parameters()} - kernels
+    assert by_decay == {2e-6: kernels, 0.0: rest} and len(rest) == 3 + 2 * 2  # 3 Linear biases, 2 BN x (w, b)
+    (only,) = make_optimizer(model, TrainConfig(weight_decay=1e-3)).param_groups  # default: all
+    assert only["weight_decay"] == 1e-3 and len(only["params"]) == len(list(model.parameters()))
+    cnn = build_model({"arch": "resnet", "widths": [4], "batch_norm": True}, (3, 8, 8), 10)
+    k, o = split_decay(cnn)
+    assert all(p.dim() >= 2 for p in k) and all(p.dim() == 1 for p in o) and o
+
+
+@pytest.mark.parametrize("decay_bias_bn", [False, True])
+def test_kernels_only_decay_leaves_bias_and_bn_alone(decay_bias_bn):
+    # one SGD step on the whole set: with and without a huge decay, the first update of a
+    # parameter differs only by the decay term, so undecayed parameters end up identical
+    data = ds.load_dataset("moons", n_samples=100, seed=0)
+    out = []
+    for wd in (0.0, 10.0):
+        torch.manual_seed(0)
+        model = MLP(data.input_shape, 2, width=8, batch_norm=True)
+        start = {n: p.detach().clone() for n, p in model.named_parameters()}
+        train(model, data, TrainConfig(epochs=1, batch_size=75, optimizer="sgd", lr=0.1,
+                                       weight_decay=wd, decay_bias_bn=decay_bias_bn))
+        out.append(dict(model.named_parameters()))
+    for name, p in out[0].items():
+        is_kernel = name.endswith("weight") and p.dim() == 2
+        decayed = is_kernel or (decay_bias_bn and bool(start[name].any()))  # decay of 0 is 0
+        assert torch.equal(p, out[1][name]) == (not decayed), name
 
 
 @pytest.mark.parametrize("spec", [{"arch": "cnn", "channels": [4]},

@@ -108,6 +108,46 @@ def test_sweep_epochs_checkpoints_resume(tmp_path, monkeypatch):
     assert all(r["stopped_epoch"] <= 4 for r in rows)
 
 
+def test_sweep_extending_epochs_keeps_finished_checkpoints(tmp_path, monkeypatch):
+    calls = counting(monkeypatch)
+    base = dict(data=SMALL, train={"lr": 1e-2}, model={"arch": "mlp", "width": 6}, probes="knn")
+    first = sw.run_sweep(sw.SweepConfig(factors={"epochs": [0, 1, 3]}, **base), tmp_path,
+                         progress=False)
+    assert calls == {"train": 1, "measure": 3}
+    calls.update(train=0, measure=0)
+    rows = sw.run_sweep(sw.SweepConfig(factors={"epochs": [0, 1, 3, 6]}, **base), tmp_path,
+                        progress=False)
+    assert calls == {"train": 1, "measure": 1}  # only epoch 6 measured
+    assert rows[:3] == first and [r["epochs"] for r in rows] == [0, 1, 3, 6]
+    # the reused checkpoints equal those of a fresh run that goes on to epoch 6
+    fresh = sw.run_sweep(sw.SweepConfig(factors={"epochs": [0, 1, 3, 6]}, **base),
+                         tmp_path / "fresh", progress=False)
+    for a, b in zip(fresh, rows):
+        assert a["key"] == b["key"]
+        for col in ("redundancy_train", "redundancy_test", "knn_test", "acc_test", "stopped_epoch"):
+            assert a[col] == b[col], col
+
+
+def test_sweep_records_thread_count_and_guards_resume(tmp_path, monkeypatch):
+    calls = counting(monkeypatch)
+    cfg = sw.SweepConfig(factors={"width": [2, 4]}, data=SMALL, train={"epochs": 1, "lr": 1e-2},
+                         probes="none")
+    with pytest.raises(Stop):
+        sw.run_sweep(cfg, tmp_path, progress=False, on_point=interrupt_after(1))
+    assert json.loads((tmp_path / "sweep.json").read_text())["torch_threads"] == 1
+    torch.set_num_threads(2)
+    with pytest.raises(ValueError, match=r"run with 1 torch thread\(s\), this run uses 2"):
+        sw.run_sweep(cfg, tmp_path, progress=False)
+    assert calls["train"] == 1  # refused before any work
+    with pytest.warns(RuntimeWarning, match="deterministic only for a given thread count"):
+        rows = sw.run_sweep(cfg, tmp_path, progress=False, force=True)
+    assert [r["torch_threads"] for r in rows] == [1, 2] and calls["train"] == 2
+    assert json.loads((tmp_path / "sweep.json").read_text())["torch_threads"] == 2
+    torch.set_num_threads(1)
+    with pytest.raises(ValueError, match="--threads 2"):
+        sw.run_sweep(cfg, tmp_path, progress=False)
+
+
 def test_sweep_all_probes_and_label_noise(tmp_path):
     cfg = sw.SweepConfig(factors={"label_noise": [0.25]}, data=dict(SMALL, n_train=200),
                          train={"epochs": 3, "lr": 1e-2}, model={"arch": "mlp", "width": 24})
@@ -120,6 +160,19 @@ def test_sweep_all_probes_and_label_noise(tmp_path):
     assert row["kmeans_hungarian_test"] <= row["kmeans_purity_test"]
     assert row["knn_test"] > 0.3 and row["n_bits"] == 24
     assert row["n_distinct_train"] == round((1 - row["redundancy_train"]) * 200)
+
+
+def test_sweep_n_trained_excludes_validation_split(tmp_path):
+    cfg = sw.SweepConfig(factors={"n_train": [150]}, data=SMALL, probes="none",
+                         train={"epochs": 1, "lr": 1e-2, "val_fraction": 0.2})
+    (row,) = sw.run_sweep(cfg, tmp_path, progress=False)
+    assert row["n_train"] == 150 and row["factor_n_train"] == 150
+    assert row["n_trained"] == 120  # 20% held out for validation
+    assert row["n_distinct_train"] == round((1 - row["redundancy_train"]) * 120)
+    (plain,) = sw.run_sweep(sw.SweepConfig(factors={"n_train": [150]}, data=SMALL, probes="none",
+                                           train={"epochs": 1, "lr": 1e-2}),
+                            tmp_path / "plain", progress=False)
+    assert plain["n_train"] == plain["n_trained"] == 150
 
 
 def test_sweep_config_errors():
@@ -193,6 +246,25 @@ def test_phase_labelling_row_saturation_and_eps():
         Thresholds(r_hi=0.01, r_lo=0.1)
     with pytest.raises(ValueError, match="needs column"):
         phase_table([{"width": 1, "epochs": 1}], "epochs", "width")
+
+
+def test_phase_nan_cells_are_not_a_regime(tmp_path):
+    nan = float("nan")
+    rows = synthetic_rows() + [
+        {"width": 64, "epochs": 1, "redundancy_train": nan, "knn_test": 0.9, "seed": 0},
+        {"width": 64, "epochs": 10, "redundancy_train": 0.0, "knn_test": nan, "seed": 0},
+        {"width": 4, "epochs": 1, "redundancy_train": 0.5, "knn_test": None, "seed": 0}]
+    table = phase_table(rows, "epochs", "width")
+    got = {(c["width"], c["epochs"]): c["regime"] for c in table}
+    assert got[(64, 1)] == got[(64, 10)] == got[(4, 1)] == "n/a"
+    assert got[(32, 1)] == "sufficient" and got[(8, 1)] == "critical"  # the others unchanged
+    ax = phase_figure(table, "epochs", "width").axes[0]
+    texts = {(round(t.get_position()[0]), round(t.get_position()[1])): t.get_text() for t in ax.texts}
+    xs, ys = [1, 10], [2, 4, 8, 16, 32, 64]
+    assert texts[(xs.index(1), ys.index(64))] == "n/a" and texts[(xs.index(10), ys.index(64))] == "n/a"
+    assert texts[(xs.index(1), ys.index(32))].startswith("S")
+    res = write_phase(rows, tmp_path, "epochs", "width")
+    assert sum(line.endswith(",n/a") for line in res["csv"].read_text().splitlines()) == 3
 
 
 def png_size(path):

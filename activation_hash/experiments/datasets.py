@@ -36,7 +36,8 @@ class DataSplit:
     Attributes:
         x_train: float32 ``[N, *input_shape]``; y_train: int64 ``[N]`` (possibly noisy labels).
         x_test, y_test: the same for the test part (labels never noised).
-        n_classes: number of classes; meta: provenance (name, sizes, noise rate, ...).
+        n_classes: number of classes; meta: provenance (``dataset``, ``seed``, ``n_train``,
+            ``n_test``, ``label_noise`` requested / ``noise_rate_true`` applied, ...).
         y_train_clean: the training labels before label noise (None without noise).
     """
 
@@ -344,19 +345,19 @@ def load_cifar10(root=None) -> DataSplit:
 
 # ---- synthetic ------------------------------------------------------------------------------
 
-def _synthetic(name: str, n: int, noise: float, seed: int, n_classes: int = 2, dim: int = 2):
+def _synthetic(name: str, n: int, jitter: float, seed: int, n_classes: int = 2, dim: int = 2):
     rng = np.random.default_rng(seed)
     if name == "moons":
         from sklearn.datasets import make_moons
-        x, y = make_moons(n, noise=noise, random_state=seed)
+        x, y = make_moons(n, noise=jitter, random_state=seed)
     elif name == "circles":
         from sklearn.datasets import make_circles
-        x, y = make_circles(n, noise=noise, factor=0.5, random_state=seed)
+        x, y = make_circles(n, noise=jitter, factor=0.5, random_state=seed)
     elif name == "spirals":
         y = np.arange(n) % n_classes
         t = rng.uniform(0.25, 1.0, n)
         angle = 3.0 * np.pi * t + 2.0 * np.pi * y / n_classes
-        x = np.stack([t * np.cos(angle), t * np.sin(angle)], 1) + rng.normal(0, noise, (n, 2))
+        x = np.stack([t * np.cos(angle), t * np.sin(angle)], 1) + rng.normal(0, jitter, (n, 2))
     elif name == "random":
         x = rng.normal(size=(n, dim))
         y = rng.integers(0, n_classes, n)
@@ -369,7 +370,7 @@ def _synthetic(name: str, n: int, noise: float, seed: int, n_classes: int = 2, d
 
 def load_dataset(name: str = "digits", *, root=None, n_train: int | None = None,
                  n_test: int | None = None, label_noise: float = 0.0, seed: int = 0,
-                 n_samples: int = 1000, noise: float = 0.1, n_classes: int | None = None,
+                 n_samples: int = 1000, jitter: float = 0.1, n_classes: int | None = None,
                  dim: int = 2) -> DataSplit:
     """Load a dataset by name (one of :data:`DATASETS`).
 
@@ -377,10 +378,14 @@ def load_dataset(name: str = "digits", *, root=None, n_train: int | None = None,
         root: directory of downloaded files (mnist, fashion-mnist, cifar10).
         n_train / n_test: seeded stratified subsets of that size (None: all).
         label_noise: exact rate of symmetric noise on the training labels (see
-            :func:`add_label_noise`); ``meta["noise"]`` records the true rate.
-        seed: seed of subsets and noise (and of the synthetic data).
-        n_samples, noise, n_classes, dim: size / jitter / classes / dimension of the synthetic
-            sets (``random``: ``dim``-D Gaussian inputs, ``n_classes`` random labels); 25% test.
+            :func:`add_label_noise`); ``meta["label_noise"]`` records the requested rate,
+            ``meta["noise_rate_true"]`` the rate applied (changed labels / N) and
+            ``meta["n_noisy"]`` the number of changed labels.
+        seed: seed of subsets and label noise (and of the synthetic data).
+        n_samples, jitter, n_classes, dim: size / standard deviation of the Gaussian jitter
+            added to the points (moons, circles, spirals; ``meta["jitter"]``; it is not label
+            noise) / classes / dimension of the synthetic sets (``random``: ``dim``-D Gaussian
+            inputs, ``n_classes`` random labels); 25% test.
     """
     if not isinstance(name, str) or name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {list(DATASETS)}")
@@ -393,14 +398,14 @@ def load_dataset(name: str = "digits", *, root=None, n_train: int | None = None,
         data = load_cifar10(root)
     else:
         k = n_classes or (10 if name == "random" else 2)
-        x, y = _synthetic(name, int(n_samples), float(noise), seed, k, int(dim))
+        x, y = _synthetic(name, int(n_samples), float(jitter), seed, k, int(dim))
         tr, te = stratified_split(y, 0.25, seed) if name != "random" else (
             torch.arange(int(n_samples * 0.75)), torch.arange(int(n_samples * 0.75), n_samples))
         xtr, xte = x[tr], x[te]
         if name != "random":
             xtr, xte = _standardize(xtr, xte)
         data = DataSplit(name, xtr, y[tr], xte, y[te], k,
-                         {"n_samples": int(n_samples), "noise": float(noise)})
+                         {"n_samples": int(n_samples), "jitter": float(jitter)})
     meta = dict(data.meta, dataset=name, seed=seed)
     if n_train is not None and n_train != len(data.y_train):
         idx = stratified_subset(data.y_train, n_train, seed)

@@ -11,7 +11,8 @@ The regime of a cell, with thresholds ``r_hi > r_lo`` and ``acc_eps`` (:class:`T
   (``saturation="global"``), of the cell's row (same model size, ``"row"``) or of its column
   (same x, ``"column"``);
 - **critically-expressive** otherwise (``R < r_hi``, but R not yet about 0 or the accuracy
-  still below its saturated value).
+  still below its saturated value);
+- **n/a** when R or A of the cell is NaN (not measured, e.g. no samples): it is no regime.
 
 :func:`phase_table` labels the cells, :func:`phase_figure` draws the heatmap (colour: R; letter:
 the regime), :func:`write_phase` saves the PNG and the CSV table behind it.
@@ -26,8 +27,8 @@ from pathlib import Path
 
 __all__ = ["Thresholds", "phase_table", "phase_figure", "write_phase", "REGIMES"]
 
-REGIMES = ("under", "critical", "sufficient")
-_LETTER = {"under": "U", "critical": "C", "sufficient": "S"}
+REGIMES = ("under", "critical", "sufficient", "n/a")
+_LETTER = {"under": "U", "critical": "C", "sufficient": "S", "n/a": "n/a"}
 
 
 @dataclass
@@ -99,7 +100,9 @@ def phase_table(rows: list[dict], x: str = "epochs", y: str = "width",
     for c in out:
         c["saturated"] = sat(c)
         R, A = c["redundancy"], c["accuracy"]
-        if R >= th.r_hi:
+        if math.isnan(R) or math.isnan(A):
+            c["regime"] = "n/a"
+        elif R >= th.r_hi:
             c["regime"] = "under"
         elif R <= th.r_lo and A >= c["saturated"] - th.acc_eps:
             c["regime"] = "sufficient"
@@ -110,11 +113,13 @@ def phase_table(rows: list[dict], x: str = "epochs", y: str = "width",
 
 def phase_figure(table: list[dict], x: str = "epochs", y: str = "width", title: str | None = None,
                  thresholds: Thresholds | None = None):
-    """Heatmap of the cells: colour = redundancy, letter U/C/S = regime, text = accuracy.
+    """Heatmap of the cells: colour = redundancy, letter U/C/S = regime, text = accuracy
+    ("n/a" on a grey cell where the regime is n/a).
 
     Returns a matplotlib ``Figure`` (no pyplot state) whose single axes is labelled with the
     x and y column names.
     """
+    import matplotlib
     import numpy as np
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
@@ -126,11 +131,12 @@ def phase_figure(table: list[dict], x: str = "epochs", y: str = "width", title: 
     ax = fig.add_subplot(1, 1, 1)
     for c in table:
         grid[ys.index(c[y]), xs.index(c[x])] = c["redundancy"]
-    im = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis_r", norm=Normalize(0.0, 1.0))
+    cmap = matplotlib.colormaps["viridis_r"].with_extremes(bad="#d9d9d9")  # NaN R: grey
+    im = ax.imshow(grid, origin="lower", aspect="auto", cmap=cmap, norm=Normalize(0.0, 1.0))
     for c in table:
         i, j = ys.index(c[y]), xs.index(c[x])
-        txt = f"{_LETTER[c['regime']]}\n{c['accuracy']:.2f}" if not math.isnan(c["accuracy"]) \
-            else _LETTER[c["regime"]]
+        txt = _LETTER[c["regime"]] if c["regime"] == "n/a" \
+            else f"{_LETTER[c['regime']]}\n{c['accuracy']:.2f}"
         ax.text(j, i, txt, ha="center", va="center", fontsize=7,
                 color="white" if c["redundancy"] > 0.5 else "black")
     ax.set_xticks(range(len(xs)), [str(v) for v in xs])

@@ -16,8 +16,8 @@ from pathlib import Path
 
 __all__ = ["write_report", "REPORT_COLUMNS"]
 
-REPORT_COLUMNS = ["width", "depth", "epochs", "n_train", "weight_decay", "dropout", "batch_norm",
-                  "label_noise", "noise_rate_true", "seed", "n_bits", "redundancy_train",
+REPORT_COLUMNS = ["width", "depth", "epochs", "n_train", "n_trained", "weight_decay", "dropout",
+                  "batch_norm", "label_noise", "noise_rate_true", "seed", "n_bits", "redundancy_train",
                   "redundancy_test", "knn_test", "kmeans_purity_test", "kmeans_hungarian_test",
                   "logreg_test", "acc_train", "acc_test", "t_train", "t_measure"]
 

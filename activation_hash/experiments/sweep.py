@@ -12,13 +12,22 @@ set, and records:
 - the probe accuracies of :func:`activation_hash.probes.categorize` (K-NN, K-Means purity and
   Hungarian, logistic regression; train and test);
 - the network's own accuracy (``acc_train`` on the samples trained on, ``acc_test``);
-- timings (``t_train``, ``t_extract``, ``t_collisions``, ``t_probes``, seconds).
+- timings (``t_train``, ``t_extract``, ``t_collisions``, ``t_probes``, seconds);
+- the sizes: ``n_train`` (the training set or its requested subset) and ``n_trained`` (the
+  samples actually trained on, i.e. without the ``val_fraction`` validation split: the codes
+  of ``*_train`` columns are theirs), ``n_test``.
 
 Every finished point is written at once to ``<out>/points/<key>.json`` (atomic rename) and the
 tables ``results.json`` / ``results.csv`` are rewritten. ``key`` hashes the point's full
-configuration, so a rerun with the same (or an extended) grid skips every finished point. An
-interrupted ``epochs`` run is retrained (deterministically) but only its missing checkpoints are
+configuration, so a rerun with the same (or an extended) grid skips every finished point; the
+key of an ``epochs`` point holds its checkpoint epoch, not the run's last one, so adding epoch
+values keeps the finished checkpoints. An interrupted or extended ``epochs`` run is retrained
+(deterministically, up to its last missing checkpoint) but only its missing checkpoints are
 measured.
+
+Training is deterministic for a given torch thread count, not across counts: ``sweep.json``
+records ``torch_threads`` (every row too), and resuming with another count is refused unless
+``force=True``.
 
 With label noise, the probes are fit on the (noisy) labels the network was trained on and
 scored on the clean test labels.
@@ -33,6 +42,7 @@ import itertools
 import json
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -158,7 +168,11 @@ def plan_points(config: SweepConfig) -> list[_Run]:
                 cfg["train"]["epochs"] = max(epochs)
                 pts = []
                 for e in epochs:
+                    # The model at checkpoint e depends only on the first e epochs (same seed,
+                    # schedule and stopping rule), not on how long the run goes on: the key
+                    # holds e, so adding epochs to the sweep keeps the finished checkpoints.
                     p = copy.deepcopy(cfg)
+                    p["train"]["epochs"] = int(e)
                     p["checkpoint"] = int(e)
                     pts.append((point_key(p), p, int(e)))
             else:
@@ -256,18 +270,45 @@ def _write_tables(out: Path, rows: list[dict], config: SweepConfig) -> None:
     atomic_write_text(out / "results.csv", buf.getvalue())
 
 
+def _check_threads(out: Path, threads: int, force: bool) -> None:
+    """Refuse (or with ``force`` warn) to add points computed with another torch thread count
+    than the one recorded in ``out/sweep.json`` (results are reproducible per thread count)."""
+    f = out / "sweep.json"
+    if not f.is_file() or not any((out / "points").glob("*.json")):
+        return
+    try:
+        before = json.loads(f.read_text()).get("torch_threads")
+    except (json.JSONDecodeError, AttributeError):
+        return
+    if before is None or int(before) == threads:
+        return
+    msg = (f"sweep {str(out)!r} was run with {before} torch thread(s), this run uses {threads}; "
+           f"training is deterministic only for a given thread count, so new points may not "
+           f"match a run with {before}")
+    if not force:
+        raise ValueError(msg + f" (use torch.set_num_threads({before}) / --threads {before}, "
+                               f"or force=True / --force to mix them)")
+    warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
 def run_sweep(config: SweepConfig | dict, out_dir: str | os.PathLike, *, progress: bool = True,
-              on_point: Callable[[dict], None] | None = None, root=None) -> list[dict]:
+              on_point: Callable[[dict], None] | None = None, root=None,
+              force: bool = False) -> list[dict]:
     """Run (or resume) a sweep into ``out_dir``; returns the rows in grid order.
 
     ``on_point(row)`` is called after each newly measured point has been saved. ``root`` is
-    the data directory for downloaded datasets.
+    the data directory for downloaded datasets. ``sweep.json`` records the config and the
+    torch thread count (``torch_threads``; also a column of every row); resuming with another
+    thread count raises ``ValueError`` unless ``force`` (then a ``RuntimeWarning``).
     """
     if isinstance(config, dict):
         config = SweepConfig.from_dict(config)
     out = Path(out_dir)
     (out / "points").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "sweep.json", json.dumps(config.to_dict(), indent=1, default=str))
+    threads = torch.get_num_threads()
+    _check_threads(out, threads, force)
+    atomic_write_text(out / "sweep.json", json.dumps(dict(config.to_dict(), torch_threads=threads),
+                                                     indent=1, default=str))
     runs = plan_points(config)
     done: dict[str, dict] = {}
     for _, pts in ((r.cfg, r.points) for r in runs):
@@ -321,6 +362,8 @@ def run_sweep(config: SweepConfig | dict, out_dir: str | os.PathLike, *, progres
                         p["seed"] if n == "seed" else p[section].get(opt))
                 row.update({f"factor_{n}": v for n, v in factor_values.items()})
                 row.update(_flat_settings(p, data, epoch))
+                row["n_trained"] = len(result.train_idx)
+                row["torch_threads"] = threads
                 t0 = time.perf_counter()
                 row.update(measure(model, data.x_train[result.train_idx], ytr, data.x_test,
                                    data.y_test, k=meas["k"], seed=p["seed"], probes=meas["probes"],
@@ -335,6 +378,7 @@ def run_sweep(config: SweepConfig | dict, out_dir: str | os.PathLike, *, progres
             if config.factors.get("epochs") is not None:
                 wanted = {e: (key, p) for key, p, e in todo}
                 tcfg.checkpoints = sorted(wanted)
+                tcfg.epochs = max(wanted)  # no need to train past the last missing checkpoint
                 measured = [0.0]  # time spent measuring, excluded from t_train
 
                 def on_ckpt(epoch, m, result):

@@ -1,6 +1,7 @@
 """Seeded, deterministic CPU training with the options the paper's factors need.
 
-:func:`train` runs mini-batch training (Adam or SGD, step decay, coupled L2 weight decay,
+:func:`train` runs mini-batch training (Adam or SGD, step decay, coupled L2 weight decay (on all
+parameters, or with ``decay_bias_bn=False`` on the kernels only, like Keras ``l2``),
 dropout/BN from the model, early stopping on a held-out validation split) and calls back at
 checkpoint epochs (epoch 0 = before any update). :func:`paper_mlp` is the paper's MLP recipe.
 """
@@ -16,7 +17,7 @@ from torch import nn
 from activation_hash.experiments.datasets import DataSplit, stratified_split
 
 __all__ = ["TrainConfig", "TrainResult", "train", "paper_mlp", "paper_checkpoints",
-           "log_checkpoints", "accuracy", "predict"]
+           "log_checkpoints", "accuracy", "predict", "make_optimizer", "split_decay"]
 
 
 @dataclass
@@ -28,6 +29,10 @@ class TrainConfig:
         batch_size, optimizer (``"adam"`` | ``"sgd"``), lr, momentum (SGD).
         weight_decay: coupled L2: ``weight_decay * w`` is added to each gradient (Keras
             ``l2(c)`` equals ``weight_decay = 2c``).
+        decay_bias_bn: whether ``weight_decay`` also applies to biases and to the parameters
+            of normalization layers (BatchNorm, LayerNorm, GroupNorm). True (PyTorch's usual
+            single parameter group) by default; False decays the kernels (Linear/conv weights)
+            only, as a Keras ``kernel_regularizer=l2(c)`` does (:func:`paper_mlp`).
         lr_step / lr_gamma: multiply the learning rate by ``lr_gamma`` every ``lr_step`` epochs
             (0: constant).
         val_fraction: stratified part of the training set held out for validation (0: none).
@@ -46,6 +51,7 @@ class TrainConfig:
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
+    decay_bias_bn: bool = True
     lr_step: int = 0
     lr_gamma: float = 0.1
     val_fraction: float = 0.0
@@ -80,10 +86,12 @@ class TrainConfig:
 def paper_mlp(**overrides) -> TrainConfig:
     """The paper's MLP recipe (REFERENCE.md): Adam lr 1e-2 decayed x0.1 every 20 epochs,
     batch 64, up to 200 epochs, early stopping with patience 10 on an 80/20 validation split,
-    L2 1e-6 (Keras) = weight_decay 2e-6, checkpoints {0, 1, 3, 6, 10, 20, ..., 200}.
+    L2 1e-6 (Keras) = weight_decay 2e-6 on the kernels only (``decay_bias_bn=False``: no decay
+    of biases and BatchNorm parameters, as Keras ``kernel_regularizer``), checkpoints
+    {0, 1, 3, 6, 10, 20, ..., 200}.
     Use with ``MLP(..., batch_norm=True)`` (Dense -> BN -> ReLU)."""
     cfg = dict(epochs=200, batch_size=64, optimizer="adam", lr=1e-2, lr_step=20, lr_gamma=0.1,
-               weight_decay=2e-6, val_fraction=0.2, patience=10, checkpoints=paper_checkpoints(200))
+               weight_decay=2e-6, decay_bias_bn=False, val_fraction=0.2, patience=10, checkpoints=paper_checkpoints(200))
     cfg.update(overrides)
     return TrainConfig(**cfg)
 
@@ -121,6 +129,39 @@ class TrainResult:
     val_accuracy: float = float("nan")
     train_idx: torch.Tensor | None = None
     seconds: float = 0.0
+
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def split_decay(model: nn.Module) -> tuple[list, list]:
+    """The trainable parameters of ``model`` as ``(kernels, others)``: ``others`` are the
+    biases and the parameters of normalization layers, ``kernels`` everything else (the
+    weights of Linear / conv layers)."""
+    kernels, others, seen = [], [], set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            (others if isinstance(module, _NORMS) or name == "bias" else kernels).append(p)
+    return kernels, others
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer of ``config`` over ``model``'s trainable parameters: one parameter group
+    with ``weight_decay``, or (``decay_bias_bn=False``) the kernels with it and the biases /
+    normalization parameters with ``weight_decay=0``."""
+    if config.decay_bias_bn:
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad],
+                   "weight_decay": config.weight_decay}]
+    else:
+        kernels, others = split_decay(model)
+        groups = [g for g in ({"params": kernels, "weight_decay": config.weight_decay},
+                              {"params": others, "weight_decay": 0.0}) if g["params"]]
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
 
 
 @torch.no_grad()
@@ -166,12 +207,7 @@ def train(model: nn.Module, data: DataSplit, config: TrainConfig | dict | None =
     n = len(y)
     if n == 0:
         raise ValueError("no training samples left after the validation split")
-    params = [p for p in model.parameters() if p.requires_grad]
-    if config.optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    else:
-        opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                              weight_decay=config.weight_decay)
+    opt = make_optimizer(model, config)
     sched = torch.optim.lr_scheduler.StepLR(opt, config.lr_step, config.lr_gamma) \
         if config.lr_step else None
     loss_fn = nn.CrossEntropyLoss()
