@@ -39,6 +39,23 @@ def timeit(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> list[f
     return times
 
 
+def timeit_interleaved(fns: dict[str, Callable[[], object]], repeat: int = 5,
+                       warmup: int = 1) -> dict[str, list[float]]:
+    """Like :func:`timeit` for several functions at once, timed in rounds (each round calls
+    every function once, in turn): a slow spell of a noisy machine then hits them all alike
+    instead of whichever happened to run during it."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
 def median(times: list[float]) -> float:
     return statistics.median(times)
 
