@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import median, parse_args, write_json  # noqa: E402
 
-from activation_hash.collisions import CollisionCounter, collisions  # noqa: E402
+from activation_hash.collisions import collisions  # noqa: E402
 
 
 def planted_codes(n: int, words: int, dup: float = 0.01, seed: int = 0) -> torch.Tensor:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from activation_hash.experiments import datasets as ds
-from activation_hash.experiments.models import MLP, VGG, ResNet, SmallCNN, build_model
+from activation_hash.experiments.models import MLP, build_model
 from activation_hash.experiments.training import (TrainConfig, log_checkpoints, paper_checkpoints,
                                                   make_optimizer, paper_mlp, split_decay,
                                                   train)

@@ -4,7 +4,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import activation_hash as ah
 from activation_hash import reference as ref
 from activation_hash.nn import LeakyReLU, ReLU, convert, record
 from helpers import assert_same_values
