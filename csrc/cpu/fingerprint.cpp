@@ -19,27 +19,11 @@
 #define AH_FP_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl")))
 #endif
 
+#include "activation_hash/checks.h"
 #include "activation_hash/fingerprint.h"
 
 namespace activation_hash::cpu {
 namespace {
-
-// Checks shared with the CUDA binding are repeated there (host code, no shared .cpp).
-std::vector<int64_t> checked_ends(const at::Tensor& codes, const at::OptionalIntArrayRef& ends) {
-  TORCH_CHECK_TYPE(codes.scalar_type() == at::kLong,
-                   "codes must be int64 packed words [N, W], got ", codes.scalar_type());
-  TORCH_CHECK_VALUE(codes.dim() == 2, "codes must be 2-D [N, W], got shape ", codes.sizes());
-  const int64_t W = codes.size(1);
-  if (!ends.has_value()) return {W};
-  std::vector<int64_t> e(ends->begin(), ends->end());
-  int64_t prev = 0;
-  for (int64_t v : e) {
-    TORCH_CHECK_VALUE(prev <= v && v <= W, "ends must be non-decreasing word counts in [0, ", W,
-                      "], got ", *ends);
-    prev = v;
-  }
-  return e;
-}
 
 constexpr int64_t kGrainWords = 1 << 14;
 
@@ -145,7 +129,7 @@ inline bool use_avx512_dq() {
 #endif
 
 at::Tensor fingerprint128_cpu(const at::Tensor& codes, at::OptionalIntArrayRef ends) {
-  const std::vector<int64_t> e = checked_ends(codes, ends);
+  const std::vector<int64_t> e = checked_fingerprint_ends(codes, ends);
   const at::Tensor c = codes.contiguous();
   const int64_t N = c.size(0), W = c.size(1), P = static_cast<int64_t>(e.size());
   at::Tensor out = ends.has_value() ? at::empty({N, P, 2}, c.options())
@@ -165,18 +149,8 @@ at::Tensor fingerprint128_cpu(const at::Tensor& codes, at::OptionalIntArrayRef e
   return out;
 }
 
-void check_key_args(const at::Tensor& codes, int64_t index_bits) {
-  TORCH_CHECK_TYPE(codes.scalar_type() == at::kLong,
-                   "codes must be int64 packed words [N, W], got ", codes.scalar_type());
-  TORCH_CHECK_VALUE(codes.dim() == 2, "codes must be 2-D [N, W], got shape ", codes.sizes());
-  TORCH_CHECK_VALUE(index_bits >= 0 && index_bits <= 62, "index_bits must be in [0, 62], got ",
-                    index_bits);
-  TORCH_CHECK_VALUE(codes.size(0) <= (int64_t(1) << index_bits), "index_bits=", index_bits,
-                    " cannot number ", codes.size(0), " rows (at most 2^index_bits)");
-}
-
 at::Tensor fingerprint_key_cpu(const at::Tensor& codes, int64_t index_bits) {
-  check_key_args(codes, index_bits);
+  check_fingerprint_key_args(codes, index_bits);
   const at::Tensor c = codes.contiguous();
   const int64_t N = c.size(0), W = c.size(1);
   at::Tensor out = at::empty({N}, c.options());

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "activation_hash/checks.h"
 #include "cuda/fingerprint.cuh"
 #include "cuda/launch.h"
 
@@ -16,20 +17,10 @@ namespace activation_hash::cuda {
 namespace {
 
 at::Tensor fingerprint128_cuda(const at::Tensor& codes, at::OptionalIntArrayRef ends) {
-  TORCH_CHECK_TYPE(codes.scalar_type() == at::kLong,
-                   "codes must be int64 packed words [N, W], got ", codes.scalar_type());
-  TORCH_CHECK_VALUE(codes.dim() == 2, "codes must be 2-D [N, W], got shape ", codes.sizes());
+  const std::vector<int64_t> e = checked_fingerprint_ends(codes, ends);
   const c10::cuda::CUDAGuard guard(codes.device());
   const at::Tensor c = codes.contiguous();
   const int64_t N = c.size(0), W = c.size(1);
-  std::vector<int64_t> e = ends.has_value() ? std::vector<int64_t>(ends->begin(), ends->end())
-                                            : std::vector<int64_t>{W};
-  int64_t prev = 0;
-  for (int64_t v : e) {
-    TORCH_CHECK_VALUE(prev <= v && v <= W, "ends must be non-decreasing word counts in [0, ", W,
-                      "], got ", at::IntArrayRef(e));
-    prev = v;
-  }
   const int64_t P = static_cast<int64_t>(e.size());
   at::Tensor out = ends.has_value() ? at::empty({N, P, 2}, c.options())
                                     : at::empty({N, 2}, c.options());
@@ -45,13 +36,7 @@ at::Tensor fingerprint128_cuda(const at::Tensor& codes, at::OptionalIntArrayRef 
 }
 
 at::Tensor fingerprint_key_cuda(const at::Tensor& codes, int64_t index_bits) {
-  TORCH_CHECK_TYPE(codes.scalar_type() == at::kLong,
-                   "codes must be int64 packed words [N, W], got ", codes.scalar_type());
-  TORCH_CHECK_VALUE(codes.dim() == 2, "codes must be 2-D [N, W], got shape ", codes.sizes());
-  TORCH_CHECK_VALUE(index_bits >= 0 && index_bits <= 62, "index_bits must be in [0, 62], got ",
-                    index_bits);
-  TORCH_CHECK_VALUE(codes.size(0) <= (int64_t(1) << index_bits), "index_bits=", index_bits,
-                    " cannot number ", codes.size(0), " rows (at most 2^index_bits)");
+  check_fingerprint_key_args(codes, index_bits);
   const c10::cuda::CUDAGuard guard(codes.device());
   const at::Tensor c = codes.contiguous();
   const int64_t N = c.size(0);

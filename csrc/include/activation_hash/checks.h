@@ -2,7 +2,12 @@
 // TypeError (TORCH_CHECK_TYPE) or ValueError (TORCH_CHECK_VALUE) naming what was given.
 #pragma once
 #include <ATen/core/Tensor.h>
+#include <c10/core/ScalarType.h>
 #include <c10/util/Exception.h>
+#include <c10/util/OptionalArrayRef.h>
+
+#include <string>
+#include <vector>
 
 #include "activation_hash/bits.h"
 
@@ -32,6 +37,46 @@ inline void check_words(const at::Tensor& words, int64_t batch, int64_t n, const
   TORCH_CHECK_VALUE(words.size(0) == batch && words.size(1) == words_for_bits(n), name,
                     " must have shape [", batch, ", ", words_for_bits(n), "] for ", batch,
                     " samples of ", n, " units, got ", words.sizes());
+}
+
+// "torch.int32" etc., as Python prints dtypes.
+inline std::string torch_dtype_name(at::ScalarType st) {
+  return "torch." + std::string(c10::getDtypeNames(st).first);
+}
+
+// codes must be int64 packed words [N, W].
+inline void check_codes(const at::Tensor& codes, const char* name) {
+  TORCH_CHECK_TYPE(codes.scalar_type() == at::kLong, name,
+                   " must be int64 packed words [N, W], got dtype ",
+                   torch_dtype_name(codes.scalar_type()));
+  TORCH_CHECK_VALUE(codes.dim() == 2, name, " must be 2-D [N, W] packed words, got shape ",
+                    codes.sizes());
+}
+
+// fingerprint128: codes [N, W] and the optional prefix ends (non-decreasing word counts
+// <= W) -> the ends to hash ({W} when none are given).
+inline std::vector<int64_t> checked_fingerprint_ends(const at::Tensor& codes,
+                                                     at::OptionalIntArrayRef ends) {
+  check_codes(codes, "codes");
+  const int64_t W = codes.size(1);
+  if (!ends.has_value()) return {W};
+  std::vector<int64_t> e(ends->begin(), ends->end());
+  int64_t prev = 0;
+  for (int64_t v : e) {
+    TORCH_CHECK_VALUE(prev <= v && v <= W, "ends must be non-decreasing word counts in [0, ", W,
+                      "], got ", *ends);
+    prev = v;
+  }
+  return e;
+}
+
+// fingerprint_key: codes [N, W] and index_bits in [0, 62] with N <= 2^index_bits.
+inline void check_fingerprint_key_args(const at::Tensor& codes, int64_t index_bits) {
+  check_codes(codes, "codes");
+  TORCH_CHECK_VALUE(index_bits >= 0 && index_bits <= 62, "index_bits must be in [0, 62], got ",
+                    index_bits);
+  TORCH_CHECK_VALUE(codes.size(0) <= (int64_t(1) << index_bits), "index_bits=", index_bits,
+                    " cannot number ", codes.size(0), " rows (at most 2^index_bits)");
 }
 
 }  // namespace activation_hash

@@ -2,26 +2,11 @@
 // TypeError for a wrong dtype, ValueError for shapes, widths, devices and k.
 #pragma once
 #include <ATen/core/Tensor.h>
-#include <c10/core/ScalarType.h>
 #include <c10/util/Exception.h>
 
-#include <string>
+#include "activation_hash/checks.h"
 
 namespace activation_hash {
-
-// "torch.int32" etc., as Python prints dtypes.
-inline std::string torch_dtype_name(at::ScalarType st) {
-  return "torch." + std::string(c10::getDtypeNames(st).first);
-}
-
-// codes must be int64 packed words [N, W].
-inline void check_codes(const at::Tensor& codes, const char* name) {
-  TORCH_CHECK_TYPE(codes.scalar_type() == at::kLong, name,
-                   " must be int64 packed words [N, W], got dtype ",
-                   torch_dtype_name(codes.scalar_type()));
-  TORCH_CHECK_VALUE(codes.dim() == 2, name, " must be 2-D [N, W] packed words, got shape ",
-                    codes.sizes());
-}
 
 // a [N, W] and b [M, W]: same width, same device.
 inline void check_code_pair(const at::Tensor& a, const at::Tensor& b, const char* na,
