@@ -326,6 +326,8 @@ def cmd_collisions(args) -> Path:
         rep = collisions(cb, per_layer=args.per_layer, top=args.top)
         res[path] = rep.to_dict()
         _say(args, f"{path}: N={rep.n} distinct={rep.n_distinct} redundancy={rep.redundancy:.4f}")
+        for name, r in rep.per_layer or []:
+            _say(args, f"  code up to layer {name}: redundancy={r:.4f}")
     (out / "collisions.json").write_text(json.dumps(res, indent=1, default=_jsonable))
     return out
 

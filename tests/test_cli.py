@@ -173,6 +173,11 @@ def test_train_extract_collisions_categorize(tmp_path, capsys):
     assert rep["n"] == 240 and rep["n_distinct"] == n_distinct
     assert rep["redundancy"] == pytest.approx((240 - n_distinct) / 240)
     assert rep["per_layer"] == [["2", pytest.approx(rep["redundancy"])]]
+    capsys.readouterr()
+    assert main(["collisions", str(ex / "train.codes"), "--per-layer", "--out", str(co)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].endswith(f"N=240 distinct={n_distinct} redundancy={rep['redundancy']:.4f}")
+    assert printed[1] == f"  code up to layer 2: redundancy={rep['redundancy']:.4f}"
     ca = tmp_path / "ca"
     assert main(["categorize", "--train", str(ex / "train.codes"), "--test", str(ex / "test.codes"),
                  "--out", str(ca), "--quiet"]) == 0
