@@ -149,8 +149,6 @@ if _HAS_FINGERPRINT:
             return codes.new_empty((codes.shape[0], 2), dtype=torch.int64)
         return codes.new_empty((codes.shape[0], len(ends), 2), dtype=torch.int64)
 
-
-if _HAS_FINGERPRINT:
     @torch.library.register_fake("activation_hash::fingerprint_key")
     def _fingerprint_key_fake(codes, index_bits):
         reference.check_key_args(codes, index_bits)
