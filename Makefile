@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.14.1
 CSRC   := $(shell find csrc -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' \))
 
-.PHONY: all venv build demo test pytest emu-test bench clean
+.PHONY: all venv build demo test pytest pytest-reference emu-test bench clean
 
 all: build
 
@@ -33,6 +33,11 @@ demo: build
 pytest: build
 	ACTIVATION_HASH_REQUIRE_EXTENSION=1 $(PY) -m pytest -q tests
 
+# The same suite on the pure-PyTorch fallback (what users get without the compiled extension);
+# tests of the compiled kernels themselves skip there.
+pytest-reference: build
+	ACTIVATION_HASH_BACKEND=reference $(PY) -m pytest -q -p no:warnings tests
+
 # C++ tests of the CUDA kernels on the CPU (CMakeLists.txt, tests/emu): no Python needed.
 EMU_BUILD ?= build/emu
 CMAKE_GENERATOR_FLAG := $(if $(shell command -v ninja 2>/dev/null),-G Ninja,)
@@ -43,6 +48,7 @@ emu-test:
 	cd $(EMU_BUILD) && ctest --output-on-failure
 
 test: pytest
+	$(MAKE) --no-print-directory pytest-reference
 	$(MAKE) --no-print-directory emu-test
 
 bench: build
