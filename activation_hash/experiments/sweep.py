@@ -187,11 +187,8 @@ def extract(model, x: torch.Tensor, labels=None, *, layers=None, batch_size: int
     (with ``labels`` when given)."""
     from activation_hash.codes import extract_codes
 
-    was = model.training
-    data = x if labels is None else (x, labels)
-    cb = extract_codes(model, data, layers=layers, batch_size=batch_size, progress=False)
-    model.train(was)
-    return cb
+    data = x if labels is None else (x, labels)  # extract_codes restores the modules' modes
+    return extract_codes(model, data, layers=layers, batch_size=batch_size, progress=False)
 
 
 def measure(model, x_train, y_train, x_test, y_test, *, k: int = 9, seed: int = 0,
