@@ -26,8 +26,10 @@ __version__ = "0.1.0"
 # name -> submodule that defines it (imported lazily by __getattr__)
 _LAZY = {
     "Layout": "layout",
-    "ReLU": "nn", "LeakyReLU": "nn", "convert": "nn", "record": "nn",
-    "CodeBook": "codes", "extract_codes": "codes",
+    "ReLU": "nn", "LeakyReLU": "nn", "convert": "nn",
+    "record": "record", "Recorder": "record", "Site": "record", "find_sites": "record",
+    "CodeBook": "codes", "as_codes": "codes", "extract_codes": "extract",
+    "model_fingerprint": "extract",
     "CollisionReport": "collisions", "CollisionCounter": "collisions",
     "hamming_distance": "hamming", "hamming_topk": "hamming", "hamming_consecutive": "hamming",
     "CodeIndex": "index",

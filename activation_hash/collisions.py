@@ -1,6 +1,6 @@
 """Exact collision counting: how many samples share a neural code (a linear region).
 
-:func:`collisions` groups N codes exactly: one kernel pass (the ``fingerprint_key`` op, CPU
+:func:`count_collisions` groups N codes exactly: one kernel pass (the ``fingerprint_key`` op, CPU
 and CUDA) hashes each row to 64 bits and puts the row index in the low bits, and one value
 sort of those keys puts rows of equal hash next to each other; every candidate group is then
 verified against the full rows, and a group whose rows differ (a hash clash) is split by
@@ -15,7 +15,7 @@ the statistics but not the codes.
 
 Example::
 
-    rep = collisions(cb, per_layer=True)
+    rep = count_collisions(cb, per_layer=True)
     rep.redundancy, rep.n_distinct, rep.occupancy, rep.per_layer
 """
 from __future__ import annotations
@@ -25,11 +25,13 @@ from typing import Any
 
 import torch
 
-from activation_hash.codes import CodeBook, _check_labels, as_codes
+from activation_hash.codes import CodeBook, as_codes, as_labels
 from activation_hash.layout import Layout
 from activation_hash.ops import fingerprint128, fingerprint_key
+from activation_hash.validation import check_int
 
-__all__ = ["CollisionReport", "collisions", "CollisionCounter", "group_codes", "Groups"]
+__all__ = ["CollisionReport", "count_collisions", "collisions", "CollisionCounter",
+           "group_codes", "Groups"]
 
 _VERIFY_WORDS = 1 << 24  # words compared per step of the verification (bounds its memory)
 
@@ -39,8 +41,8 @@ class Groups:
 
     ``perm`` int64 ``[N]``: sample indices ordered so that each group is contiguous;
     ``new`` bool ``[N]``: True where a group begins in ``perm``. Derived (computed on demand):
-    ``starts`` / ``counts`` int64 ``[U]`` of every group, and :meth:`shared`, the same for the
-    groups of 2 samples or more only (cheap: no tensor of size U).
+    :meth:`shared`, where each group of 2 samples or more begins and its size (cheap: no
+    tensor of size U), and :meth:`group_ids`.
     """
 
     def __init__(self, perm: torch.Tensor, new: torch.Tensor):
@@ -71,15 +73,6 @@ class Groups:
     @property
     def n_groups(self) -> int:
         return self.n - self.shared()[2].shape[0]
-
-    @property
-    def starts(self) -> torch.Tensor:
-        return self.new.nonzero().squeeze(1)
-
-    @property
-    def counts(self) -> torch.Tensor:
-        starts = self.starts
-        return torch.diff(starts, append=torch.tensor([self.n], device=starts.device))
 
     def group_ids(self) -> torch.Tensor:
         """Group of each sample, int64 ``[N]`` (groups numbered in sorted order)."""
@@ -195,6 +188,11 @@ def group_codes(codes: torch.Tensor, fingerprints: torch.Tensor | None = None) -
     hand; any values are accepted (even constant ones): rows are always verified.
     """
     codes, _ = as_codes(codes)
+    return _group_codes(codes, fingerprints)
+
+
+def _group_codes(codes: torch.Tensor, fingerprints: torch.Tensor | None = None) -> Groups:
+    """:func:`group_codes` on checked int64 codes ``[N, W]``."""
     W = codes.shape[1]
     if W == 0:
         key = torch.zeros(codes.shape[0], dtype=torch.int64, device=codes.device)
@@ -297,8 +295,8 @@ def _report(g: Groups, labels: torch.Tensor | None, top: int, exact: bool) -> Co
         mixed_samples=mixed_samples, exact=exact)
 
 
-def collisions(codes_or_codebook, labels=None, *, per_layer: bool = False, top: int = 10,
-               layout: Layout | None = None) -> CollisionReport:
+def count_collisions(codes_or_codebook, labels=None, *, per_layer: bool = False,
+                     top: int = 10, layout: Layout | None = None) -> CollisionReport:
     """Exact collision statistics of N codes.
 
     Args:
@@ -318,11 +316,10 @@ def collisions(codes_or_codebook, labels=None, *, per_layer: bool = False, top: 
     if labels is None:
         labels = own_labels
     else:
-        labels = _check_labels(labels, codes.shape[0], "labels")
-    if isinstance(top, bool) or not isinstance(top, int) or top < 0:
-        raise ValueError(f"top must be an int >= 0, got {top!r}")
+        labels = as_labels(labels, codes.shape[0], "labels")
+    top = check_int(top, "top", min=0)
     if not per_layer:
-        return _report(group_codes(codes), labels, top, exact=True)
+        return _report(_group_codes(codes), labels, top, exact=True)
     if layout is None:
         raise ValueError("per_layer=True needs the layer layout: pass a CodeBook or layout=")
     if layout.total_words != codes.shape[1]:
@@ -337,12 +334,15 @@ def collisions(codes_or_codebook, labels=None, *, per_layer: bool = False, top: 
         if n == 0:
             profile.append((layout.names[li], 0.0))
             continue
-        g = _group_sorted(fps[:, li, 0], codes[:, :e]) if e else group_codes(codes[:, :0])
+        g = _group_sorted(fps[:, li, 0], codes[:, :e]) if e else _group_codes(codes[:, :0])
         profile.append((layout.names[li], (n - g.n_groups) / n))
-    full = group_codes(codes, None if fps is None else fps[:, -1])
+    full = _group_codes(codes, None if fps is None else fps[:, -1])
     rep = _report(full, labels, top, exact=True)
     rep.per_layer = profile
     return rep
+
+
+collisions = count_collisions  # the name of earlier releases
 
 
 class CollisionCounter:
@@ -353,11 +353,12 @@ class CollisionCounter:
     different codes with the same 128-bit fingerprint would be counted as one. For N samples
     the probability of any such clash is at most ``N * (N - 1) / 2 / 2**128 < N**2 / 2**129``
     (birthday bound, fingerprints modelled as uniform): below 1e-24 for N = 1e7 and below 3e-15
-    for N = 1e12. Use :func:`collisions` when the codes fit (it verifies full rows).
+    for N = 1e12. Use :func:`count_collisions` when the codes fit (it verifies full rows).
 
     ``largest_groups`` hold indices in update order (the i-th sample seen is i).
     ``merge(other)`` appends another counter's samples after this one's; ``sync()`` gathers
-    the samples of every rank of a ``torch.distributed`` run (rank order) onto each rank.
+    the samples of every rank of a ``torch.distributed`` run (rank order) onto each rank, once:
+    a second ``sync()`` with no ``update``/``merge`` in between changes nothing.
 
     Example::
 
@@ -368,7 +369,7 @@ class CollisionCounter:
     """
 
     def __init__(self, top: int = 10):
-        self.top = top
+        self.top = check_int(top, "top", min=0)
         self.reset()
 
     def reset(self) -> None:
@@ -376,6 +377,7 @@ class CollisionCounter:
         self._labels: list[torch.Tensor] = []
         self._with_labels: bool | None = None
         self._width: int | None = None
+        self._synced = False  # the state already holds every rank's samples
         self.n = 0
 
     def update(self, codes, labels=None) -> None:
@@ -383,7 +385,7 @@ class CollisionCounter:
         batch must have the width (words per row) of the first; invalid input raises before
         anything is added."""
         c, own = as_codes(codes)
-        lab = own if labels is None else _check_labels(labels, c.shape[0], "labels")
+        lab = own if labels is None else as_labels(labels, c.shape[0], "labels")
         if self._width is not None and c.shape[1] != self._width:
             raise ValueError(f"CollisionCounter: codes of {c.shape[1]} words per row, earlier "
                              f"ones had {self._width} (one counter counts one code width)")
@@ -400,6 +402,7 @@ class CollisionCounter:
         if has:
             self._labels.append(lab.to(c.device))
         self.n += c.shape[0]
+        self._synced = False
 
     def merge(self, other: "CollisionCounter") -> "CollisionCounter":
         """Add the samples of ``other`` (after this counter's); returns self."""
@@ -417,15 +420,17 @@ class CollisionCounter:
         self._fps += other._fps
         self._labels += other._labels
         self.n += other.n
+        self._synced = False
         return self
 
     def sync(self, group=None) -> "CollisionCounter":
         """Gather the samples of every rank of a ``torch.distributed`` run onto every rank
         (rank order: rank 0's samples first); then ``compute()`` gives the global statistics.
-        No-op outside an initialised process group. Returns self."""
+        No-op outside an initialised process group, and when already synced (no ``update`` or
+        ``merge`` since the last ``sync``; every rank must agree on that). Returns self."""
         import torch.distributed as dist
 
-        if not (dist.is_available() and dist.is_initialized()):
+        if not (dist.is_available() and dist.is_initialized()) or self._synced:
             return self
         world = dist.get_world_size(group)
         dev = self._fps[0].device if self._fps else torch.device("cpu")
@@ -467,6 +472,7 @@ class CollisionCounter:
         self._with_labels = with_labels if sum(sizes) else None
         self._width = widths.pop() if widths else None
         self.n = all_fp.shape[0]
+        self._synced = True
         return self
 
     @property

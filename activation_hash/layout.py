@@ -2,7 +2,10 @@
 
 A code row is the concatenation of one block per layer, in forward order. Block l holds the
 ``units[l]`` bits of layer l in ``ceil(units[l] / 64)`` int64 words starting at word
-``word_offsets[l]``; padding bits are 0 (shared/DESIGN.md, "Bits").
+``word_offsets[l]``; padding bits are 0 (docs/design.md, "Bit layout").
+
+This module is the one home of the word arithmetic (:data:`WORD_BITS`, :func:`words_for_bits`,
+:func:`units_per_sample`); everything else imports it from here.
 """
 from __future__ import annotations
 
@@ -15,7 +18,16 @@ WORD_BITS = 64
 
 
 def words_for_bits(n: int) -> int:
+    """Number of int64 words that hold ``n`` bits."""
     return (int(n) + WORD_BITS - 1) // WORD_BITS
+
+
+def units_per_sample(x: torch.Tensor) -> int:
+    """Units of one sample of a batched activation ``[B, *]``: the product of ``x.shape[1:]``."""
+    n = 1
+    for s in x.shape[1:]:
+        n *= s
+    return n
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ by default) they raise ValueError with the size needed instead of swapping: subs
 (``cb[idx]``) or raise the limit (for 60 000 x 277 000 bits the dense matrix would be ~66 GB).
 
 ``progress``: a bar over the chunks / steps; off by default here (the probes are quick next to
-:func:`~activation_hash.codes.extract_codes`, whose bar is on by default); the CLI turns it on.
+:func:`~activation_hash.extract.extract_codes`, whose bar is on by default); the CLI turns it on.
 """
 from __future__ import annotations
 
@@ -43,8 +43,9 @@ import numpy as np
 import torch
 
 from activation_hash import ops
-from activation_hash.codes import as_codes
+from activation_hash.codes import as_codes, as_labels
 from activation_hash.hamming import hamming_topk
+from activation_hash.validation import check_choice, check_int
 
 __all__ = ["CategorizationReport", "MAX_DENSE_BYTES", "categorize", "kmeans_accuracy",
            "knn_accuracy", "knn_predict", "logreg_accuracy"]
@@ -115,8 +116,6 @@ def _gib(n_bytes: int) -> str:
 def _features(codes: torch.Tensor, features: str, max_bytes: int | None, what: str):
     """The bits as a float32 matrix for scikit-learn: dense or CSR (``features="auto"``: the
     smaller one). Raises ValueError when it would take more than ``max_bytes``."""
-    if features not in _FEATURES:
-        raise ValueError(f"features must be one of {_FEATURES}, got {features!r}")
     n, d = codes.shape[0], 64 * codes.shape[1]
     dense = 4 * n * d
     nnz = _nnz(codes)
@@ -146,10 +145,14 @@ def knn_predict(train, queries, k: int = 9, *, backend: str = "ours",
     """
     tc, tl = _labelled(train, "train")
     qc, _ = as_codes(queries, "queries")
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= tc.shape[0]:
-        raise ValueError(f"k must be an int in [1, {tc.shape[0]}] (training samples), got {k!r}")
-    if backend not in ("ours", "faiss"):
-        raise ValueError(f"backend must be 'ours' or 'faiss', got {backend!r}")
+    k = check_int(k, "k (at most the training samples)", min=1, max=tc.shape[0])
+    check_choice(backend, "backend", ("ours", "faiss"))
+    return _knn_predict(tc, tl, qc, k, backend, chunk, progress)
+
+
+def _knn_predict(tc: torch.Tensor, tl: torch.Tensor, qc: torch.Tensor, k: int, backend: str,
+                 chunk: int = 8192, progress: bool = False) -> torch.Tensor:
+    """:func:`knn_predict` on checked codes ``[N, W]``, labels ``[N]``, queries ``[Q, W]``."""
     classes, tl_idx = torch.unique(tl.cpu(), sorted=True, return_inverse=True)
     if backend == "faiss":
         from activation_hash.index import CodeIndex
@@ -180,11 +183,18 @@ def knn_accuracy(train, test, k: int = 9, *, backend: str = "ours",
     """Fraction of test codes whose K-NN vote (see :func:`knn_predict`) is their label. With
     ``test`` = ``train``, each sample is its own nearest neighbour (as scikit-learn's
     ``score(X_train, y_train)``)."""
-    _, yl = _labelled(test, "test")
-    if yl.numel() == 0:
+    tc, tl = _labelled(train, "train")
+    qc, ql = _labelled(test, "test")
+    k = check_int(k, "k (at most the training samples)", min=1, max=tc.shape[0])
+    check_choice(backend, "backend", ("ours", "faiss"))
+    return _knn_accuracy(tc, tl, qc, ql, k, backend, progress)
+
+
+def _knn_accuracy(tc, tl, qc, ql, k: int, backend: str, progress: bool) -> float:
+    if ql.numel() == 0:
         raise ValueError("test is empty")
-    pred = knn_predict(train, test, k, backend=backend, progress=progress)
-    return float((pred == yl.cpu()).double().mean())
+    pred = _knn_predict(tc, tl, qc, k, backend, progress=progress)
+    return float((pred == ql.cpu()).double().mean())
 
 
 # ---- K-Means ---------------------------------------------------------------------------------
@@ -263,17 +273,27 @@ def kmeans_accuracy(codes, labels=None, n_clusters: int | None = None, seed: int
     (best matching of clusters and classes); ``n_train`` = rows the centroids were fitted on.
     """
     c, lab = as_codes(codes, "codes")
-    if labels is not None:  # checked as as_codes checks a (codes, labels) tuple: integers [N]
-        _, lab = as_codes((c, labels), "codes")
+    if labels is not None:
+        lab = as_labels(labels, c.shape[0], "codes: labels")
     if lab is None:
         raise ValueError("kmeans_accuracy needs labels: pass labels=... or a labelled CodeBook")
+    args = _kmeans_args(backend, niter, n_init, points_per_centroid, features)
+    return _kmeans_accuracy(c, lab, n_clusters, seed, max_dense_bytes, **args)
+
+
+def _kmeans_args(backend, niter, n_init, points_per_centroid, features) -> dict:
+    return dict(backend=check_choice(backend, "backend", ("faiss", "sklearn")),
+                niter=check_int(niter, "niter", min=0), n_init=check_int(n_init, "n_init", min=1),
+                points_per_centroid=check_int(points_per_centroid, "points_per_centroid", min=1),
+                features=check_choice(features, "features", _FEATURES))
+
+
+def _kmeans_accuracy(c: torch.Tensor, lab: torch.Tensor, n_clusters, seed: int,
+                     max_dense_bytes, *, backend, niter, n_init, points_per_centroid,
+                     features) -> dict:
+    """:func:`kmeans_accuracy` on checked codes ``[N, W]`` and labels ``[N]``."""
     if c.shape[0] == 0:
         raise ValueError("codes are empty")
-    if backend not in ("faiss", "sklearn"):
-        raise ValueError(f"backend must be 'faiss' or 'sklearn', got {backend!r}")
-    for name, v in (("n_init", n_init), ("points_per_centroid", points_per_centroid)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
     y = lab.cpu().numpy()
     if n_clusters is None:
         n_clusters = int(len(np.unique(y)))
@@ -301,9 +321,9 @@ def _logreg(multi_class: str, seed: int, C: float, max_iter: int):
     raise ValueError(f"multi_class must be 'ovo', 'ovr' or 'multinomial', got {multi_class!r}")
 
 
-def _fit_logreg(train, multi_class: str, seed: int, C: float, max_iter: int,
-                features: str = "auto", max_bytes: int | None = MAX_DENSE_BYTES):
-    tc, tl = _labelled(train, "train")
+def _fit_logreg(tc: torch.Tensor, tl: torch.Tensor, multi_class: str, seed: int, C: float,
+                max_iter: int, features: str = "auto", max_bytes: int | None = MAX_DENSE_BYTES):
+    """Logistic regression fitted on checked train codes ``[N, W]`` and labels ``[N]``."""
     model = _logreg(multi_class, seed, C, max_iter)
     y = tl.cpu().numpy()
     if len(np.unique(y)) < 2:
@@ -312,8 +332,7 @@ def _fit_logreg(train, multi_class: str, seed: int, C: float, max_iter: int,
     return model
 
 
-def _score(model, data, name: str) -> float:
-    c, lab = _labelled(data, name)
+def _score(model, c: torch.Tensor, lab: torch.Tensor, name: str) -> float:
     if c.shape[0] == 0:
         raise ValueError(f"{name} is empty")
     correct = 0
@@ -332,9 +351,12 @@ def logreg_accuracy(train, test, multi_class: str = "ovo", *, C: float = 1.0, se
     ``"multinomial"`` (plain LogisticRegression). The train bits are one float32 matrix,
     ``features="dense"``, ``"sparse"`` (CSR of the 1-bits) or ``"auto"`` (the smaller), at most
     ``max_dense_bytes`` (else ValueError); the test bits are predicted by chunks."""
+    tc, tl = _labelled(train, "train")
+    qc, ql = _labelled(test, "test")
     _logreg(multi_class, seed, C, max_iter)  # validate before the work
-    model = _fit_logreg(train, multi_class, seed, C, max_iter, features, max_dense_bytes)
-    return _score(model, test, "test")
+    check_choice(features, "features", _FEATURES)
+    model = _fit_logreg(tc, tl, multi_class, seed, C, max_iter, features, max_dense_bytes)
+    return _score(model, qc, ql, "test")
 
 
 # ---- everything ------------------------------------------------------------------------------
@@ -369,8 +391,11 @@ def categorize(train_cb, test_cb, *, k: int = 9, seed: int = 0, progress: bool =
     docstring. ``settings`` of the report records them, the K-Means training sample sizes and
     which K-Means score is which mapping.
     """
-    _labelled(train_cb, "train")
-    _labelled(test_cb, "test")
+    tc, tl = _labelled(train_cb, "train")
+    qc, ql = _labelled(test_cb, "test")
+    k = check_int(k, "k (at most the training samples)", min=1, max=tc.shape[0])
+    check_choice(knn_backend, "knn_backend", ("ours", "faiss"))
+    km_args = _kmeans_args(kmeans_backend, niter, n_init, 256, features)
     _logreg(multi_class, seed, C, 1000)  # validate before the work
     steps = ["knn", "kmeans", "logreg"]
     bar = None
@@ -384,16 +409,14 @@ def categorize(train_cb, test_cb, *, k: int = 9, seed: int = 0, progress: bool =
             bar.set_postfix_str(name)
             bar.update(1)
 
-    knn_train = knn_accuracy(train_cb, train_cb, k, backend=knn_backend, progress=progress)
-    knn_test = knn_accuracy(train_cb, test_cb, k, backend=knn_backend, progress=progress)
+    knn_train = _knn_accuracy(tc, tl, tc, tl, k, knn_backend, progress)
+    knn_test = _knn_accuracy(tc, tl, qc, ql, k, knn_backend, progress)
     tick("knn")
-    km_args = dict(n_clusters=n_clusters, seed=seed, backend=kmeans_backend, niter=niter,
-                   n_init=n_init, features=features, max_dense_bytes=max_dense_bytes)
-    km_train = kmeans_accuracy(train_cb, **km_args)
-    km_test = kmeans_accuracy(test_cb, **km_args)
+    km_train = _kmeans_accuracy(tc, tl, n_clusters, seed, max_dense_bytes, **km_args)
+    km_test = _kmeans_accuracy(qc, ql, n_clusters, seed, max_dense_bytes, **km_args)
     tick("kmeans")
-    model = _fit_logreg(train_cb, multi_class, seed, C, 1000, features, max_dense_bytes)
-    lr_train, lr_test = _score(model, train_cb, "train"), _score(model, test_cb, "test")
+    model = _fit_logreg(tc, tl, multi_class, seed, C, 1000, features, max_dense_bytes)
+    lr_train, lr_test = _score(model, tc, tl, "train"), _score(model, qc, ql, "test")
     tick("logreg")
     if bar is not None:
         bar.close()

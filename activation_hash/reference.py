@@ -12,16 +12,12 @@ import sys
 import torch
 import torch.nn.functional as F
 
-WORD_BITS = 64
+from activation_hash.layout import WORD_BITS, units_per_sample, words_for_bits
+
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 if sys.byteorder != "little":  # the int64 <-> byte views below assume it
     raise ImportError("activation_hash supports little-endian hosts only")
-
-
-def words_for_bits(n: int) -> int:
-    """Number of int64 words that hold ``n`` bits."""
-    return (n + WORD_BITS - 1) // WORD_BITS
 
 
 def check_activation(x: torch.Tensor, name: str = "x") -> None:
@@ -43,13 +39,6 @@ def check_words(words: torch.Tensor, batch: int, n: int, name: str = "words") ->
     if list(words.shape) != want:
         raise ValueError(f"{name} must have shape {want} for {batch} samples of {n} units, "
                          f"got {list(words.shape)}")
-
-
-def units_per_sample(x: torch.Tensor) -> int:
-    n = 1
-    for s in x.shape[1:]:
-        n *= s
-    return n
 
 
 def pack_bits(bits: torch.Tensor) -> torch.Tensor:

@@ -11,9 +11,11 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import activation_hash as ah
 from activation_hash import reference as ref
-from activation_hash.codes import CodeBook, as_codes, extract_codes
+from activation_hash.codes import CodeBook, as_codes
+from activation_hash.extract import extract_codes
 from activation_hash.layout import Layout
-from activation_hash.nn import convert, record
+from activation_hash.nn import convert
+from activation_hash.record import record
 
 LAYOUT = Layout(("a", "b", "c"), ((70,), (2, 3), (64,)))  # words 2 + 1 + 1
 
@@ -82,9 +84,9 @@ def test_codebook_errors():
         CodeBook(cb.codes[:, :3], LAYOUT)
     with pytest.raises(TypeError, match="Layout"):
         CodeBook(cb.codes, {"names": []})
-    with pytest.raises(ValueError, match=r"labels must have shape \[9\]"):
+    with pytest.raises(ValueError, match=r"labels must be 1-D class labels of shape \[9\]"):
         CodeBook(cb.codes, LAYOUT, labels=torch.zeros(8, dtype=torch.int64))
-    with pytest.raises(TypeError, match="labels must hold integers"):
+    with pytest.raises(TypeError, match="labels must be integer class labels"):
         CodeBook(cb.codes, LAYOUT, labels=torch.zeros(9))
     with pytest.raises(IndexError, match="out of range"):
         cb[9]
@@ -224,7 +226,8 @@ def test_record_counts_our_relu_once_with_the_reference_backend():
     code = (
         "import torch; from torch import nn\n"
         "import activation_hash as ah\n"
-        "from activation_hash.nn import convert, record\n"
+        "from activation_hash.nn import convert\n"
+        "from activation_hash.record import record\n"
         "assert ah.backend() == 'reference'\n"
         "m = convert(nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 5), nn.LeakyReLU()))\n"
         "with record(m) as rec, torch.no_grad():\n"

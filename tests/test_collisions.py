@@ -370,6 +370,13 @@ def _sync_worker(rank, world, port, codes, labels, out):
         shard = slice(rank * 250, (rank + 1) * 250 if rank < world - 1 else None)
         c.update(codes[shard], labels[shard])
         rep = c.sync().compute()
+        again = c.sync().compute()  # a second sync must not gather the samples again
+        assert (again.n, again.n_distinct) == (rep.n, rep.n_distinct), (again.n, rep.n)
+        extra = CollisionCounter()  # update after a sync: the next sync gathers the new state
+        extra.update(codes[:10])
+        extra.sync()
+        extra.update(codes[:1])
+        assert extra.sync().n == world * (world * 10) + world, extra.n
         out.put((rank, rep.n, rep.n_distinct, rep.mixed_regions,
                  [g.tolist() for g in rep.largest_groups]))
     finally:

@@ -5,7 +5,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from activation_hash import reference as ref
-from activation_hash.nn import LeakyReLU, ReLU, convert, record
+from activation_hash.nn import LeakyReLU, ReLU, convert
+from activation_hash.record import record
 from helpers import assert_same_values
 
 

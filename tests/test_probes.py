@@ -103,7 +103,7 @@ def test_kmeans_settings_default_n_init_and_faiss_sample(split):
     assert r["backend"] == "faiss" and r["n_init"] == 10 and r["n_train"] == 300  # < 256 * 4
     r = probes.kmeans_accuracy((tc, ty), seed=0, points_per_centroid=20, n_init=2)
     assert r["n_train"] == 80 and r["n_init"] == 2
-    with pytest.raises(ValueError, match="n_init must be an int >= 1"):
+    with pytest.raises(ValueError, match="n_init must be an integer >= 1"):
         probes.kmeans_accuracy((tc, ty), n_init=0)
 
 
@@ -157,8 +157,9 @@ def test_features_pick_the_smaller_matrix():
     assert scipy.sparse.issparse(probes._features(sparse_codes, "auto", None, "x"))
     assert isinstance(probes._features(dense_codes, "auto", None, "x"), np.ndarray)
     assert scipy.sparse.issparse(probes._features(dense_codes, "sparse", None, "x"))
-    with pytest.raises(ValueError, match="features must be one of"):
-        probes._features(dense_codes, "csr", None, "x")
+    with pytest.raises(ValueError, match="features must be one of"):  # checked at the boundary
+        probes.kmeans_accuracy(dense_codes, torch.zeros(50, dtype=torch.int64),
+                               backend="sklearn", features="csr")
 
 
 @pytest.mark.parametrize("features", ["dense", "sparse"])
@@ -225,7 +226,7 @@ def test_errors(split):
         probes.logreg_accuracy(SimpleNamespace(codes=tc, labels=None), (qc, qy))
     with pytest.raises(ValueError, match="multi_class"):
         probes.logreg_accuracy((tc, ty), (qc, qy), multi_class="softmax")
-    with pytest.raises(ValueError, match=r"k must be an int in \[1, 300\]"):
+    with pytest.raises(ValueError, match=r"k \(at most the training samples\) must be an integer in \[1, 300\]"):
         probes.knn_accuracy((tc, ty), (qc, qy), k=301)
     with pytest.raises(ValueError, match="backend"):
         probes.knn_accuracy((tc, ty), (qc, qy), backend="annoy")

@@ -14,7 +14,8 @@ import torch
 
 import activation_hash as ah
 from activation_hash import store
-from activation_hash.codes import CodeBook, extract_codes
+from activation_hash.codes import CodeBook
+from activation_hash.extract import extract_codes
 from activation_hash.layout import Layout
 from activation_hash.store import IncompleteStoreError
 
@@ -126,7 +127,7 @@ def test_chunked_extraction_store(tmp_path):
 JOB = textwrap.dedent("""
     import os, sys, time
     import torch
-    from activation_hash.codes import extract_codes
+    from activation_hash.extract import extract_codes
 
     def make():
         torch.manual_seed(0)

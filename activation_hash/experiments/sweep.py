@@ -8,7 +8,7 @@ set, and records:
 - ``redundancy_train`` / ``redundancy_test`` (and distinct-code counts; ``mixed_samples_train``:
   training samples in regions shared by several labels) from
   :func:`activation_hash.collisions.collisions` on codes of
-  :func:`activation_hash.codes.extract_codes`;
+  :func:`activation_hash.extract.extract_codes`;
 - the probe accuracies of :func:`activation_hash.probes.categorize` (K-NN, K-Means purity and
   Hungarian, logistic regression; train and test);
 - the network's own accuracy (``acc_train`` on the samples trained on, ``acc_test``);
@@ -185,7 +185,7 @@ def plan_points(config: SweepConfig) -> list[_Run]:
 def extract(model, x: torch.Tensor, labels=None, *, layers=None, batch_size: int = 1024):
     """Neural codes of ``x`` (eval mode, no grad) as a :class:`~activation_hash.codes.CodeBook`
     (with ``labels`` when given)."""
-    from activation_hash.codes import extract_codes
+    from activation_hash.extract import extract_codes
 
     data = x if labels is None else (x, labels)  # extract_codes restores the modules' modes
     return extract_codes(model, data, layers=layers, batch_size=batch_size, progress=False)
