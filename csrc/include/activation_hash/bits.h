@@ -12,7 +12,7 @@
 #endif
 
 // Dynamic shared memory in a kernel: AH_DYNAMIC_SHARED(T, name) declares `T* name` (size set at
-// launch). csrc/emu/cuda_emu.h defines it for the CPU emulation of the kernels.
+// launch). tests/emu/cuda_emu.h defines it for the CPU emulation of the kernels.
 #if defined(__CUDACC__) && !defined(AH_CUDA_EMULATION)
 #define AH_DYNAMIC_SHARED(T, name)                                   \
   extern __shared__ __align__(16) unsigned char ah_dynamic_shared_[]; \
