@@ -1,7 +1,7 @@
 // Bit-layout helpers shared by the CPU and CUDA kernels (header-only, __host__ __device__).
 //
 // A sample's code is a row of 64-bit words. Bit j of a block lives in word j / 64 at bit
-// j % 64; bits past the block's size are 0 (see shared/DESIGN.md, "Bits").
+// j % 64; bits past the block's size are 0 (docs/design.md, section 1).
 #pragma once
 #include <cstdint>
 
