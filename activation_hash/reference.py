@@ -1,7 +1,7 @@
 """Pure-PyTorch versions of every op: the test oracle, and the fallback without the extension.
 
 Each function has the same arguments, results and errors as the compiled op of the same name
-(``torch.ops.activation_hash.<name>``). Bit layout (shared/DESIGN.md): bit j of a row lives in
+(``torch.ops.activation_hash.<name>``). Bit layout (docs/design.md): bit j of a row lives in
 int64 word j // 64 at bit j % 64; padding bits are 0. As little-endian bytes this is
 ``np.packbits(bits, bitorder="little")``.
 """

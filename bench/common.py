@@ -1,8 +1,8 @@
 """Shared helpers of the benchmarks: timing, argument parsing, the JSON result file.
 
-JSON written by every bench (shared/DESIGN.md): ``{"name", "config", "results": [{"label",
-"seconds", ...}], "ratios": {...}}``, each ratio = baseline seconds / our seconds, keyed by
-the baseline's name.
+JSON written by every bench (docs/design.md, "Benchmark results"): ``{"name", "config",
+"results": [{"label", "seconds", ...}], "ratios": {...}}``, each ratio = baseline seconds /
+our seconds, keyed by the baseline's name.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@
 // symbol name) and that it made at least one check. AH_EMU_SELFTEST(fn) registers tests of
 // the emulator itself (not listed).
 #pragma once
-#include "emu/cuda_emu.h"  // first: defines the CUDA keywords the kernel headers use
+#include "cuda_emu.h"  // first: defines the CUDA keywords the kernel headers use
 
 #include <cinttypes>
 #include <csignal>

@@ -1,6 +1,6 @@
 // Emulation tests of csrc/cuda/pack.cuh: pack_words_kernel (pack_signs, relu_pack with ReLU and
 // LeakyReLU), mask_backward_kernel and unpack_bits_kernel, on float and double, against plain
-// C++ references written here from the bit layout (shared/DESIGN.md), bit for bit.
+// C++ references written here from the bit layout (docs/design.md), bit for bit.
 #include "harness.h"
 
 #include "cuda/launch.h"

@@ -1,7 +1,7 @@
 // Bit-layout helpers shared by the CPU and CUDA kernels (header-only, __host__ __device__).
 //
 // A sample's code is a row of 64-bit words. Bit j of a block lives in word j / 64 at bit
-// j % 64; bits past the block's size are 0 (see shared/DESIGN.md, "Bits").
+// j % 64; bits past the block's size are 0 (docs/design.md, section 1).
 #pragma once
 #include <cstdint>
 
@@ -12,7 +12,7 @@
 #endif
 
 // Dynamic shared memory in a kernel: AH_DYNAMIC_SHARED(T, name) declares `T* name` (size set at
-// launch). csrc/emu/cuda_emu.h defines it for the CPU emulation of the kernels.
+// launch). tests/emu/cuda_emu.h defines it for the CPU emulation of the kernels.
 #if defined(__CUDACC__) && !defined(AH_CUDA_EMULATION)
 #define AH_DYNAMIC_SHARED(T, name)                                   \
   extern __shared__ __align__(16) unsigned char ah_dynamic_shared_[]; \
