@@ -5,12 +5,11 @@ ReLU-like units (its *neural code*). This package records those codes bit-packed
 forward pass and computes the statistics of the hash-encoder view on top.
 
 The main names are importable from the top level; the heavier ones (FAISS, scikit-learn) are
-imported on first use. (``ah.collisions`` is the module; its function of the same name
-counts the collisions.)::
+imported on first use. (``ah.collisions`` is the module; :func:`count_collisions` counts.)::
 
     import activation_hash as ah
     cb = ah.extract_codes(model, loader)             # CodeBook: int64 [N, W] codes + Layout
-    ah.collisions.collisions(cb).redundancy          # (N - distinct codes) / N
+    ah.count_collisions(cb).redundancy               # (N - distinct codes) / N
     dist, idx = ah.hamming_topk(test_cb, cb, k=9)    # exact Hamming K-NN
     ah.categorize(cb, test_cb)                       # K-NN / K-Means / logistic-regression probes
 """
@@ -19,7 +18,12 @@ from __future__ import annotations
 import importlib
 
 from activation_hash import ops
+from activation_hash import record as _record_module
 from activation_hash.ops import backend, pack_signs, relu_mask_backward, relu_pack, unpack_bits
+
+# The function, not its module of the same name: bound once here, so that later imports of
+# activation_hash.record (already loaded) leave ``ah.record`` as it is.
+record = _record_module.record
 
 __version__ = "0.1.0"
 
@@ -27,17 +31,18 @@ __version__ = "0.1.0"
 _LAZY = {
     "Layout": "layout",
     "ReLU": "nn", "LeakyReLU": "nn", "convert": "nn",
-    "record": "record", "Recorder": "record", "Site": "record", "find_sites": "record",
+    "Recorder": "record", "Site": "record", "find_sites": "record",
     "CodeBook": "codes", "as_codes": "codes", "extract_codes": "extract",
     "model_fingerprint": "extract",
-    "CollisionReport": "collisions", "CollisionCounter": "collisions",
+    "count_collisions": "collisions", "CollisionReport": "collisions",
+    "CollisionCounter": "collisions",
     "hamming_distance": "hamming", "hamming_topk": "hamming", "hamming_consecutive": "hamming",
     "CodeIndex": "index",
     "categorize": "probes", "CategorizationReport": "probes", "knn_accuracy": "probes",
     "kmeans_accuracy": "probes", "logreg_accuracy": "probes",
 }
 
-__all__ = ["backend", "ops", "pack_signs", "relu_pack", "relu_mask_backward", "unpack_bits",
+__all__ = ["backend", "ops", "record", "pack_signs", "relu_pack", "relu_mask_backward", "unpack_bits",
            "__version__", *_LAZY]
 
 

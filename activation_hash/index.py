@@ -94,7 +94,6 @@ class CodeIndex:
                              f"expected some of {sorted(_PARAMS[kind])}")
         self.kind = kind
         self.params = dict(params)
-        self.requested_device = device
         self.device = self._resolve_device(device)
         self.n_words: int | None = None
         self._cpu = None

@@ -14,6 +14,8 @@ import warnings
 import torch
 
 from activation_hash import reference
+from activation_hash.layout import units_per_sample, words_for_bits
+from activation_hash.validation import check_int
 
 try:
     if os.environ.get("ACTIVATION_HASH_BACKEND") == "reference":
@@ -58,10 +60,7 @@ if HAS_EXTENSION:
     _ops = torch.ops.activation_hash
 
     def _words_like(x: torch.Tensor) -> torch.Tensor:
-        n = 1
-        for s in x.shape[1:]:
-            n *= s
-        return x.new_empty((x.shape[0], (n + 63) // 64), dtype=torch.int64)
+        return x.new_empty((x.shape[0], words_for_bits(units_per_sample(x))), dtype=torch.int64)
 
     @torch.library.register_fake("activation_hash::pack_signs")
     def _pack_signs_fake(x):
@@ -83,6 +82,35 @@ if HAS_EXTENSION:
         return words.new_empty((words.shape[0], n), dtype=torch.bool)
 
     # Autograd of relu_pack / relu_mask_backward is registered in C++ (csrc/autograd.cpp).
+
+    @torch.library.register_fake("activation_hash::fingerprint128")
+    def _fingerprint128_fake(codes, ends=None):
+        ends = reference.check_fingerprint_args(codes, ends)
+        if ends is None:
+            return codes.new_empty((codes.shape[0], 2), dtype=torch.int64)
+        return codes.new_empty((codes.shape[0], len(ends), 2), dtype=torch.int64)
+
+    @torch.library.register_fake("activation_hash::fingerprint_key")
+    def _fingerprint_key_fake(codes, index_bits):
+        reference.check_key_args(codes, index_bits)
+        return codes.new_empty((codes.shape[0],), dtype=torch.int64)
+
+    @torch.library.register_fake("activation_hash::hamming_distance")
+    def _hamming_distance_fake(a, b):
+        reference.check_code_pair(a, b, "a", "b")
+        return a.new_empty((a.shape[0], b.shape[0]), dtype=torch.int32)
+
+    @torch.library.register_fake("activation_hash::hamming_topk")
+    def _hamming_topk_fake(queries, base, k):
+        reference.check_code_pair(queries, base, "queries", "base")
+        return (queries.new_empty((queries.shape[0], k), dtype=torch.int32),
+                queries.new_empty((queries.shape[0], k), dtype=torch.int64))
+
+    @torch.library.register_fake("activation_hash::hamming_consecutive")
+    def _hamming_consecutive_fake(codes):
+        reference.check_codes(codes, "codes")
+        n = codes.shape[0]
+        return codes.new_empty((torch.sym_max(n - 1, 0),), dtype=torch.int32)
 
 
 class _ReferenceReluPack(torch.autograd.Function):
@@ -139,28 +167,12 @@ def unpack_bits(words: torch.Tensor, n: int) -> torch.Tensor:
     return _ops.unpack_bits(words, int(n)) if HAS_EXTENSION else reference.unpack_bits(words, n)
 
 
-_HAS_FINGERPRINT = HAS_EXTENSION and hasattr(torch.ops.activation_hash, "fingerprint128")
-
-if _HAS_FINGERPRINT:
-    @torch.library.register_fake("activation_hash::fingerprint128")
-    def _fingerprint128_fake(codes, ends=None):
-        ends = reference.check_fingerprint_args(codes, ends)
-        if ends is None:
-            return codes.new_empty((codes.shape[0], 2), dtype=torch.int64)
-        return codes.new_empty((codes.shape[0], len(ends), 2), dtype=torch.int64)
-
-    @torch.library.register_fake("activation_hash::fingerprint_key")
-    def _fingerprint_key_fake(codes, index_bits):
-        reference.check_key_args(codes, index_bits)
-        return codes.new_empty((codes.shape[0],), dtype=torch.int64)
-
-
 def fingerprint_key(codes: torch.Tensor, index_bits: int) -> torch.Tensor:
     """Sort key of each code row: int64 ``[N, W]`` -> int64 ``[N]``, the first 64 bits of
     :func:`fingerprint128` with the low ``index_bits`` bits replaced by the row index
     (``N <= 2**index_bits``). One value sort of the keys groups the rows whose fingerprints
     agree above those bits, and the low bits of the sorted keys are the permutation."""
-    if _HAS_FINGERPRINT:
+    if HAS_EXTENSION:
         return _ops.fingerprint_key(codes, int(index_bits))
     return reference.fingerprint_key(codes, index_bits)
 
@@ -172,42 +184,17 @@ def fingerprint128(codes: torch.Tensor, ends=None) -> torch.Tensor:
     ``[0, W]``) -> ``[N, len(ends), 2]``: the fingerprints of the prefixes ``codes[:, :e]``,
     all computed in one read of the codes (used for per-layer collision profiles).
     """
-    if _HAS_FINGERPRINT:
+    if HAS_EXTENSION:
         return _ops.fingerprint128(codes, None if ends is None else [int(e) for e in ends])
     return reference.fingerprint128(codes, ends)
 
 
 # ---- Hamming distances (csrc/cpu/hamming.cpp, csrc/cuda/hamming.cu) ----------------------
 
-# An extension built before these ops existed must not break the import: without them the
-# wrappers below run the reference.
-_HAMMING_OPS = ("hamming_distance", "hamming_topk", "hamming_consecutive")
-_HAS_HAMMING = HAS_EXTENSION and all(hasattr(torch.ops.activation_hash, name)
-                                     for name in _HAMMING_OPS)
-
-if _HAS_HAMMING:
-    @torch.library.register_fake("activation_hash::hamming_distance")
-    def _hamming_distance_fake(a, b):
-        reference.check_code_pair(a, b, "a", "b")
-        return a.new_empty((a.shape[0], b.shape[0]), dtype=torch.int32)
-
-    @torch.library.register_fake("activation_hash::hamming_topk")
-    def _hamming_topk_fake(queries, base, k):
-        reference.check_code_pair(queries, base, "queries", "base")
-        return (queries.new_empty((queries.shape[0], k), dtype=torch.int32),
-                queries.new_empty((queries.shape[0], k), dtype=torch.int64))
-
-    @torch.library.register_fake("activation_hash::hamming_consecutive")
-    def _hamming_consecutive_fake(codes):
-        reference.check_codes(codes, "codes")
-        n = codes.shape[0]
-        return codes.new_empty((torch.sym_max(n - 1, 0),), dtype=torch.int32)
-
-
 def hamming_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Hamming distances of packed codes: a int64 ``[N, W]``, b int64 ``[M, W]`` -> int32
     ``[N, M]`` (popcount of ``a[i] ^ b[j]``; padding bits are 0 so they add nothing)."""
-    if _HAS_HAMMING:
+    if HAS_EXTENSION:
         return _ops.hamming_distance.default(a, b)
     return reference.hamming_distance(a, b)
 
@@ -223,9 +210,8 @@ def hamming_topk(queries: torch.Tensor, base: torch.Tensor,
     CUDA: one block per query, a distance histogram then a warp-parallel ordered placement
     pass (any k); codes wider than 128 words fall back to chunked distances + a stable sort.
     """
-    if not isinstance(k, int) or isinstance(k, bool):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    if _HAS_HAMMING:
+    k = check_int(k, "k")  # its range is checked by the op (with the number of base rows)
+    if HAS_EXTENSION:
         return _ops.hamming_topk.default(queries, base, k)
     return reference.hamming_topk(queries, base, k)
 
@@ -233,6 +219,6 @@ def hamming_topk(queries: torch.Tensor, base: torch.Tensor,
 def hamming_consecutive(codes: torch.Tensor) -> torch.Tensor:
     """Distances between successive rows (walks): codes ``[N, W]`` -> int32
     ``[max(N - 1, 0)]``, element i = distance of row i to row i + 1."""
-    if _HAS_HAMMING:
+    if HAS_EXTENSION:
         return _ops.hamming_consecutive.default(codes)
     return reference.hamming_consecutive(codes)

@@ -25,3 +25,10 @@ def test_import_does_not_load_faiss_or_sklearn():
             "print(sorted(m for m in ('faiss', 'sklearn') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_record_is_the_function_after_its_module_is_imported():
+    code = ("import activation_hash.extract, activation_hash.record, activation_hash as ah; "
+            "from activation_hash.record import record; print(ah.record is record)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
