@@ -32,6 +32,7 @@ Example::
 from __future__ import annotations
 
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -84,6 +85,105 @@ def _op_of(module: nn.Module) -> str | None:
     return _TORCH_ACTIVATIONS.get(type(module))
 
 
+class _Tap:
+    """Stands in for ``module.forward`` (an instance attribute, so torch's fast call path
+    stays: no hooks) while some recorder needs it, in any thread; it calls the recorders that
+    this thread entered (``ACTIVE_RECORDERS``). ``kind``: ``"model"`` marks the start and
+    end of a batch, ``"activation"`` records the input of a torch activation module."""
+
+    def __init__(self, module: nn.Module, kind: str):
+        self.module, self.kind, self.users = module, kind, 0
+        self.inner = module.__dict__.get("forward")  # an earlier instance attribute, if any
+        self.forward = module.forward
+
+    def __call__(self, *args, **kwargs):
+        recorders = ACTIVE_RECORDERS.get()
+        if not recorders:
+            return self.forward(*args, **kwargs)
+        if self.kind == "activation":
+            x = args[0] if args else kwargs.get("input")
+            if isinstance(x, torch.Tensor):
+                for rec in recorders:
+                    rec._add_module_input(self.module, x)
+            return self.forward(*args, **kwargs)
+        mine = [rec for rec in recorders if rec.model is self.module]
+        if not mine:  # another model's recorder (this one runs inside it)
+            return self.forward(*args, **kwargs)
+        for rec in mine:
+            rec._begin()
+        try:
+            out = self.forward(*args, **kwargs)
+        except BaseException:
+            for rec in mine:
+                rec._abort()
+            raise
+        for rec in mine:
+            rec._end()
+        return out
+
+
+_TAP_LOCK = threading.Lock()
+
+
+def _tap(module: nn.Module, kind: str) -> _Tap:
+    with _TAP_LOCK:
+        tap = module.__dict__.get("forward")
+        if not isinstance(tap, _Tap):
+            tap = _Tap(module, kind)
+            module.__dict__["forward"] = tap  # not nn.Module.__setattr__: a plain attribute
+        tap.users += 1
+        return tap
+
+
+def _untap(tap: _Tap) -> None:
+    with _TAP_LOCK:
+        tap.users -= 1
+        if tap.users == 0:
+            if tap.inner is None:
+                del tap.module.__dict__["forward"]
+            else:
+                tap.module.__dict__["forward"] = tap.inner
+
+
+# Bumped whenever any module anywhere registers a submodule (torch's global registration
+# hook): the facts of a model computed at an older generation are computed again.
+_GENERATION = [0]
+
+
+def _bump(module, name, submodule):
+    _GENERATION[0] += 1
+
+
+nn.modules.module.register_module_module_registration_hook(_bump)
+
+
+class _ModelFacts:
+    """What one model's structure tells, computed once per model (and again after any module
+    registration): module names, torch activation modules, DataParallel, functional owners,
+    and the sites of the first batch recorded (reused by later recorders of the same model
+    when their first batch calls the same sites)."""
+
+    def __init__(self, model: nn.Module):
+        named = list(model.named_modules())
+        self.generation = _GENERATION[0]
+        self.names = {id(m): name for name, m in named}
+        self.modules = {id(m): m for _, m in named}
+        self.torch_activations = [m for _, m in named if type(m) in _TORCH_ACTIVATIONS]
+        self.data_parallel = any(isinstance(m, nn.DataParallel) for _, m in named)
+        self.owners: set[int] | None = None  # modules that make functional calls (discovered)
+        self.first: tuple | None = None      # (signature, sites, full layout) of a first batch
+
+
+_FACTS: "weakref.WeakKeyDictionary[nn.Module, _ModelFacts]" = weakref.WeakKeyDictionary()
+
+
+def _facts(model: nn.Module) -> _ModelFacts:
+    facts = _FACTS.get(model)
+    if facts is None or facts.generation != _GENERATION[0]:
+        facts = _FACTS[model] = _ModelFacts(model)
+    return facts
+
+
 class _FunctionalActivations(TorchFunctionMode):
     """Sees every functional ReLU-like call while the model's forward runs."""
 
@@ -128,17 +228,17 @@ class Recorder:
         self.full_layout: Layout | None = None
         self.sites: tuple[Site, ...] = ()
         self.batches: list[torch.Tensor] = []
-        self._selected: list[int] | None = None      # site indices of `layout`
-        self._signature: tuple | None = None          # ((key, shape), ...) of the first batch
-        self._names = {id(m): name for name, m in model.named_modules()}
-        self._thread: int | None = None
-        self._depth = 0                               # model forward calls in progress
-        self._stack: list[nn.Module] = []             # modules whose forward is running
+        self._selected: list[int] | None = None    # site indices of `layout`
+        self._signature: tuple | None = None        # ((key, shape), ...) of the first batch
+        self._facts: _ModelFacts | None = None
+        self._depth = 0                             # model forward calls in progress
+        self._stack: list[nn.Module] = []           # modules whose forward is running
         self._pending: list[tuple[tuple, tuple[int, ...], torch.Tensor]] = []
+        self._taps: list[_Tap] = []
         self._handles: list = []
-        self._batch_handles: list = []
         self._mode: _FunctionalActivations | None = None
         self._mode_on = False
+        self._token = None
 
     # -- results
     @property
@@ -155,89 +255,65 @@ class Recorder:
             return torch.zeros(self.codes.shape[0], 0, dtype=torch.bool)
         return unpack_codes(self.codes, self.layout)
 
-    def _mine(self) -> bool:
-        """Is this call in the thread that entered the recorder? (Hooks fire in every thread
-        that runs the model; ``ACTIVE_RECORDERS`` is per thread and torch.compile traces it.)"""
-        return self in ACTIVE_RECORDERS.get()
-
-    # -- collection (called from our modules, hooks and the function mode)
+    # -- collection (called from our modules, the taps, hooks and the function mode; all
+    #    of them run only in the thread that entered this recorder)
     def _add_words(self, module: nn.Module, x: torch.Tensor, words: torch.Tensor) -> None:
-        """Our ReLU modules hand over the words of their fused kernel (only in the thread that
-        entered this recorder: ``ACTIVE_RECORDERS`` is per thread)."""
-        if self._depth and id(module) in self._names:
-            self._pending.append(((id(module), None), tuple(x.shape[1:]), words))
+        """Our ReLU modules hand over the words of their fused kernel."""
+        if self._depth:
+            self._pending.append(((module, None), x.shape[1:], words))
+
+    def _add_module_input(self, module: nn.Module, x: torch.Tensor) -> None:
+        """A torch activation module's input (its pre-activation)."""
+        if self._depth:
+            self._pending.append(((module, None), x.shape[1:], pack_signs(x.detach())))
 
     def _add_functional(self, op: str, x: torch.Tensor) -> None:
-        if not self._depth or not self._mine():
+        if not self._depth:
             return
         owner = self._stack[-1] if self._stack else self.model
         if _op_of(owner) is not None:
             return  # an activation module records itself (torch's nn.ReLU calls F.relu)
-        self._pending.append(((id(owner), op), tuple(x.shape[1:]), pack_signs(x.detach())))
+        self._pending.append(((owner, op), x.shape[1:], pack_signs(x.detach())))
 
     def _site_name(self, key: tuple, seen: dict[str, int]) -> str:
-        where = self._names[key[0]]
+        where = self._facts.names.get(id(key[0]))
+        if where is None:
+            raise ValueError(f"a {type(key[0]).__name__} that is not a submodule of the "
+                             f"recorded model ran inside its forward: make it a submodule")
         name = where if key[1] is None else (f"{where}.{key[1]}" if where else key[1])
         k = seen.get(name, 0)
         seen[name] = k + 1
         return name if k == 0 else f"{name}#{k}"
 
     def _first_batch(self, pending) -> None:
-        modules = {id(m): m for m in self.model.modules()}
-        seen: dict[str, int] = {}
-        sites = []
-        for key, shape, _ in pending:
-            module = modules[key[0]]
-            op = key[1] if key[1] is not None else _op_of(module)
-            sites.append(Site(self._site_name(key, seen), "module" if key[1] is None
-                              else "function", module, op, shape))
-        self.sites = tuple(sites)
-        self._signature = tuple((k, s) for k, s, _ in pending)
-        self.full_layout = Layout(tuple(s.name for s in sites), tuple(s.shape for s in sites))
+        facts = self._facts
+        if facts.first is not None and self._matches(pending, facts.first[0]):
+            self._signature, self.sites, self.full_layout = facts.first
+        else:
+            seen: dict[str, int] = {}
+            sites = []
+            for key, shape, _ in pending:
+                module, fn = key
+                sites.append(Site(self._site_name(key, seen), "module" if fn is None else
+                                  "function", module, fn if fn is not None else _op_of(module),
+                                  tuple(shape)))
+            self.sites = tuple(sites)
+            self._signature = tuple((k, s) for k, s, _ in pending)
+            self.full_layout = Layout(tuple(s.name for s in sites), tuple(s.shape for s in sites))
+            facts.first = (self._signature, self.sites, self.full_layout)
         if self.layers is None:
             self.layout = self.full_layout
         else:
-            index = [self.full_layout.index(layer) for layer in self.layers]
+            self._selected = [self.full_layout.index(layer) for layer in self.layers]
             self.layout, _ = self.full_layout.select(self.layers)
-            self._selected = index
-        if self.functional is None and not torch.compiler.is_compiling():
-            # sites found: from now on hook only what they need (not from inside a graph that
-            # torch.compile traces: there the hooks stay as they are)
-            self._hook_batch(any(s.kind == "function" for s in sites))
+        if facts.owners is None and self.functional is None:
+            facts.owners = {id(s.module) for s in self.sites if s.kind == "function"}
+            if not torch.compiler.is_compiling():
+                # sites found: from now on hook only what they need (not from inside a graph
+                # that torch.compile traces: there the hooks stay as they are)
+                self._install(bool(self._facts.owners))
 
-    def _end(self) -> None:
-        pending, self._pending = self._pending, []
-        if not pending:
-            return
-        batch = {w.shape[0] for _, _, w in pending}
-        if len(batch) != 1:
-            names = [self._names[k[0]] for k, _, _ in pending]
-            raise ValueError(f"recorded activations disagree on the batch size: "
-                             f"{[(n, w.shape[0]) for n, (_, _, w) in zip(names, pending)]}")
-        if self._signature is None:
-            self._first_batch(pending)
-        elif len(pending) != len(self._signature) or any(
-                (k, s) != sig for (k, s, _), sig in zip(pending, self._signature)):
-            seen: dict[str, int] = {}
-            got = [(self._site_name(k, seen), list(s)) for k, s, _ in pending]
-            raise ValueError(f"this forward pass recorded layers {got}, the first one "
-                             f"{[(n, list(s)) for n, s in zip(self.full_layout.names, self.full_layout.shapes)]}")
-        words = [w for _, _, w in pending]
-        if self._selected is not None:
-            words = [words[i] for i in self._selected]
-        if not words:
-            code = torch.zeros(batch.pop(), 0, dtype=torch.int64, device=pending[0][2].device)
-        else:
-            code = torch.cat(words, dim=1) if len(words) > 1 else words[0]
-        if self.keep:
-            self.batches.append(code)
-        if self.on_batch is not None:
-            self.on_batch(code, self.layout)
-
-    # -- hooks
-    def _model_pre(self, mod, args):
-        if not self._mine():
-            return
+    def _begin(self) -> None:
         self._depth += 1
         if self._depth == 1:
             self._pending = []
@@ -246,16 +322,65 @@ class Recorder:
                 self._mode.__enter__()
                 self._mode_on = True
 
-    def _model_post(self, mod, args, output):
-        if not self._mine() or not self._depth:
-            return
+    def _abort(self) -> None:
+        """The forward raised: nothing of this batch is kept."""
         self._depth -= 1
         if self._depth == 0:
-            if self._mode_on:
-                self._mode_on = False
-                self._mode.__exit__(None, None, None)
-            self._end()
+            self._pending = []
+            self._mode_off()
 
+    def _mode_off(self) -> None:
+        if self._mode_on:
+            self._mode_on = False
+            self._mode.__exit__(None, None, None)
+
+    def _end(self) -> None:
+        self._depth -= 1
+        if self._depth:
+            return
+        if self._mode_on:
+            self._mode_off()
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        n = pending[0][2].shape[0]
+        for _, _, w in pending:
+            if w.shape[0] != n:
+                seen: dict[str, int] = {}
+                raise ValueError(f"recorded activations disagree on the batch size: "
+                                 f"{[(self._site_name(k, seen), w.shape[0]) for k, _, w in pending]}")
+        if self._signature is None:
+            self._first_batch(pending)
+        elif not self._matches(pending, self._signature):
+            seen: dict[str, int] = {}
+            got = [(self._site_name(k, seen), list(s)) for k, s, _ in pending]
+            first = [(n_, list(s)) for n_, s in zip(self.full_layout.names,
+                                                    self.full_layout.shapes)]
+            raise ValueError(f"this forward pass recorded layers {got}, the first one {first}")
+        if len(pending) == 1 and self._selected is None:
+            code = pending[0][2]
+        else:
+            words = [w for _, _, w in pending]
+            if self._selected is not None:
+                words = [words[i] for i in self._selected]
+            code = (torch.cat(words, dim=1) if len(words) > 1 else words[0]) if words else \
+                torch.zeros(n, 0, dtype=torch.int64, device=pending[0][2].device)
+        if self.keep:
+            self.batches.append(code)
+        if self.on_batch is not None:
+            self.on_batch(code, self.layout)
+
+    @staticmethod
+    def _matches(pending, signature) -> bool:
+        """Does this batch call the sites of ``signature``, in order, with those shapes?"""
+        if len(pending) != len(signature):
+            return False
+        for (k, s, _), (sk, ss) in zip(pending, signature):
+            if k[0] is not sk[0] or k[1] != sk[1] or s != ss:
+                return False
+        return True
+
+    # -- what runs per batch
     def _stack_hooks(self, module: nn.Module) -> None:
         def pre(mod, args):
             if self._depth and self._mine():
@@ -264,69 +389,62 @@ class Recorder:
         def post(mod, args, output):
             if self._stack and self._stack[-1] is mod and self._mine():
                 self._stack.pop()
-        self._batch_handles.append(module.register_forward_pre_hook(pre))
-        self._batch_handles.append(module.register_forward_hook(post, always_call=True))
+        self._handles.append(module.register_forward_pre_hook(pre))
+        self._handles.append(module.register_forward_hook(post, always_call=True))
 
-    def _torch_activation_hook(self, module: nn.Module) -> None:
-        def pre(mod, args):
-            if self._depth and self._mine() and args and \
-                    isinstance(args[0], torch.Tensor):
-                x = args[0]
-                self._pending.append(((id(mod), None), tuple(x.shape[1:]),
-                                      pack_signs(x.detach())))
-        self._batch_handles.append(module.register_forward_pre_hook(pre))
+    def _mine(self) -> bool:
+        """Is this hook call in the thread that entered the recorder?"""
+        return self in ACTIVE_RECORDERS.get()
 
-    def _hook_batch(self, functional: bool | str) -> None:
-        """(Re)install the per-batch hooks: ``"discover"`` hooks every module (first batch),
-        True the function mode plus the modules that own functional sites, False neither."""
-        for h in self._batch_handles:
+    def _install(self, functional: bool | str) -> None:
+        """(Re)install what each batch needs: the module stack and the function mode for
+        functional sites (``"discover"``: every module, to find them; True: the modules that
+        own them; False: none)."""
+        for h in self._handles:
             h.remove()
-        self._batch_handles.clear()
-        modules = list(self.model.modules())
-        if functional == "discover" or functional is True and not self.sites:
-            stacked = modules
+        self._handles.clear()
+        facts = self._facts
+        if functional == "discover" or (functional is True and facts.owners is None):
+            stacked = list(facts.modules.values())
         elif functional:
-            owners = {id(s.module) for s in self.sites if s.kind == "function"}
-            stacked = [m for m in modules if id(m) in owners or _op_of(m) is not None]
+            stacked = [m for m in facts.modules.values()
+                       if id(m) in facts.owners or _op_of(m) is not None]
         else:
             stacked = []
         for m in stacked:
             self._stack_hooks(m)
-        for m in modules:
-            if type(m) in _TORCH_ACTIVATIONS:
-                self._torch_activation_hook(m)
         self._mode = _FunctionalActivations(self) if functional else None
 
     # -- context
     def __enter__(self) -> "Recorder":
-        if self._thread is not None:
+        if self._token is not None:
             raise RuntimeError("this recorder is already in use; make a new record(model)")
-        if any(isinstance(m, nn.DataParallel) for m in self.model.modules()):
+        facts = self._facts = _facts(self.model)
+        if facts.data_parallel:
             raise TypeError("record() cannot see the replicas nn.DataParallel runs in its worker "
                             "threads: record model.module on one device, or use "
                             "DistributedDataParallel (one process per device)")
-        self._thread = threading.get_ident()  # in use (by this thread)
-        self._handles.append(self.model.register_forward_pre_hook(self._model_pre, prepend=True))
-        self._handles.append(self.model.register_forward_hook(self._model_post, always_call=True))
+        self._taps = [_tap(self.model, "model")] + [_tap(m, "activation")
+                                                    for m in facts.torch_activations]
         if self.functional is not None:
-            self._hook_batch(self.functional)
-        elif self._signature is None:
-            self._hook_batch("discover")
-        else:  # entered again: the sites are known
-            self._hook_batch(any(s.kind == "function" for s in self.sites))
+            self._install(self.functional)
+        elif facts.owners is None:
+            self._install("discover")
+        else:
+            self._install(bool(facts.owners))
         self._token = ACTIVE_RECORDERS.set(ACTIVE_RECORDERS.get() + (self,))
         return self
 
     def __exit__(self, *exc) -> None:
         ACTIVE_RECORDERS.reset(self._token)
-        if self._mode_on:
-            self._mode_on = False
-            self._mode.__exit__(None, None, None)
-        for h in self._handles + self._batch_handles:
+        self._token = None
+        self._mode_off()
+        for h in self._handles:
             h.remove()
         self._handles.clear()
-        self._batch_handles.clear()
-        self._thread = None
+        for tap in self._taps:
+            _untap(tap)
+        self._taps = []
         self._depth = 0
 
 

@@ -1,0 +1,149 @@
+"""record(): sites, functional discovery, threads, DataParallel, failures inside a forward."""
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from activation_hash import reference as ref
+from activation_hash.nn import ReLU, convert
+from activation_hash.record import find_sites, record
+
+
+class Block(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.lin = nn.Linear(n, n)
+
+    def forward(self, x):
+        z = self.lin(x)
+        self.pre = z
+        return F.relu(z) + x
+
+
+class Net(nn.Module):
+    """Module sites (torch's ReLU, ours), functional sites in the top module and in a block."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.act = nn.Linear(4, 16), nn.ReLU()
+        self.block = Block(16)
+        self.b, self.ours = nn.Linear(16, 8), ReLU()
+        self.c = nn.Linear(8, 3)
+
+    def forward(self, x):
+        za = self.a(x)
+        h = self.block(self.act(za))
+        zb = self.b(h)
+        h = self.ours(zb)
+        zc = self.c(h)
+        self.pre = [za, self.block.pre, zb, zc]
+        return torch.relu(zc)
+
+
+def by_hand(model, x):
+    with torch.no_grad():
+        model(x)
+    return torch.cat([ref.pack_signs(z) for z in model.pre], 1)
+
+
+def test_sites_and_codes_over_batches_and_recorders():
+    torch.manual_seed(0)
+    model = Net().eval()
+    xs = [torch.randn(5, 4), torch.randn(3, 4), torch.randn(6, 4)]
+    for _ in range(2):  # the second recorder reuses what the first one found
+        with record(model) as rec, torch.no_grad():
+            for x in xs:
+                model(x)
+        assert rec.layout.names == ("act", "block.relu", "ours", "relu")
+        assert [(s.kind, s.op, s.shape) for s in rec.sites] == [
+            ("module", "relu", (16,)), ("function", "relu", (16,)), ("module", "relu", (8,)),
+            ("function", "relu", (3,))]
+        assert rec.sites[0].module is model.act and rec.sites[1].module is model.block
+        assert rec.sites[3].module is model
+        assert torch.equal(rec.codes, torch.cat([by_hand(model, x) for x in xs]))
+    assert [s.name for s in find_sites(model, xs[0])] == list(rec.layout.names)
+    assert "forward" not in model.__dict__ and "forward" not in model.act.__dict__
+
+
+def test_functional_false_watches_modules_only():
+    model = Net().eval()
+    x = torch.randn(4, 4)
+    with record(model, functional=False) as rec, torch.no_grad():
+        model(x)
+    assert rec.layout.names == ("act", "ours")
+    full = by_hand(model, x)
+    assert torch.equal(rec.codes, torch.cat([full[:, :1], full[:, 2:3]], 1))
+
+
+def test_a_failing_forward_keeps_no_partial_batch():
+    model = nn.Sequential(nn.Linear(3, 5), ReLU(), nn.Linear(5, 2))
+    with record(model) as rec, torch.no_grad():
+        model(torch.randn(2, 3))
+        with pytest.raises(RuntimeError):
+            model(torch.randn(2, 4))  # fails in the first Linear
+        with pytest.raises(RuntimeError):
+            model[2].weight.data = torch.randn(2, 4)  # fails after the ReLU recorded
+            model(torch.randn(2, 3))
+        model[2].weight.data = torch.randn(2, 5)
+        model(torch.randn(3, 3))
+    assert [b.shape[0] for b in rec.batches] == [2, 3]
+
+
+def test_a_module_added_later_is_recorded():
+    model = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2))
+    with record(model) as rec, torch.no_grad():
+        model(torch.randn(2, 3))
+    assert rec.layout.names == ("1",)
+    model.append(nn.ReLU())
+    with record(model) as rec, torch.no_grad():
+        model(torch.randn(2, 3))
+    assert rec.layout.names == ("1", "3")
+
+
+def test_two_threads_record_their_own_batches():
+    torch.manual_seed(1)
+    shared = convert(nn.Sequential(nn.Linear(6, 40), nn.ReLU(), nn.Linear(40, 30), nn.ReLU()))
+    other = nn.Sequential(nn.Linear(6, 20), nn.LeakyReLU(0.1), nn.Linear(20, 2)).eval()
+    inputs = {k: [torch.randn(7, 6) for _ in range(40)] for k in range(3)}
+    models = {0: shared, 1: shared, 2: other}
+    got, errors = {}, []
+    barrier = threading.Barrier(3)
+
+    def work(k):
+        try:
+            barrier.wait()
+            with record(models[k]) as rec, torch.no_grad():
+                for x in inputs[k]:
+                    models[k](x)
+            got[k] = rec.codes
+        except BaseException as err:  # noqa: BLE001 (reported below)
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for k in range(3):
+        x = torch.cat(inputs[k])
+        with record(models[k]) as alone, torch.no_grad():
+            models[k](x)
+        assert got[k].shape[0] == 280 and torch.equal(got[k], alone.codes), k
+
+
+def test_data_parallel_is_refused():
+    model = nn.DataParallel(nn.Sequential(nn.Linear(3, 4), nn.ReLU()))
+    with pytest.raises(TypeError, match="DataParallel"):
+        with record(model):
+            pass
+    with pytest.raises(TypeError, match="DataParallel"):
+        with record(nn.Sequential(model)):
+            pass
+
+
+def test_functional_must_be_a_bool():
+    with pytest.raises(TypeError, match="functional must be True or False"):
+        record(nn.ReLU(), functional="no")
