@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from activation_hash.codes import CodeBook, as_codes
+from activation_hash.validation import check_int
 from activation_hash.layout import Layout
 
 __all__ = ["CodeIndex", "GPU_K_LIMIT", "KINDS"]
@@ -226,8 +227,7 @@ class CodeIndex:
     # ---- searching ---------------------------------------------------------------------
     def search(self, queries, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """k nearest rows of each query: (dist int32 ``[Q, k]``, ids int64 ``[Q, k]``)."""
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"k must be an int >= 1, got {k!r}")
+        k = check_int(k, "k", min=1)
         x = self._queries(queries)
         use_gpu = self.device == "cuda" and k <= GPU_K_LIMIT
         index = self._gpu_index() if use_gpu else self._cpu
@@ -239,8 +239,7 @@ class CodeIndex:
         """Rows at distance < radius of each query (on the CPU copy): (lims int64 ``[Q + 1]``,
         dist int32 ``[lims[-1]]``, ids int64 ``[lims[-1]]``); query i's rows are
         ``lims[i]:lims[i + 1]``."""
-        if not isinstance(radius, int) or isinstance(radius, bool) or radius < 0:
-            raise ValueError(f"radius must be an int >= 0, got {radius!r}")
+        radius = check_int(radius, "radius", min=0)
         if self.kind == "hnsw":
             raise ValueError("FAISS has no range search for kind='hnsw'; use 'flat' or 'ivf'")
         x = self._queries(queries)

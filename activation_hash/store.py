@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from activation_hash.validation import check_int
+
 FORMAT = "activation-hash-store"
 VERSION = 1
 MANIFEST = "manifest.json"
@@ -208,10 +210,7 @@ class Writer:
     def __init__(self, path, *, meta: dict | None = None, chunk_rows: int | None = None,
                  resume: bool = False, others_ok: bool = False):
         self.root = os.fspath(path)
-        if chunk_rows is not None and (isinstance(chunk_rows, bool) or
-                                       not isinstance(chunk_rows, int) or chunk_rows < 1):
-            raise ValueError(f"chunk_rows must be a positive int or None, got {chunk_rows!r}")
-        self.chunk_rows = chunk_rows
+        self.chunk_rows = None if chunk_rows is None else check_int(chunk_rows, "chunk_rows", min=1)
         self._buf: dict[str, list[np.ndarray]] = {}
         self._buf_rows = 0
         if exists(self.root):
