@@ -67,9 +67,9 @@ def _settings(args, out: Path, **extra) -> dict:
     d = {k: v for k, v in vars(args).items() if k not in ("func",) and not callable(v)}
     d = json.loads(json.dumps(d, default=str))
     d.update(extra)
-    from activation_hash.experiments.sweep import atomic_write_text
+    from activation_hash.fileio import atomic_write_json
 
-    atomic_write_text(out / "settings.json", json.dumps(d, indent=1, default=str))
+    atomic_write_json(out / "settings.json", d, indent=1, default=str)
     return d
 
 
@@ -232,6 +232,7 @@ def cmd_train(args) -> Path:
     from activation_hash.experiments.plots import history_figure, save_png
     from activation_hash.experiments.report import write_report
     from activation_hash.experiments.training import TrainConfig, train
+    from activation_hash.fileio import atomic_path, atomic_write_json
 
     out = _out_dir(args, "train")
     data_cfg, model_cfg, train_cfg = _data_cfg(args), _model_cfg(args), _train_cfg(args)
@@ -250,16 +251,18 @@ def cmd_train(args) -> Path:
         (out / "checkpoints").mkdir(exist_ok=True)
 
         def on_ckpt(epoch, m, _res):
-            torch.save(m.state_dict(), out / "checkpoints" / f"epoch_{epoch:04d}.pt")
+            with atomic_path(out / "checkpoints" / f"epoch_{epoch:04d}.pt") as tmp:
+                torch.save(m.state_dict(), tmp)
     res = train(model, data, tcfg, on_checkpoint=on_ckpt, progress=not args.quiet)
-    torch.save({"model": model_cfg, "data": data_cfg, "input_shape": list(data.input_shape),
-                "n_classes": data.n_classes, "seed": args.seed, "state_dict": model.state_dict(),
-                "train_idx": res.train_idx}, out / "model.pt")
+    with atomic_path(out / "model.pt") as tmp:
+        torch.save({"model": model_cfg, "data": data_cfg, "input_shape": list(data.input_shape),
+                    "n_classes": data.n_classes, "seed": args.seed,
+                    "state_dict": model.state_dict(), "train_idx": res.train_idx}, tmp)
     metrics = {"train_accuracy": res.train_accuracy, "val_accuracy": res.val_accuracy,
                "test_accuracy": res.test_accuracy, "stopped_epoch": res.stopped,
                "seconds": res.seconds, "noise_rate_true": data.meta["noise_rate_true"]}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    (out / "history.json").write_text(json.dumps(res.history, indent=1))
+    atomic_write_json(out / "metrics.json", metrics, indent=1)
+    atomic_write_json(out / "history.json", res.history, indent=1)
     if res.history:
         save_png(history_figure(res.history, f"{args.dataset} {args.arch}"), out / "training.png")
     write_report(out, "activation-hash train")
@@ -328,7 +331,9 @@ def cmd_collisions(args) -> Path:
         _say(args, f"{path}: N={rep.n} distinct={rep.n_distinct} redundancy={rep.redundancy:.4f}")
         for name, r in rep.per_layer or []:
             _say(args, f"  code up to layer {name}: redundancy={r:.4f}")
-    (out / "collisions.json").write_text(json.dumps(res, indent=1, default=_jsonable))
+    from activation_hash.fileio import atomic_write_json
+
+    atomic_write_json(out / "collisions.json", res, indent=1, default=_jsonable)
     return out
 
 
@@ -351,7 +356,9 @@ def cmd_categorize(args) -> Path:
     rep = categorize(_load_codes(args.train), _load_codes(args.test), k=args.k, seed=args.seed,
                      progress=not args.quiet)
     d = rep.to_dict()
-    (out / "categorization.json").write_text(json.dumps(d, indent=1, default=_jsonable))
+    from activation_hash.fileio import atomic_write_json
+
+    atomic_write_json(out / "categorization.json", d, indent=1, default=_jsonable)
     for k, v in d.items():
         if isinstance(v, float):
             _say(args, f"{k:24s} {v:.4f}")
@@ -512,14 +519,12 @@ def cmd_demo(args) -> Path:
              out / "2_epochs_width16.png")
     ph = write_phase(rows, out, "epochs", "width", th, name="3_phase_width_x_epochs")
     ph2 = write_phase(size_rows, out, "n_train", "width", th, name="4_phase_width_x_samples")
-    import shutil
+    from activation_hash.fileio import atomic_write_bytes, atomic_write_json
 
     for sub in ("width", "width_x_epochs", "width_x_samples"):
-        shutil.copy(out / sub / "results.csv", out / f"results_{sub}.csv")
+        atomic_write_bytes(out / f"results_{sub}.csv", (out / sub / "results.csv").read_bytes())
     # the report's results table: the width sweep
-    from activation_hash.experiments.sweep import atomic_write_text
-
-    atomic_write_text(out / "results.json", json.dumps({"rows": last}, default=str))
+    atomic_write_json(out / "results.json", {"rows": last}, indent=None, default=str)
     rep = write_report(out, "activation-hash demo: digits, one-hidden-layer MLP")
     regimes = {}
     for c in ph["table"]:

@@ -160,7 +160,7 @@ def write_phase(rows: list[dict], out_dir, x: str = "epochs", y: str = "width",
 
     Returns ``{"png": path, "csv": path, "table": cells, "thresholds": dict}``.
     """
-    from activation_hash.experiments.sweep import atomic_write_text
+    from activation_hash.fileio import atomic_write_text
 
     th = thresholds or Thresholds()
     out = Path(out_dir)

@@ -3,7 +3,7 @@
 - :func:`factor_figure`: redundancy (train and test) vs a factor, and the probe accuracies
   (K-NN, K-Means purity and Hungarian, logistic regression, on test codes) with the network's
   own test accuracy vs the same factor; mean over seeds, error bars = standard deviation.
-- :func:`save_png`: write a figure as PNG.
+- :func:`save_png`: write a figure as PNG (atomically, :mod:`activation_hash.fileio`).
 """
 from __future__ import annotations
 
@@ -106,10 +106,13 @@ def save_png(fig, path) -> Path:
     """Save ``fig`` as a PNG at ``path`` (Agg canvas); returns the path."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+    from activation_hash.fileio import atomic_path
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, format="png")
+    with atomic_path(path) as tmp:  # a crash never leaves a torn PNG
+        fig.savefig(tmp, format="png")
     return path
 
 

@@ -52,6 +52,7 @@ import torch
 from activation_hash.experiments.datasets import load_dataset
 from activation_hash.experiments.models import build_model
 from activation_hash.experiments.training import TrainConfig, accuracy, train
+from activation_hash.fileio import atomic_write_text
 
 __all__ = ["FACTORS", "SweepConfig", "run_sweep", "measure", "extract", "point_key",
            "load_results", "atomic_write_text", "plan_points"]
@@ -128,17 +129,6 @@ def point_key(point: dict) -> str:
     """Stable 16-hex-digit hash of a point's full configuration."""
     text = json.dumps(point, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (no torn files)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass
