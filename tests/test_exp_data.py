@@ -58,6 +58,32 @@ def test_idx_reader(tmp_path, gz, name):
     assert abs(float(data.x_train.mean())) < 1e-4
 
 
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
+@pytest.mark.parametrize("dotted", [False, True, "mixed"])
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_dotted_file_names(tmp_path, name, dotted, gz):
+    """Both train-images-idx3-ubyte and train-images.idx3-ubyte (raw or .gz) are found."""
+    rng = np.random.default_rng(1)
+    stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+             "t10k-labels-idx1-ubyte"]
+    arrays = [rng.integers(0, 256, (12, 28, 28)), np.arange(12) % 10,
+              rng.integers(0, 256, (5, 28, 28)), np.arange(5) % 10]
+    d = tmp_path / ("MNIST" if name == "mnist" else "FashionMNIST") / "raw"
+    d.mkdir(parents=True)
+    written = []
+    for i, (stem, a) in enumerate(zip(stems, arrays)):
+        dot = dotted is True or (dotted == "mixed" and i % 2 == 1)
+        written.append(write_idx(d / (stem.replace("-idx", ".idx") if dot else stem), a, gz))
+    assert any(".idx" in p.name for p in written) == bool(dotted)
+    data = ds.load_dataset(name, root=tmp_path)
+    assert data.y_train.tolist() == arrays[1].tolist() and data.y_test.tolist() == arrays[3].tolist()
+    assert data.x_train.shape == (12, 1, 28, 28) and data.x_test.shape == (5, 1, 28, 28)
+    assert sorted(data.meta["files"].values()) == sorted(str(p) for p in written)
+    assert ds.idx_names("train-images-idx3-ubyte") == [
+        "train-images-idx3-ubyte", "train-images-idx3-ubyte.gz", "train-images.idx3-ubyte",
+        "train-images.idx3-ubyte.gz"]
+
+
 def test_idx_subdirectory_and_int_types(tmp_path):
     sub = tmp_path / "mnist"
     sub.mkdir()
@@ -75,6 +101,7 @@ def test_idx_errors(tmp_path):
         ds.load_dataset("mnist", root=tmp_path)
     msg = str(e.value)
     assert "train-images-idx3-ubyte" in msg and "t10k-labels-idx1-ubyte" in msg and str(tmp_path) in msg
+    assert "train-images.idx3-ubyte" in msg
     bad = tmp_path / "bad"
     bad.write_bytes(b"\x01\x02\x03\x04rest")
     with pytest.raises(ValueError, match="not an IDX file"):

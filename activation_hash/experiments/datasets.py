@@ -1,7 +1,8 @@
 """Datasets of the experiments, as in-memory tensors.
 
 - ``digits``: scikit-learn's 8x8 digits (embedded, the default), a fixed stratified 75/25 split.
-- ``mnist`` / ``fashion-mnist``: the four IDX files (raw or ``.gz``) from a directory you give.
+- ``mnist`` / ``fashion-mnist``: the four IDX files (raw or ``.gz``; named
+  ``train-images-idx3-ubyte`` or ``train-images.idx3-ubyte``) from a directory you give.
 - ``cifar10``: the python batches (read by a restricted unpickler) or the binary batches.
 - ``moons`` / ``circles`` / ``spirals``: synthetic 2-D sets; ``random``: Gaussian inputs with
   random labels.
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 __all__ = ["DataSplit", "DATASETS", "load_dataset", "read_idx", "load_cifar_batch",
-           "stratified_subset", "add_label_noise", "stratified_split", "data_root"]
+           "stratified_subset", "add_label_noise", "stratified_split", "data_root", "idx_names"]
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "moons", "circles", "spirals", "random")
 
@@ -212,9 +213,16 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=head).reshape(shape).astype(dtype.newbyteorder("="))
 
 
+def idx_names(stem: str) -> list[str]:
+    """The file names an IDX file goes by: ``train-images-idx3-ubyte`` (the distributed name),
+    ``train-images.idx3-ubyte`` (a common renaming), each raw or ``.gz``."""
+    dotted = stem.replace("-idx", ".idx")
+    return [stem, stem + ".gz", dotted, dotted + ".gz"]
+
+
 def _find(dirs: list[Path], stem: str) -> Path | None:
     for d in dirs:
-        for name in (stem, stem + ".gz"):
+        for name in idx_names(stem):
             if (d / name).is_file():
                 return d / name
     return None
@@ -229,7 +237,8 @@ def load_idx_dataset(name: str, root=None) -> DataSplit:
     missing = [IDX_FILES[k] for k, p in found.items() if p is None]
     if missing:
         raise FileNotFoundError(
-            f"{name}: missing IDX file(s) {missing} (raw or .gz). Expected the four files "
+            f"{name}: missing IDX file(s) {missing} (raw or .gz; '-idx' or '.idx' before the "
+            f"type, e.g. train-images.idx3-ubyte). Expected the four files "
             f"{list(IDX_FILES.values())} in one of: {[str(d) for d in dirs]}. "
             f"Pass --data-root DIR or set ACTIVATION_HASH_DATA.")
     arrays = {k: read_idx(p) for k, p in found.items()}
