@@ -15,7 +15,8 @@ The regime of a cell, with thresholds ``r_hi > r_lo`` and ``acc_eps`` (:class:`T
 - **n/a** when R or A of the cell is NaN (not measured, e.g. no samples): it is no regime.
 
 :func:`phase_table` labels the cells, :func:`phase_figure` draws the heatmap (colour: R; letter:
-the regime), :func:`write_phase` saves the PNG and the CSV table behind it.
+the regime), :func:`write_phase` saves the PNG and the CSV table behind it, :func:`regime_counts`
+counts the cells of each regime.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["Thresholds", "phase_table", "phase_figure", "write_phase", "REGIMES"]
+__all__ = ["Thresholds", "phase_table", "phase_figure", "write_phase", "regime_counts", "REGIMES"]
 
 REGIMES = ("under", "critical", "sufficient", "n/a")
 _LETTER = {"under": "U", "critical": "C", "sufficient": "S", "n/a": "n/a"}
@@ -177,3 +178,11 @@ def write_phase(rows: list[dict], out_dir, x: str = "epochs", y: str = "width",
     save_png(phase_figure(table, x, y, thresholds=th), out / f"{name}.png")
     return {"png": out / f"{name}.png", "csv": out / f"{name}.csv", "table": table,
             "thresholds": asdict(th)}
+
+
+def regime_counts(table: list[dict]) -> dict[str, int]:
+    """``{regime: number of cells}`` of a phase table, in the order regimes first occur."""
+    counts: dict[str, int] = {}
+    for c in table:
+        counts[c["regime"]] = counts.get(c["regime"], 0) + 1
+    return counts
