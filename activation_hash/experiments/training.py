@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from activation_hash.experiments.datasets import DataSplit, stratified_split
+from activation_hash.validation import check_choice
 
-__all__ = ["TrainConfig", "TrainResult", "train", "paper_mlp", "paper_checkpoints",
+__all__ = ["TrainConfig", "TrainResult", "train", "paper_mlp", "preset_options", "paper_checkpoints",
            "log_checkpoints", "accuracy", "predict", "make_optimizer", "split_decay"]
 
 
@@ -94,6 +95,18 @@ def paper_mlp(**overrides) -> TrainConfig:
                weight_decay=2e-6, decay_bias_bn=False, val_fraction=0.2, patience=10, checkpoints=paper_checkpoints(200))
     cfg.update(overrides)
     return TrainConfig(**cfg)
+
+
+def preset_options(preset: str = "none", **overrides) -> dict:
+    """:class:`TrainConfig` options (a dict, validated) of ``preset``: ``"paper_mlp"``
+    (:func:`paper_mlp` without its checkpoints) or ``"none"`` (20 epochs at lr 0.01, the
+    command line's defaults), with every override that is not None."""
+    preset = check_choice(preset, "preset", ("none", "paper_mlp"))
+    base = paper_mlp().to_dict() if preset == "paper_mlp" else {"epochs": 20, "lr": 1e-2}
+    base.pop("checkpoints", None)
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    TrainConfig.from_dict(base)
+    return base
 
 
 def paper_checkpoints(max_epoch: int) -> list[int]:
