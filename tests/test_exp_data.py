@@ -367,3 +367,37 @@ def test_conv_models_train(spec):
     res = train(model, data, TrainConfig(epochs=3, lr=1e-2, batch_size=32))
     assert res.history[-1]["loss"] < res.history[0]["loss"]
     assert res.test_accuracy > 0.2
+
+
+def test_parameter_checks_use_validation():
+    """The experiments' checks are activation_hash.validation's: bool is no number, kinds
+    raise TypeError, ranges ValueError, each naming the parameter."""
+    from activation_hash.experiments.phase import Thresholds
+
+    y = torch.arange(20) % 2
+    with pytest.raises(TypeError, match="seed must be an integer"):
+        ds.stratified_subset(y, 5, seed=True)
+    with pytest.raises(TypeError, match="subset size must be an integer"):
+        ds.stratified_subset(y, 5.0)
+    with pytest.raises(ValueError, match=r"split fraction must be a finite number in \[0.0, 1.0\)"):
+        ds.stratified_split(y, 1.0)
+    with pytest.raises(TypeError, match="label noise rate must be a number"):
+        ds.add_label_noise(y, True, 2)
+    with pytest.raises(TypeError, match="epochs must be an integer"):
+        TrainConfig(epochs=True)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="optimizer must be one of 'adam', 'sgd'"):
+        TrainConfig(optimizer="rmsprop")
+    with pytest.raises(ValueError, match=r"dropout must be a finite number in \[0.0, 1.0\)"):
+        MLP((4,), 2, dropout=1.0)
+    with pytest.raises(ValueError, match="saturation must be one of"):
+        Thresholds(saturation="max")
+    with pytest.raises(ValueError, match="acc_eps must be"):
+        Thresholds(acc_eps=-0.1)
+    import re
+    from pathlib import Path
+
+    pkg = Path(ds.__file__).resolve().parents[1]  # no private _check_* imported across modules
+    for path in [*(pkg / "experiments").glob("*.py"), pkg / "cli.py", pkg / "fileio.py"]:
+        assert not re.search(r"import[^\n]*\b_check_\w+", path.read_text()), path

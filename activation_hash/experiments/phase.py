@@ -26,6 +26,8 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from activation_hash.validation import check_choice, check_float
+
 __all__ = ["Thresholds", "phase_table", "phase_figure", "write_phase", "regime_counts", "REGIMES"]
 
 REGIMES = ("under", "critical", "sufficient", "n/a")
@@ -44,13 +46,13 @@ class Thresholds:
     accuracy: str = "knn_test"
 
     def __post_init__(self):
-        if not 0.0 <= self.r_lo < self.r_hi <= 1.0:
+        self.r_hi = check_float(self.r_hi, "r_hi", min=0.0, max=1.0)
+        self.r_lo = check_float(self.r_lo, "r_lo", min=0.0, max=1.0)
+        self.acc_eps = check_float(self.acc_eps, "acc_eps", min=0.0)
+        self.saturation = check_choice(self.saturation, "saturation", ("global", "row", "column"))
+        if not self.r_lo < self.r_hi:
             raise ValueError(f"thresholds need 0 <= r_lo < r_hi <= 1, got r_lo={self.r_lo}, "
                              f"r_hi={self.r_hi}")
-        if self.acc_eps < 0:
-            raise ValueError(f"acc_eps must be >= 0, got {self.acc_eps}")
-        if self.saturation not in ("global", "row", "column"):
-            raise ValueError(f"saturation must be 'global', 'row' or 'column', got {self.saturation!r}")
 
 
 def _mean(values):

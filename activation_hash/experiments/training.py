@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from activation_hash.experiments.datasets import DataSplit, stratified_split
-from activation_hash.validation import check_choice
+from activation_hash.validation import check_choice, check_int
 
 __all__ = ["TrainConfig", "TrainResult", "train", "paper_mlp", "preset_options", "paper_checkpoints",
            "log_checkpoints", "accuracy", "predict", "make_optimizer", "split_decay"]
@@ -63,12 +63,9 @@ class TrainConfig:
     checkpoints: list[int] | None = None
 
     def __post_init__(self):
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        for name in ("epochs", "batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "epochs" else 1):
-                raise ValueError(f"{name} must be an int >= {0 if name == 'epochs' else 1}, got {v!r}")
+        self.optimizer = check_choice(self.optimizer, "optimizer", ("adam", "sgd"))
+        self.epochs = check_int(self.epochs, "epochs", min=0)
+        self.batch_size = check_int(self.batch_size, "batch_size", min=1)
         if self.patience and not self.val_fraction:
             raise ValueError("early stopping (patience) needs a validation split: set val_fraction > 0")
 
