@@ -13,7 +13,7 @@ from activation_hash.experiments.models import MLP, build_model
 from activation_hash.experiments.training import (TrainConfig, log_checkpoints, paper_checkpoints,
                                                   make_optimizer, paper_mlp, split_decay,
                                                   train)
-from activation_hash.nn import ReLU, record
+from activation_hash import ReLU, record
 
 
 # ---- IDX ------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from activation_hash.nn import ReLU
+from activation_hash import ReLU  # the top-level name: survives the nn split
 from activation_hash.validation import check_float
 
 __all__ = ["MLP", "SmallCNN", "VGG", "ResNet", "build_model", "ARCHS"]
