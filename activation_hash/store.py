@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from activation_hash.fileio import atomic_open, atomic_write_json, fsync_dir
 from activation_hash.validation import check_int
 
 FORMAT = "activation-hash-store"
@@ -61,19 +62,6 @@ class StoreData:
     rows: int
 
 
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class _HashingFile:
     """File object that hashes what is written (np.lib.format writes through it)."""
 
@@ -89,19 +77,15 @@ class _HashingFile:
 
 def _write_npy(path: str, parts: list[np.ndarray], shape: tuple, dtype: np.dtype) -> dict:
     """Write the row-concatenation of ``parts`` as one .npy (atomically); its manifest entry."""
-    tmp = path + ".tmp"
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
               "shape": tuple(int(s) for s in shape)}
-    with open(tmp, "wb") as raw:
+    with atomic_open(path, "wb", tmp=path + ".tmp") as raw:  # <name>.tmp: resume knows it
         f = _HashingFile(raw)
         np.lib.format.write_array_header_2_0(f, header)
         for p in parts:
             p = np.ascontiguousarray(p, dtype=dtype)
             if p.size:
                 f.write(p.reshape(-1).view(np.uint8))
-        raw.flush()
-        os.fsync(raw.fileno())
-    os.replace(tmp, path)
     return {"file": os.path.basename(path), "shape": list(header["shape"]),
             "dtype": np.dtype(dtype).str, "bytes": f.n, "sha256": f.h.hexdigest()}
 
@@ -178,7 +162,7 @@ def remove(path) -> None:
     root = os.fspath(path)
     m = _load_manifest(root)
     os.remove(os.path.join(root, MANIFEST))  # first: no half-deleted store looks valid
-    _fsync_dir(root)
+    fsync_dir(root)
     for name in os.listdir(root):
         if _own_file(name, m.get("arrays")) and os.path.isfile(os.path.join(root, name)):
             os.remove(os.path.join(root, name))
@@ -187,13 +171,9 @@ def remove(path) -> None:
 
 
 def _write_manifest(root: str, m: dict) -> None:
-    tmp = os.path.join(root, MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(m, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(root, MANIFEST))
-    _fsync_dir(root)
+    atomic_write_json(os.path.join(root, MANIFEST), m, indent=1,
+                      tmp=os.path.join(root, MANIFEST + ".tmp"))
+    fsync_dir(root)
 
 
 class Writer:
@@ -293,7 +273,7 @@ class Writer:
             dtype, tail = self.m["arrays"][name]
             files[name] = _write_npy(os.path.join(self.root, f"{name}-{k:06d}.npy"), parts,
                                      (self._buf_rows, *tail), np.dtype(dtype))
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         self.m["chunks"].append({"rows": self._buf_rows, "files": files})
         self.m["rows"] += self._buf_rows
         self._buf, self._buf_rows = {}, 0
@@ -357,7 +337,7 @@ def write(path, arrays: dict[str, np.ndarray], *, layout: dict, meta: dict | Non
         old = f"{root}.old-{tag}"
         os.rename(root, old)
         os.rename(target, root)
-        _fsync_dir(os.path.dirname(os.path.abspath(root)))
+        fsync_dir(os.path.dirname(os.path.abspath(root)))
         shutil.rmtree(old, ignore_errors=True)
 
 

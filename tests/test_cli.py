@@ -161,7 +161,7 @@ def test_train_extract_collisions_categorize(tmp_path, capsys):
           "--val-fraction", "0.2", "--out", str(run), "--quiet"])
     ex = tmp_path / "x"
     assert main(["extract", "--model", str(run), "--out", str(ex), "--quiet"]) == 0
-    from activation_hash.codes import CodeBook
+    from activation_hash import CodeBook
 
     tr, te = CodeBook.load(str(ex / "train.codes")), CodeBook.load(str(ex / "test.codes"))
     assert len(tr) == 240 and len(te) == 100 and tr.n_bits == 12
@@ -182,7 +182,7 @@ def test_train_extract_collisions_categorize(tmp_path, capsys):
     assert main(["categorize", "--train", str(ex / "train.codes"), "--test", str(ex / "test.codes"),
                  "--out", str(ca), "--quiet"]) == 0
     d = json.loads((ca / "categorization.json").read_text())
-    from activation_hash.probes import knn_accuracy, logreg_accuracy
+    from activation_hash import knn_accuracy, logreg_accuracy
 
     assert d["logreg_test"] == logreg_accuracy(tr, te, "ovo", C=1.0, seed=0)  # the same saved codes
     assert d["knn_test"] == knn_accuracy(tr, te, k=9) and d["knn_test"] > 0.3

@@ -13,8 +13,7 @@ from activation_hash.experiments.models import MLP, build_model
 from activation_hash.experiments.training import (TrainConfig, log_checkpoints, paper_checkpoints,
                                                   make_optimizer, paper_mlp, split_decay,
                                                   train)
-from activation_hash.nn import ReLU
-from activation_hash.record import record
+from activation_hash import ReLU, record
 
 
 # ---- IDX ------------------------------------------------------------------------------------
@@ -59,6 +58,32 @@ def test_idx_reader(tmp_path, gz, name):
     assert abs(float(data.x_train.mean())) < 1e-4
 
 
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
+@pytest.mark.parametrize("dotted", [False, True, "mixed"])
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_dotted_file_names(tmp_path, name, dotted, gz):
+    """Both train-images-idx3-ubyte and train-images.idx3-ubyte (raw or .gz) are found."""
+    rng = np.random.default_rng(1)
+    stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+             "t10k-labels-idx1-ubyte"]
+    arrays = [rng.integers(0, 256, (12, 28, 28)), np.arange(12) % 10,
+              rng.integers(0, 256, (5, 28, 28)), np.arange(5) % 10]
+    d = tmp_path / ("MNIST" if name == "mnist" else "FashionMNIST") / "raw"
+    d.mkdir(parents=True)
+    written = []
+    for i, (stem, a) in enumerate(zip(stems, arrays)):
+        dot = dotted is True or (dotted == "mixed" and i % 2 == 1)
+        written.append(write_idx(d / (stem.replace("-idx", ".idx") if dot else stem), a, gz))
+    assert any(".idx" in p.name for p in written) == bool(dotted)
+    data = ds.load_dataset(name, root=tmp_path)
+    assert data.y_train.tolist() == arrays[1].tolist() and data.y_test.tolist() == arrays[3].tolist()
+    assert data.x_train.shape == (12, 1, 28, 28) and data.x_test.shape == (5, 1, 28, 28)
+    assert sorted(data.meta["files"].values()) == sorted(str(p) for p in written)
+    assert ds.idx_names("train-images-idx3-ubyte") == [
+        "train-images-idx3-ubyte", "train-images-idx3-ubyte.gz", "train-images.idx3-ubyte",
+        "train-images.idx3-ubyte.gz"]
+
+
 def test_idx_subdirectory_and_int_types(tmp_path):
     sub = tmp_path / "mnist"
     sub.mkdir()
@@ -76,6 +101,7 @@ def test_idx_errors(tmp_path):
         ds.load_dataset("mnist", root=tmp_path)
     msg = str(e.value)
     assert "train-images-idx3-ubyte" in msg and "t10k-labels-idx1-ubyte" in msg and str(tmp_path) in msg
+    assert "train-images.idx3-ubyte" in msg
     bad = tmp_path / "bad"
     bad.write_bytes(b"\x01\x02\x03\x04rest")
     with pytest.raises(ValueError, match="not an IDX file"):
@@ -341,3 +367,37 @@ def test_conv_models_train(spec):
     res = train(model, data, TrainConfig(epochs=3, lr=1e-2, batch_size=32))
     assert res.history[-1]["loss"] < res.history[0]["loss"]
     assert res.test_accuracy > 0.2
+
+
+def test_parameter_checks_use_validation():
+    """The experiments' checks are activation_hash.validation's: bool is no number, kinds
+    raise TypeError, ranges ValueError, each naming the parameter."""
+    from activation_hash.experiments.phase import Thresholds
+
+    y = torch.arange(20) % 2
+    with pytest.raises(TypeError, match="seed must be an integer"):
+        ds.stratified_subset(y, 5, seed=True)
+    with pytest.raises(TypeError, match="subset size must be an integer"):
+        ds.stratified_subset(y, 5.0)
+    with pytest.raises(ValueError, match=r"split fraction must be a finite number in \[0.0, 1.0\)"):
+        ds.stratified_split(y, 1.0)
+    with pytest.raises(TypeError, match="label noise rate must be a number"):
+        ds.add_label_noise(y, True, 2)
+    with pytest.raises(TypeError, match="epochs must be an integer"):
+        TrainConfig(epochs=True)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="optimizer must be one of 'adam', 'sgd'"):
+        TrainConfig(optimizer="rmsprop")
+    with pytest.raises(ValueError, match=r"dropout must be a finite number in \[0.0, 1.0\)"):
+        MLP((4,), 2, dropout=1.0)
+    with pytest.raises(ValueError, match="saturation must be one of"):
+        Thresholds(saturation="max")
+    with pytest.raises(ValueError, match="acc_eps must be"):
+        Thresholds(acc_eps=-0.1)
+    import re
+    from pathlib import Path
+
+    pkg = Path(ds.__file__).resolve().parents[1]  # no private _check_* imported across modules
+    for path in [*(pkg / "experiments").glob("*.py"), pkg / "cli.py", pkg / "fileio.py"]:
+        assert not re.search(r"import[^\n]*\b_check_\w+", path.read_text()), path

@@ -1,7 +1,8 @@
 """Datasets of the experiments, as in-memory tensors.
 
 - ``digits``: scikit-learn's 8x8 digits (embedded, the default), a fixed stratified 75/25 split.
-- ``mnist`` / ``fashion-mnist``: the four IDX files (raw or ``.gz``) from a directory you give.
+- ``mnist`` / ``fashion-mnist``: the four IDX files (raw or ``.gz``; named
+  ``train-images-idx3-ubyte`` or ``train-images.idx3-ubyte``) from a directory you give.
 - ``cifar10``: the python batches (read by a restricted unpickler) or the binary batches.
 - ``moons`` / ``circles`` / ``spirals``: synthetic 2-D sets; ``random``: Gaussian inputs with
   random labels.
@@ -23,8 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from activation_hash.validation import check_float, check_int
+
 __all__ = ["DataSplit", "DATASETS", "load_dataset", "read_idx", "load_cifar_batch",
-           "stratified_subset", "add_label_noise", "stratified_split", "data_root"]
+           "stratified_subset", "add_label_noise", "stratified_split", "data_root", "idx_names"]
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "moons", "circles", "spirals", "random")
 
@@ -69,12 +72,6 @@ def data_root(root: str | os.PathLike | None) -> Path:
 
 # ---- splitting, subsets, noise ---------------------------------------------------------------
 
-def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    return int(seed)
-
-
 def _allocate(counts: np.ndarray, n: int) -> np.ndarray:
     """Per-class sample counts summing to n, proportional to counts (largest remainder)."""
     total = counts.sum()
@@ -92,9 +89,8 @@ def stratified_subset(labels, n: int, seed: int = 0) -> torch.Tensor:
     Returns int64 ``[n]`` in a seeded random order. ``n`` may equal ``len(labels)``.
     """
     y = np.asarray(torch.as_tensor(labels).cpu(), dtype=np.int64)
-    seed = _check_seed(seed)
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 < n <= len(y):
-        raise ValueError(f"subset size must be an int in [1, {len(y)}], got {n!r}")
+    seed = check_int(seed, "seed")
+    n = check_int(n, "subset size", min=1, max=len(y))
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(y, return_counts=True)
     take = _allocate(counts, int(n))
@@ -114,8 +110,7 @@ def stratified_split(labels, fraction: float, seed: int = 0) -> tuple[torch.Tens
     """Seeded stratified split: ``(keep_idx, held_idx)`` with about ``fraction`` of each class
     held out (at least one sample held when ``fraction > 0``)."""
     y = torch.as_tensor(labels)
-    if not 0.0 <= float(fraction) < 1.0:
-        raise ValueError(f"split fraction must be in [0, 1), got {fraction!r}")
+    fraction = check_float(fraction, "split fraction", min=0.0, max=1.0, max_open=True)
     n_held = int(round(float(fraction) * len(y)))
     if fraction > 0:
         n_held = max(1, n_held)
@@ -137,9 +132,8 @@ def add_label_noise(labels, rate: float, n_classes: int, seed: int = 0) -> tuple
     "n_changed": changed, "changed": bool [N] mask}``.
     """
     y = torch.as_tensor(labels, dtype=torch.int64).clone()
-    seed = _check_seed(seed)
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
-        raise ValueError(f"label noise rate must be a number in [0, 1], got {rate!r}")
+    seed = check_int(seed, "seed")
+    rate = check_float(rate, "label noise rate", min=0.0, max=1.0)
     if n_classes < 2 and rate > 0:
         raise ValueError(f"label noise needs at least 2 classes, got n_classes={n_classes}")
     n = len(y)
@@ -212,9 +206,16 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=head).reshape(shape).astype(dtype.newbyteorder("="))
 
 
+def idx_names(stem: str) -> list[str]:
+    """The file names an IDX file goes by: ``train-images-idx3-ubyte`` (the distributed name),
+    ``train-images.idx3-ubyte`` (a common renaming), each raw or ``.gz``."""
+    dotted = stem.replace("-idx", ".idx")
+    return [stem, stem + ".gz", dotted, dotted + ".gz"]
+
+
 def _find(dirs: list[Path], stem: str) -> Path | None:
     for d in dirs:
-        for name in (stem, stem + ".gz"):
+        for name in idx_names(stem):
             if (d / name).is_file():
                 return d / name
     return None
@@ -229,7 +230,8 @@ def load_idx_dataset(name: str, root=None) -> DataSplit:
     missing = [IDX_FILES[k] for k, p in found.items() if p is None]
     if missing:
         raise FileNotFoundError(
-            f"{name}: missing IDX file(s) {missing} (raw or .gz). Expected the four files "
+            f"{name}: missing IDX file(s) {missing} (raw or .gz; '-idx' or '.idx' before the "
+            f"type, e.g. train-images.idx3-ubyte). Expected the four files "
             f"{list(IDX_FILES.values())} in one of: {[str(d) for d in dirs]}. "
             f"Pass --data-root DIR or set ACTIVATION_HASH_DATA.")
     arrays = {k: read_idx(p) for k, p in found.items()}
@@ -387,9 +389,9 @@ def load_dataset(name: str = "digits", *, root=None, n_train: int | None = None,
             noise) / classes / dimension of the synthetic sets (``random``: ``dim``-D Gaussian
             inputs, ``n_classes`` random labels); 25% test.
     """
-    if not isinstance(name, str) or name not in DATASETS:
+    if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {list(DATASETS)}")
-    seed = _check_seed(seed)
+    seed = check_int(seed, "seed")
     if name == "digits":
         data = load_digits()
     elif name in ("mnist", "fashion-mnist"):

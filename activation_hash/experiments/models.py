@@ -16,7 +16,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from activation_hash.nn import ReLU
+from activation_hash import ReLU  # the top-level name: survives the nn split
+from activation_hash.validation import check_float
 
 __all__ = ["MLP", "SmallCNN", "VGG", "ResNet", "build_model", "ARCHS"]
 
@@ -39,8 +40,7 @@ class MLP(nn.Sequential):
         widths = [int(width)] * int(depth) if isinstance(width, (int, float)) else [int(w) for w in width]
         if not widths or min(widths) < 1:
             raise ValueError(f"MLP needs at least one hidden layer of width >= 1, got {widths}")
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        dropout = check_float(dropout, "dropout", min=0.0, max=1.0, max_open=True)
         layers: list[nn.Module] = [nn.Flatten()]
         prev = _prod(in_shape if not isinstance(in_shape, int) else (in_shape,))
         for w in widths:

@@ -15,7 +15,8 @@ The regime of a cell, with thresholds ``r_hi > r_lo`` and ``acc_eps`` (:class:`T
 - **n/a** when R or A of the cell is NaN (not measured, e.g. no samples): it is no regime.
 
 :func:`phase_table` labels the cells, :func:`phase_figure` draws the heatmap (colour: R; letter:
-the regime), :func:`write_phase` saves the PNG and the CSV table behind it.
+the regime), :func:`write_phase` saves the PNG and the CSV table behind it, :func:`regime_counts`
+counts the cells of each regime.
 """
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["Thresholds", "phase_table", "phase_figure", "write_phase", "REGIMES"]
+from activation_hash.validation import check_choice, check_float
+
+__all__ = ["Thresholds", "phase_table", "phase_figure", "write_phase", "regime_counts", "REGIMES"]
 
 REGIMES = ("under", "critical", "sufficient", "n/a")
 _LETTER = {"under": "U", "critical": "C", "sufficient": "S", "n/a": "n/a"}
@@ -43,13 +46,13 @@ class Thresholds:
     accuracy: str = "knn_test"
 
     def __post_init__(self):
-        if not 0.0 <= self.r_lo < self.r_hi <= 1.0:
+        self.r_hi = check_float(self.r_hi, "r_hi", min=0.0, max=1.0)
+        self.r_lo = check_float(self.r_lo, "r_lo", min=0.0, max=1.0)
+        self.acc_eps = check_float(self.acc_eps, "acc_eps", min=0.0)
+        self.saturation = check_choice(self.saturation, "saturation", ("global", "row", "column"))
+        if not self.r_lo < self.r_hi:
             raise ValueError(f"thresholds need 0 <= r_lo < r_hi <= 1, got r_lo={self.r_lo}, "
                              f"r_hi={self.r_hi}")
-        if self.acc_eps < 0:
-            raise ValueError(f"acc_eps must be >= 0, got {self.acc_eps}")
-        if self.saturation not in ("global", "row", "column"):
-            raise ValueError(f"saturation must be 'global', 'row' or 'column', got {self.saturation!r}")
 
 
 def _mean(values):
@@ -160,7 +163,7 @@ def write_phase(rows: list[dict], out_dir, x: str = "epochs", y: str = "width",
 
     Returns ``{"png": path, "csv": path, "table": cells, "thresholds": dict}``.
     """
-    from activation_hash.experiments.sweep import atomic_write_text
+    from activation_hash.fileio import atomic_write_text
 
     th = thresholds or Thresholds()
     out = Path(out_dir)
@@ -177,3 +180,11 @@ def write_phase(rows: list[dict], out_dir, x: str = "epochs", y: str = "width",
     save_png(phase_figure(table, x, y, thresholds=th), out / f"{name}.png")
     return {"png": out / f"{name}.png", "csv": out / f"{name}.csv", "table": table,
             "thresholds": asdict(th)}
+
+
+def regime_counts(table: list[dict]) -> dict[str, int]:
+    """``{regime: number of cells}`` of a phase table, in the order regimes first occur."""
+    counts: dict[str, int] = {}
+    for c in table:
+        counts[c["regime"]] = counts.get(c["regime"], 0) + 1
+    return counts

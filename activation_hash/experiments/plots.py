@@ -3,19 +3,24 @@
 - :func:`factor_figure`: redundancy (train and test) vs a factor, and the probe accuracies
   (K-NN, K-Means purity and Hungarian, logistic regression, on test codes) with the network's
   own test accuracy vs the same factor; mean over seeds, error bars = standard deviation.
-- :func:`save_png`: write a figure as PNG.
+- :func:`sweep_plots`: a sweep directory's plots (one per factor, the phase chart of a
+  size x time/samples grid).
+- :func:`save_png`: write a figure as PNG (atomically, :mod:`activation_hash.fileio`).
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-__all__ = ["factor_figure", "history_figure", "save_png", "ACCURACY_SERIES", "pick_rows"]
+__all__ = ["factor_figure", "history_figure", "save_png", "sweep_plots", "ACCURACY_SERIES",
+           "pick_rows", "SIZE_FACTORS", "TIME_FACTORS"]
 
 ACCURACY_SERIES = [("knn_test", "K-NN (k=9, Hamming)"), ("kmeans_purity_test", "K-Means purity"),
                    ("kmeans_hungarian_test", "K-Means Hungarian"), ("logreg_test", "logistic regression"),
                    ("acc_test", "network")]
 _LOG_FACTORS = {"width", "n_train", "epochs", "weight_decay", "lr"}
+SIZE_FACTORS = ("width", "depth")  # the y of a phase chart
+TIME_FACTORS = ("epochs", "n_train")  # its x
 
 
 def pick_rows(rows: list[dict], where: dict | None = None) -> list[dict]:
@@ -106,10 +111,13 @@ def save_png(fig, path) -> Path:
     """Save ``fig`` as a PNG at ``path`` (Agg canvas); returns the path."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+    from activation_hash.fileio import atomic_path
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, format="png")
+    with atomic_path(path) as tmp:  # a crash never leaves a torn PNG
+        fig.savefig(tmp, format="png")
     return path
 
 
@@ -137,3 +145,30 @@ def history_figure(history: list[dict], title: str | None = None):
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def sweep_plots(rows: list[dict], factors, out, thresholds=None) -> list[Path]:
+    """Write a sweep's plots into ``out``: ``factor_<f>.png`` for every factor but ``seed``
+    (the other factors at their largest value) and, for a grid of exactly one model size
+    (:data:`SIZE_FACTORS`) x one training time or sample size (:data:`TIME_FACTORS`), its
+    phase chart (``phase_<y>_x_<x>.png`` / ``.csv``, with ``thresholds``). Returns the PNGs."""
+    from activation_hash.experiments.phase import Thresholds, write_phase
+
+    out = Path(out)
+    made = []
+    grid = [f for f in factors if f != "seed"]
+    for f in grid:
+        where = {}
+        for g in grid:
+            if g != f:
+                vals = sorted({r[g] for r in rows}, key=lambda v: (isinstance(v, str), v))
+                where[g] = vals[-1]
+        desc = ", ".join(f"{k}={v}" for k, v in where.items())
+        made.append(save_png(factor_figure(rows, f, where=where,
+                                           title=f"vs {f}" + (f" ({desc})" if desc else "")),
+                             out / f"factor_{f}.png"))
+    ys = [f for f in grid if f in SIZE_FACTORS]
+    xs = [f for f in grid if f in TIME_FACTORS]
+    if ys and xs and len(grid) == 2:
+        made.append(write_phase(rows, out, xs[0], ys[0], thresholds or Thresholds())["png"])
+    return made

@@ -100,7 +100,7 @@ def write_report(run_dir, title: str | None = None) -> Path:
            f"<title>{html.escape(title or 'activation-hash report')}</title>"
            f"<style>{_STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
     out = run / "report.html"
-    from activation_hash.experiments.sweep import atomic_write_text
+    from activation_hash.fileio import atomic_write_text
 
     atomic_write_text(out, doc)
     return out

@@ -2,15 +2,16 @@
 
 A sweep is a grid over one or more *factors* (:data:`FACTORS`) times a list of seeds. At every
 point it trains a model (``epochs`` is special: one training run per other setting, measured
-at its checkpoint epochs), extracts the neural codes of the samples trained on and of the test
-set, and records:
+at its checkpoint epochs) and runs the sweep's *measures* (:mod:`activation_hash.experiments.
+measures`: named functions ``(model, split) -> dict`` whose keys are columns) on the samples
+trained on and the test set. The default measures (``probes="all"``) record:
 
 - ``redundancy_train`` / ``redundancy_test`` (and distinct-code counts; ``mixed_samples_train``:
-  training samples in regions shared by several labels) from
-  :func:`activation_hash.collisions.collisions` on codes of
-  :func:`activation_hash.extract.extract_codes`;
-- the probe accuracies of :func:`activation_hash.probes.categorize` (K-NN, K-Means purity and
-  Hungarian, logistic regression; train and test);
+  training samples in regions shared by several labels) from the collision count of the codes
+  of :func:`activation_hash.extract_codes` (``n_bits``);
+- the probe accuracies of :func:`activation_hash.categorize` (K-NN, K-Means purity and
+  Hungarian, logistic regression; train and test); ``probes="knn"``: K-NN only, ``"none"``:
+  none; ``measures=[...]`` names the list itself (a registered measure is a column);
 - the network's own accuracy (``acc_train`` on the samples trained on, ``acc_test``);
 - timings (``t_train``, ``t_extract``, ``t_collisions``, ``t_probes``, seconds);
 - the sizes: ``n_train`` (the training set or its requested subset) and ``n_trained`` (the
@@ -50,8 +51,11 @@ from typing import Callable
 import torch
 
 from activation_hash.experiments.datasets import load_dataset
+from activation_hash.experiments.measures import Split, extract, resolve_measures, run_measures
 from activation_hash.experiments.models import build_model
-from activation_hash.experiments.training import TrainConfig, accuracy, train
+from activation_hash.experiments.training import TrainConfig, train
+from activation_hash.fileio import atomic_write_json, atomic_write_text
+from activation_hash.validation import check_int
 
 __all__ = ["FACTORS", "SweepConfig", "run_sweep", "measure", "extract", "point_key",
            "load_results", "atomic_write_text", "plan_points"]
@@ -78,8 +82,13 @@ class SweepConfig:
     """A sweep: the grid of ``factors`` (name -> values; their product), the fixed settings of
     data (:func:`load_dataset` options, ``name`` the dataset), model (:func:`build_model` spec)
     and training (:class:`TrainConfig` options), the ``seeds`` repeated at every grid point,
-    and the probe settings (``k`` of K-NN; ``probes``: ``"all"`` (True) = K-NN, K-Means and
-    logistic regression, ``"knn"`` = K-NN only (fast), ``"none"`` (False) = redundancy only)."""
+    and what is measured: ``k`` of K-NN, and either ``measures``, a list of registered measure
+    names (:data:`~activation_hash.experiments.measures.MEASURES`; their columns, in order),
+    or the older ``probes``: ``"all"`` (True) = redundancy, K-NN, K-Means and logistic
+    regression, ``"knn"`` = redundancy and K-NN only (fast), ``"none"`` (False) = redundancy
+    only (each with the network's accuracy; see
+    :data:`~activation_hash.experiments.measures.PROBE_MEASURES`). ``layers``: the code layers
+    kept (None: all)."""
 
     factors: dict
     data: dict = field(default_factory=lambda: {"name": "digits"})
@@ -89,6 +98,7 @@ class SweepConfig:
     k: int = 9
     probes: bool | str = True
     layers: list | None = None
+    measures: list | None = None
 
     def __post_init__(self):
         if not isinstance(self.factors, dict) or not self.factors:
@@ -106,18 +116,28 @@ class SweepConfig:
             if not values:
                 raise ValueError(f"factor {name!r} has no values")
             fixed[canon] = values
-        if "epochs" in fixed and any((not isinstance(e, int) or e < 0) for e in fixed["epochs"]):
-            raise ValueError(f"epochs values must be ints >= 0, got {fixed['epochs']}")
-        if self.probes not in (True, False, "all", "knn", "none"):
-            raise ValueError(f"probes must be 'all', 'knn' or 'none', got {self.probes!r}")
+        if "epochs" in fixed:
+            fixed["epochs"] = [check_int(e, "epochs values", min=0) for e in fixed["epochs"]]
+        self.k = check_int(self.k, "k", min=1)
+        names = resolve_measures(self.measures, self.probes)
+        if self.measures is not None:
+            self.measures = names
         self.factors = fixed
         if "seed" in self.factors:
             self.seeds = list(self.factors.pop("seed"))
             self.factors["seed"] = self.seeds  # keep it visible as a factor
         TrainConfig.from_dict({k: v for k, v in self.train.items() if k != "checkpoints"})
 
+    @property
+    def measure_names(self) -> list[str]:
+        """The measures run at every point (``measures``, or those of ``probes``)."""
+        return resolve_measures(self.measures, self.probes)
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["measures"] is None:  # a probes-only config is written as before measures existed
+            del d["measures"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "SweepConfig":
@@ -130,23 +150,20 @@ def point_key(point: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (no torn files)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 @dataclass
 class _Run:
     """One training run: its config and the points (checkpoint epochs) measured from it."""
 
     cfg: dict
     points: list  # (key, point dict, epoch)
+
+
+def _measure_settings(config: SweepConfig) -> dict:
+    """What a point's key records of its measures (a probes-only config: as before measures
+    existed, so the keys of finished points stay valid)."""
+    if config.measures is None:
+        return {"k": config.k, "probes": config.probes, "layers": config.layers}
+    return {"k": config.k, "measures": list(config.measures), "layers": config.layers}
 
 
 def plan_points(config: SweepConfig) -> list[_Run]:
@@ -157,8 +174,7 @@ def plan_points(config: SweepConfig) -> list[_Run]:
         for seed in config.seeds:
             cfg = {"data": dict(config.data), "model": dict(config.model),
                    "train": {k: v for k, v in config.train.items() if k != "checkpoints"},
-                   "seed": int(seed), "measure": {"k": config.k, "probes": config.probes,
-                                                  "layers": config.layers}}
+                   "seed": int(seed), "measure": _measure_settings(config)}
             for n, v in zip(names, combo):
                 section, opt = FACTORS[n]
                 cfg[section][opt] = v
@@ -182,55 +198,14 @@ def plan_points(config: SweepConfig) -> list[_Run]:
     return runs
 
 
-def extract(model, x: torch.Tensor, labels=None, *, layers=None, batch_size: int = 1024):
-    """Neural codes of ``x`` (eval mode, no grad) as a :class:`~activation_hash.codes.CodeBook`
-    (with ``labels`` when given)."""
-    from activation_hash.extract import extract_codes
-
-    data = x if labels is None else (x, labels)  # extract_codes restores the modules' modes
-    return extract_codes(model, data, layers=layers, batch_size=batch_size, progress=False)
-
-
 def measure(model, x_train, y_train, x_test, y_test, *, k: int = 9, seed: int = 0,
-            probes: bool = True, layers=None) -> dict:
-    """Encoding properties of ``model`` on a train and a test set (one flat dict)."""
-    from activation_hash.collisions import collisions
-
-    row: dict = {}
-    t = time.perf_counter()
-    cb_tr = extract(model, x_train, y_train, layers=layers)
-    cb_te = extract(model, x_test, y_test, layers=layers)
-    row["t_extract"] = time.perf_counter() - t
-    row["n_bits"] = cb_tr.n_bits
-    t = time.perf_counter()
-    r_tr, r_te = collisions(cb_tr), collisions(cb_te)
-    row["t_collisions"] = time.perf_counter() - t
-    row.update(redundancy_train=float(r_tr.redundancy), redundancy_test=float(r_te.redundancy),
-               n_distinct_train=int(r_tr.n_distinct), n_distinct_test=int(r_te.n_distinct),
-               mixed_samples_train=r_tr.mixed_samples)
-    c_tr, c_te = (cb_tr.codes, cb_tr.labels), (cb_te.codes, cb_te.labels)
-    probes = {True: "all", False: "none", None: "none"}.get(probes, probes)
-    if probes not in ("all", "knn", "none"):
-        raise ValueError(f"probes must be 'all', 'knn' or 'none', got {probes!r}")
-    if probes == "knn":
-        from activation_hash.probes import knn_accuracy
-
-        t = time.perf_counter()
-        row["knn_train"] = float(knn_accuracy(c_tr, c_tr, k=k))
-        row["knn_test"] = float(knn_accuracy(c_tr, c_te, k=k))
-        row["t_probes"] = time.perf_counter() - t
-    elif probes == "all":
-        from activation_hash.probes import categorize
-
-        t = time.perf_counter()
-        rep = categorize(cb_tr, cb_te, k=k, seed=seed)
-        row["t_probes"] = time.perf_counter() - t
-        for name in ("knn_train", "knn_test", "kmeans_purity_train", "kmeans_hungarian_train",
-                     "kmeans_purity_test", "kmeans_hungarian_test", "logreg_train", "logreg_test"):
-            row[name] = float(getattr(rep, name))
-    row["acc_train"] = accuracy(model, x_train, y_train)
-    row["acc_test"] = accuracy(model, x_test, y_test)
-    return row
+            probes: bool | str = True, layers=None, measures=None) -> dict:
+    """Encoding properties of ``model`` on a train and a test set (one flat dict): the columns
+    of ``measures`` (registered names), or of the ``probes`` setting's list (see
+    :class:`SweepConfig`)."""
+    names = resolve_measures(measures, probes)
+    split = Split(x_train, y_train, x_test, y_test, k=k, seed=seed, layers=layers)
+    return run_measures(model, split, names)
 
 
 def _flat_settings(cfg: dict, data, epoch) -> dict:
@@ -254,9 +229,9 @@ def load_results(out_dir: str | os.PathLike) -> list[dict]:
 
 
 def _write_tables(out: Path, rows: list[dict], config: SweepConfig) -> None:
-    atomic_write_text(out / "results.json", json.dumps(
-        {"factors": list(config.factors), "config": config.to_dict(), "rows": rows}, indent=1,
-        default=str))
+    atomic_write_json(out / "results.json", {"factors": list(config.factors),
+                                             "config": config.to_dict(), "rows": rows},
+                      indent=1, default=str)
     cols: list[str] = []
     for r in rows:
         cols += [c for c in r if c not in cols]
@@ -288,6 +263,118 @@ def _check_threads(out: Path, threads: int, force: bool) -> None:
     warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
 
+@dataclass
+class _Sweep:
+    """One :func:`run_sweep` call: its config and directory, the points in grid order, the
+    rows done so far (``key -> row``), the thread count, the progress bar and callback."""
+
+    config: SweepConfig
+    out: Path
+    order: list
+    done: dict
+    threads: int
+    bar: object = None
+    on_point: Callable[[dict], None] | None = None
+
+    def rows(self) -> list[dict]:
+        return [self.done[k] for k in self.order if k in self.done]
+
+
+def _load_done(out: Path, runs: list[_Run]) -> dict[str, dict]:
+    """The rows of the points already saved in ``out/points``."""
+    done = {}
+    for run in runs:
+        for key, _, _ in run.points:
+            f = out / "points" / f"{key}.json"
+            if f.is_file():
+                try:
+                    done[key] = json.loads(f.read_text())
+                except json.JSONDecodeError:
+                    pass  # a torn file cannot exist (atomic writes), but never trust it
+    return done
+
+
+def _save_point(sweep: _Sweep, key: str, row: dict) -> None:
+    """Write a finished point, rewrite the tables, advance the bar, call ``on_point``."""
+    atomic_write_json(sweep.out / "points" / f"{key}.json", row, indent=1, default=str)
+    sweep.done[key] = row
+    _write_tables(sweep.out, sweep.rows(), sweep.config)
+    if sweep.bar is not None:
+        sweep.bar.update(1)
+    if sweep.on_point is not None:
+        sweep.on_point(row)
+
+
+def _run_data(cfg: dict, root, cache: dict):
+    """The dataset of a training run (the last one is kept: runs of one grid share it)."""
+    dkey = json.dumps([cfg["data"], cfg["seed"]], sort_keys=True, default=str)
+    if dkey not in cache:
+        opts = dict(cfg["data"])
+        name = opts.pop("name", "digits")
+        cache.clear()
+        cache[dkey] = load_dataset(name, root=opts.pop("root", root), seed=cfg["seed"], **opts)
+    return cache[dkey]
+
+
+def _point_row(sweep: _Sweep, key: str, p: dict, epoch, model, result, data,
+               t_train: float) -> dict:
+    """The row of one point: key, factor values, settings, sizes, then the measures."""
+    row = {"key": key}
+    for n in sweep.config.factors:
+        section, opt = FACTORS[n]
+        row[f"factor_{n}"] = epoch if n == "epochs" else (
+            p["seed"] if n == "seed" else p[section].get(opt))
+    row.update(_flat_settings(p, data, epoch))
+    row["n_trained"] = len(result.train_idx)
+    row["torch_threads"] = sweep.threads
+    meas = p["measure"]
+    t0 = time.perf_counter()
+    row.update(measure(model, data.x_train[result.train_idx], data.y_train[result.train_idx],
+                       data.x_test, data.y_test, k=meas["k"], seed=p["seed"],
+                       probes=meas.get("probes", True), measures=meas.get("measures"),
+                       layers=meas["layers"]))
+    row["t_train"] = t_train
+    row["t_measure"] = time.perf_counter() - t0
+    row["stopped_epoch"] = result.stopped
+    return row
+
+
+class _MeasureCheckpoints:
+    """``on_checkpoint`` of an ``epochs`` run: measures and saves each wanted checkpoint;
+    ``t_train`` excludes the time spent measuring the earlier ones."""
+
+    def __init__(self, sweep: _Sweep, wanted: dict, data):
+        self.sweep, self.wanted, self.data = sweep, wanted, data
+        self.t_start, self.measured = time.perf_counter(), 0.0
+
+    def __call__(self, epoch: int, model, result) -> None:
+        t0 = time.perf_counter()
+        key, p = self.wanted[epoch]
+        t_train = time.perf_counter() - self.t_start - self.measured
+        _save_point(self.sweep, key, _point_row(self.sweep, key, p, epoch, model, result,
+                                                self.data, t_train))
+        self.measured += time.perf_counter() - t0
+
+
+def _run_points(sweep: _Sweep, run: _Run, todo: list, data) -> None:
+    """Train the run's model and measure its missing points (checkpoints of an ``epochs``
+    run, training up to the last missing one; else the trained model)."""
+    cfg = run.cfg
+    torch.manual_seed(cfg["seed"])
+    model = build_model(cfg["model"], data.input_shape, data.n_classes)
+    tcfg = TrainConfig.from_dict(cfg["train"])
+    if sweep.config.factors.get("epochs") is not None:
+        wanted = {e: (key, p) for key, p, e in todo}
+        tcfg.checkpoints = sorted(wanted)
+        tcfg.epochs = max(wanted)  # no need to train past the last missing checkpoint
+        train(model, data, tcfg, on_checkpoint=_MeasureCheckpoints(sweep, wanted, data))
+    else:
+        result = train(model, data, tcfg)
+        (key, p, _), = todo
+        _save_point(sweep, key, _point_row(sweep, key, p, None, model, result, data,
+                                           result.seconds))
+
+
 def run_sweep(config: SweepConfig | dict, out_dir: str | os.PathLike, *, progress: bool = True,
               on_point: Callable[[dict], None] | None = None, root=None,
               force: bool = False) -> list[dict]:
@@ -304,94 +391,22 @@ def run_sweep(config: SweepConfig | dict, out_dir: str | os.PathLike, *, progres
     (out / "points").mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     _check_threads(out, threads, force)
-    atomic_write_text(out / "sweep.json", json.dumps(dict(config.to_dict(), torch_threads=threads),
-                                                     indent=1, default=str))
+    atomic_write_json(out / "sweep.json", dict(config.to_dict(), torch_threads=threads),
+                      indent=1, default=str)
     runs = plan_points(config)
-    done: dict[str, dict] = {}
-    for _, pts in ((r.cfg, r.points) for r in runs):
-        for key, _, _ in pts:
-            f = out / "points" / f"{key}.json"
-            if f.is_file():
-                try:
-                    done[key] = json.loads(f.read_text())
-                except json.JSONDecodeError:
-                    pass  # a torn file cannot exist (atomic writes), but never trust it
-    order = [key for r in runs for key, _, _ in r.points]
-    bar = None
+    sweep = _Sweep(config, out, [key for r in runs for key, _, _ in r.points],
+                   _load_done(out, runs), threads, on_point=on_point)
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=len(order), initial=len(done), desc="sweep", unit="point")
-    data_cache: dict[str, object] = {}
-
-    def finish(key: str, row: dict) -> None:
-        atomic_write_text(out / "points" / f"{key}.json", json.dumps(row, indent=1, default=str))
-        done[key] = row
-        _write_tables(out, [done[k] for k in order if k in done], config)
-        if bar is not None:
-            bar.update(1)
-        if on_point is not None:
-            on_point(row)
-
+        sweep.bar = tqdm(total=len(sweep.order), initial=len(sweep.done), desc="sweep",
+                         unit="point")
+    data_cache: dict = {}
     try:
         for run in runs:
-            todo = [(key, p, e) for key, p, e in run.points if key not in done]
-            if not todo:
-                continue
-            cfg = run.cfg
-            dkey = json.dumps([cfg["data"], cfg["seed"]], sort_keys=True, default=str)
-            if dkey not in data_cache:
-                opts = dict(cfg["data"])
-                name = opts.pop("name", "digits")
-                data_cache = {dkey: load_dataset(name, root=opts.pop("root", root), seed=cfg["seed"],
-                                                 **opts)}
-            data = data_cache[dkey]
-            torch.manual_seed(cfg["seed"])
-            model = build_model(cfg["model"], data.input_shape, data.n_classes)
-            meas = cfg["measure"]
-            factor_values = {n: None for n in config.factors}
-
-            def point_row(key, p, epoch, model, result, t_train):
-                ytr = data.y_train[result.train_idx]
-                row = {"key": key}
-                for n in config.factors:
-                    section, opt = FACTORS[n]
-                    factor_values[n] = epoch if n == "epochs" else (
-                        p["seed"] if n == "seed" else p[section].get(opt))
-                row.update({f"factor_{n}": v for n, v in factor_values.items()})
-                row.update(_flat_settings(p, data, epoch))
-                row["n_trained"] = len(result.train_idx)
-                row["torch_threads"] = threads
-                t0 = time.perf_counter()
-                row.update(measure(model, data.x_train[result.train_idx], ytr, data.x_test,
-                                   data.y_test, k=meas["k"], seed=p["seed"], probes=meas["probes"],
-                                   layers=meas["layers"]))
-                row["t_train"] = t_train
-                row["t_measure"] = time.perf_counter() - t0
-                row["stopped_epoch"] = result.stopped
-                return row
-
-            tcfg = TrainConfig.from_dict(cfg["train"])
-            t_start = time.perf_counter()
-            if config.factors.get("epochs") is not None:
-                wanted = {e: (key, p) for key, p, e in todo}
-                tcfg.checkpoints = sorted(wanted)
-                tcfg.epochs = max(wanted)  # no need to train past the last missing checkpoint
-                measured = [0.0]  # time spent measuring, excluded from t_train
-
-                def on_ckpt(epoch, m, result):
-                    t0 = time.perf_counter()
-                    key, p = wanted[epoch]
-                    row = point_row(key, p, epoch, m, result,
-                                    time.perf_counter() - t_start - measured[0])
-                    finish(key, row)
-                    measured[0] += time.perf_counter() - t0
-
-                train(model, data, tcfg, on_checkpoint=on_ckpt)
-            else:
-                result = train(model, data, tcfg)
-                (key, p, _), = todo
-                finish(key, point_row(key, p, None, model, result, result.seconds))
+            todo = [(key, p, e) for key, p, e in run.points if key not in sweep.done]
+            if todo:
+                _run_points(sweep, run, todo, _run_data(run.cfg, root, data_cache))
     finally:
-        if bar is not None:
-            bar.close()
-    return [done[k] for k in order if k in done]
+        if sweep.bar is not None:
+            sweep.bar.close()
+    return sweep.rows()

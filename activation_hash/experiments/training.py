@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from activation_hash.experiments.datasets import DataSplit, stratified_split
+from activation_hash.validation import check_choice, check_int
 
-__all__ = ["TrainConfig", "TrainResult", "train", "paper_mlp", "paper_checkpoints",
+__all__ = ["TrainConfig", "TrainResult", "train", "paper_mlp", "preset_options", "paper_checkpoints",
            "log_checkpoints", "accuracy", "predict", "make_optimizer", "split_decay"]
 
 
@@ -62,12 +63,9 @@ class TrainConfig:
     checkpoints: list[int] | None = None
 
     def __post_init__(self):
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        for name in ("epochs", "batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "epochs" else 1):
-                raise ValueError(f"{name} must be an int >= {0 if name == 'epochs' else 1}, got {v!r}")
+        self.optimizer = check_choice(self.optimizer, "optimizer", ("adam", "sgd"))
+        self.epochs = check_int(self.epochs, "epochs", min=0)
+        self.batch_size = check_int(self.batch_size, "batch_size", min=1)
         if self.patience and not self.val_fraction:
             raise ValueError("early stopping (patience) needs a validation split: set val_fraction > 0")
 
@@ -84,7 +82,7 @@ class TrainConfig:
 
 
 def paper_mlp(**overrides) -> TrainConfig:
-    """The paper's MLP recipe (REFERENCE.md): Adam lr 1e-2 decayed x0.1 every 20 epochs,
+    """The paper's MLP recipe (He et al., arXiv 2101.05490, as the authors' code sets it): Adam lr 1e-2 decayed x0.1 every 20 epochs,
     batch 64, up to 200 epochs, early stopping with patience 10 on an 80/20 validation split,
     L2 1e-6 (Keras) = weight_decay 2e-6 on the kernels only (``decay_bias_bn=False``: no decay
     of biases and BatchNorm parameters, as Keras ``kernel_regularizer``), checkpoints
@@ -94,6 +92,18 @@ def paper_mlp(**overrides) -> TrainConfig:
                weight_decay=2e-6, decay_bias_bn=False, val_fraction=0.2, patience=10, checkpoints=paper_checkpoints(200))
     cfg.update(overrides)
     return TrainConfig(**cfg)
+
+
+def preset_options(preset: str = "none", **overrides) -> dict:
+    """:class:`TrainConfig` options (a dict, validated) of ``preset``: ``"paper_mlp"``
+    (:func:`paper_mlp` without its checkpoints) or ``"none"`` (20 epochs at lr 0.01, the
+    command line's defaults), with every override that is not None."""
+    preset = check_choice(preset, "preset", ("none", "paper_mlp"))
+    base = paper_mlp().to_dict() if preset == "paper_mlp" else {"epochs": 20, "lr": 1e-2}
+    base.pop("checkpoints", None)
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    TrainConfig.from_dict(base)
+    return base
 
 
 def paper_checkpoints(max_epoch: int) -> list[int]:
