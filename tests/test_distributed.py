@@ -186,15 +186,25 @@ def _check_collisions(got, want):
             assert val == w, name
 
 
-def _all_worker(rank, world, clash):
-    return {"collisions": _collisions_worker(rank, world, clash), "knn": _knn_worker(rank, world)}
+def _all_worker(rank, world, clash, store=None):
+    res = {"collisions": _collisions_worker(rank, world, clash), "knn": _knn_worker(rank, world)}
+    if store is not None:  # 2 samples over 3 ranks: rank 2 extracts none
+        res["extract"] = _extract_small_worker(rank, world, store, 2)
+    return res
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_collisions_and_knn_equal_single_process(world):
+def test_collisions_and_knn_equal_single_process(world, tmp_path):
     """Duplicates planted across ranks, uneven shards, a rank with 0 rows (world 3), per-layer
-    profile, mixed regions, largest groups with ties; K-NN with ties across shards."""
-    got = _launch(world, _all_worker, (False,))
+    profile, mixed regions, largest groups with ties; K-NN with ties across shards; (world 3)
+    extraction of 2 samples, rank 2 getting none."""
+    store = str(tmp_path / "codes") if world == 3 else None
+    got = _launch(world, _all_worker, (False, store))
+    if store is not None:
+        assert [g["extract"] for g in got] == [(0, 1), (1, 1), (2, 0)]
+        want = extract_codes(_Net(), _data(2), progress=False)
+        whole = CodeBook.load(store)
+        assert torch.equal(whole.codes, want.codes) and torch.equal(whole.labels, want.labels)
     _check_collisions([g["collisions"] for g in got], _oracle_collisions())
     _check_knn([g["knn"] for g in got])
     # what was exchanged: records (48 bytes per local group) and rows, all counted
@@ -287,20 +297,13 @@ def test_extraction_killed_rank_resumes(tmp_path):
         a, b = ahd.shard_range(n, r, 2)
         assert off == a and total == n and codes == want.codes[a:b].tolist()
     assert not os.path.exists(store + ".parts")
-    # a rerun returns the joined store's shares at once
-    again = _launch(2, _extract_worker, (store, n, None))
-    assert [g[3] for g in again] == [0, 0] and again[1][2] == got[1][2]
+    # a rerun returns the joined store's shares at once (rank and world given: no group)
+    for r in range(2):
+        net = _Net()
+        again = ahd.extract_codes_distributed(net, _data(n), store=store, rank=r, world_size=2)
+        assert net.seen == 0 and again.codebook.codes.tolist() == got[r][2]
 
 
 def _extract_small_worker(rank, world, store, n):
     part = ahd.extract_codes_distributed(_Net(), _data(n), store=store, batch_size=8)
     return (part.offset, len(part.codebook))
-
-
-def test_extraction_three_ranks_one_empty(tmp_path):
-    store = str(tmp_path / "codes")
-    got = _launch(3, _extract_small_worker, (store, 2))
-    assert got == [(0, 1), (1, 1), (2, 0)]
-    want = extract_codes(_Net(), _data(2), progress=False)
-    whole = CodeBook.load(store)
-    assert torch.equal(whole.codes, want.codes) and torch.equal(whole.labels, want.labels)
