@@ -41,10 +41,10 @@ import torch
 
 from activation_hash import store as _store
 from activation_hash.codes import CodeBook, as_codes, as_labels
-from activation_hash.collisions import (CollisionReport, Groups, _group_sorted,
-                                        _split_clashes)
+from activation_hash.collisions import (_MAX_FALSE_PAIRS, CollisionReport, _group_sorted,
+                                        _sort_packed)
 from activation_hash.layout import Layout
-from activation_hash.ops import fingerprint128
+from activation_hash.ops import fingerprint128, fingerprint_key
 from activation_hash.validation import check_int
 
 __all__ = ["init_from_env", "is_distributed", "shard_range", "count_collisions_distributed",
@@ -224,118 +224,175 @@ class _Comm:
 
 # -------------------------------------------------------------------------- collisions
 
-def _owner(fp0: torch.Tensor, world: int) -> torch.Tensor:
-    """The rank that owns a fingerprint: its high 32 bits, scaled to [0, world)."""
-    hi = (fp0 >> 32) & 0xFFFFFFFF
-    return (hi * world) >> 32
+def _owner(key: torch.Tensor, free_bits: int, world: int) -> torch.Tensor:
+    """The rank that owns a key (a signed value of ``free_bits`` significant bits): its top
+    16 bits, scaled to [0, world); non-decreasing in the key, so that keys sorted on a rank
+    are already grouped by owner."""
+    top = ((key >> (free_bits - 16)) + 32768) & 0xFFFF
+    return (top * world) >> 16
 
 
 class _LocalGroups:
-    """Exact grouping of this rank's rows (by one fingerprint level), and its records."""
+    """Exact grouping of this rank's rows, and one record per group: ``(key0, key1, smallest
+    global index, count, label min, label max)``.
 
-    def __init__(self, fp: torch.Tensor, rows: torch.Tensor, offset: int,
-                 labels: torch.Tensor | None):
+    Fast path (``b`` given: full rows, every rank with the same ``b``): the ``fingerprint_key``
+    sort of :func:`~activation_hash.collisions.count_collisions`; the key is the sorted high
+    ``64 - b`` bits of the row's 64-bit fingerprint (equal rows have equal keys on every
+    rank) and ``key1`` is 0. Otherwise ``fp`` (a 128-bit fingerprint ``[n, 2]``) is the key.
+    """
+
+    def __init__(self, rows: torch.Tensor, offset: int, labels: torch.Tensor | None, *,
+                 b: int | None = None, fp: torch.Tensor | None = None):
         n = rows.shape[0]
         dev = rows.device
         verify = rows if rows.shape[1] else None
-        g = _group_sorted(fp[:, 0].contiguous(), verify)
-        self.g = g
-        gid_sorted = torch.cumsum(g.new, 0) - 1
-        U = int(gid_sorted[-1]) + 1 if n else 0
-        self.gid = torch.empty_like(gid_sorted)
-        self.gid[g.perm] = gid_sorted  # local group of each row
-        first = g.perm[g.new]           # a row of each group
-        gidx = g.perm + offset
-        rep = torch.full((U,), _I64_MAX, dtype=torch.int64, device=dev)
-        rep.scatter_reduce_(0, gid_sorted, gidx, reduce="amin")
-        count = torch.bincount(gid_sorted, minlength=U)
+        if b is not None:
+            sk, perm = _sort_packed(fingerprint_key(rows, b), b)
+            g = _group_sorted(None, verify, (sk, perm))
+        else:
+            sk = None
+            g = _group_sorted(fp[:, 0].contiguous(), verify)
+        self.g, self.offset = g, offset
+        starts = g.new.nonzero().squeeze(1)
+        U = starts.shape[0]
+        first = g.perm[starts]
+        count = torch.diff(starts, append=torch.tensor([n], device=dev))
         rec = torch.empty(U, _REC, dtype=torch.int64, device=dev)
-        rec[:, 0:2] = fp[first]
-        rec[:, 2] = rep
+        if sk is not None:
+            rec[:, 0] = sk[starts]
+            rec[:, 1] = 0
+            rec[:, 2] = first + offset  # members of a group are in index order: first = min
+        else:
+            rec[:, 0:2] = fp[first]
+            gid_sorted = torch.cumsum(g.new, 0) - 1
+            rep = torch.full((U,), _I64_MAX, dtype=torch.int64, device=dev)
+            rep.scatter_reduce_(0, gid_sorted, g.perm + offset, reduce="amin")
+            rec[:, 2] = rep
         rec[:, 3] = count
-        if labels is not None:
-            lab = labels.to(dev)[g.perm]
-            lo = torch.full((U,), _I64_MAX, dtype=torch.int64, device=dev)
-            hi = torch.full((U,), -_I64_MAX - 1, dtype=torch.int64, device=dev)
-            lo.scatter_reduce_(0, gid_sorted, lab, reduce="amin")
-            hi.scatter_reduce_(0, gid_sorted, lab, reduce="amax")
+        if labels is not None and U:
+            labels = labels.to(dev)
+            lab = labels[first]
+            lo, hi = lab.clone(), lab.clone()
+            s_starts, _, dup, group = g.shared()
+            if dup.numel():  # label range of the groups of 2 rows or more
+                u = torch.searchsorted(starts, s_starts)[group]
+                ld = labels[g.perm[dup]]
+                lo.scatter_reduce_(0, u, ld, reduce="amin")
+                hi.scatter_reduce_(0, u, ld, reduce="amax")
             rec[:, 4], rec[:, 5] = lo, hi
         else:
             rec[:, 4:6] = 0
-        self.rec = rec
-        self.rep = rep
-        self.offset = offset
+        self.rec, self.starts = rec, starts
 
     def members(self, reps: np.ndarray) -> dict[int, np.ndarray]:
         """Global indices of the members of the local groups whose smallest index is in reps."""
-        if not len(reps):
+        if not len(reps) or not self.rec.shape[0]:
             return {}
-        rep_np = self.rep.cpu().numpy()
-        want = np.isin(rep_np, reps)
-        if not want.any():
-            return {}
-        gid = self.gid.cpu().numpy()
-        sel = want[gid]
-        rows = np.nonzero(sel)[0]
-        owner_rep = rep_np[gid[rows]]
+        rep = self.rec[:, 2].cpu().numpy()
         out = {}
-        order = np.argsort(owner_rep, kind="stable")
-        rows, owner_rep = rows[order], owner_rep[order]
-        cuts = np.flatnonzero(np.diff(owner_rep)) + 1
-        for part_rows, part_rep in zip(np.split(rows, cuts), np.split(owner_rep, cuts)):
-            out[int(part_rep[0])] = part_rows.astype(np.int64) + self.offset
+        for u in np.nonzero(np.isin(rep, reps))[0].tolist():
+            s, c = int(self.starts[u]), int(self.rec[u, 3])
+            out[int(rep[u])] = np.sort(self.g.perm[s:s + c].cpu().numpy()) + self.offset
         return out
 
 
-def _merge_level(comm: _Comm, local: _LocalGroups, rows: torch.Tensor, offsets: torch.Tensor):
-    """Route the local group records to their owners and merge them exactly there.
+@dataclass
+class _Merged:
+    """The exact groups owned by one rank: size, smallest global index, label range, and the
+    records (smallest indices of local groups) that make each up."""
 
-    Returns ``(rec, g)``: the records this rank owns and their exact Groups (one group per
-    distinct code among all ranks' rows that this rank owns)."""
+    size: torch.Tensor
+    low: torch.Tensor
+    lab_lo: torch.Tensor
+    lab_hi: torch.Tensor
+    n_single: int              # groups 0 .. n_single - 1 are one local group each (of
+                               # 2 samples or more)
+    run_reps: torch.Tensor     # records of the other groups: their smallest index ...
+    run_group: torch.Tensor    # ... and their group (>= n_single)
+    n_alone: int = 0           # further groups of one sample, not listed above
+
+    @property
+    def n_groups(self) -> int:
+        return self.size.shape[0] + self.n_alone
+
+    def reps(self, gi: int) -> np.ndarray:
+        if gi < self.n_single:
+            return np.array([int(self.low[gi])], dtype=np.int64)
+        return self.run_reps[self.run_group == gi].cpu().numpy()
+
+
+def _merge_level(comm: _Comm, local: _LocalGroups, rows: torch.Tensor, offsets: torch.Tensor,
+                 free_bits: int) -> _Merged:
+    """Route the local group records to their owners; merge them exactly there: records of
+    equal keys (another rank's group of the same code, or a clash) get their rows fetched
+    (one per record) and compared in full."""
     rec = local.rec
     dev = rec.device
     world = comm.world
-    dest = _owner(rec[:, 0], world)
-    order = torch.sort(dest, stable=True).indices
-    counts = torch.bincount(dest, minlength=world)
-    got = comm.all_to_all(rec[order], counts, "records")[0].to(dev)
-    R = got.shape[0]  # may be 0: this rank still takes part in every collective below
-    # order the records by smallest global index: local positions then follow global order
-    got = got[torch.sort(got[:, 2]).indices]
-    g = _group_sorted(got[:, 0].contiguous(), got[:, 0:2].contiguous())
-    starts, gcounts, dup, group = g.shared()
-    # every record of a shared fingerprint group is another rank's code, or a clash: fetch
-    # one row per record of those groups and compare the full rows
-    if dup.numel():
-        need = g.perm[torch.cat([starts, dup])]
+    if world > 1:
+        dest = _owner(rec[:, 0], free_bits, world)
+        if dest.numel() > 1 and not bool((dest[1:] >= dest[:-1]).all()):
+            order = torch.sort(dest, stable=True).indices
+            rec, dest = rec[order], dest[order]
+        got = comm.all_to_all(rec, torch.bincount(dest, minlength=world), "records")[0].to(dev)
     else:
-        need = dup
-    need_reps = got[need, 2]
+        got = rec
+    R = got.shape[0]  # may be 0: this rank still takes part in every collective below
+    k0 = got[:, 0].contiguous()
+    if R > 1 and not bool((k0[1:] >= k0[:-1]).all()):
+        # timsort: on the fast path the received runs are sorted already
+        order = torch.from_numpy(np.argsort(k0.cpu().numpy(), kind="stable")).to(dev)
+        got = got[order]
+        k0 = got[:, 0].contiguous()
+    eq = k0[1:] == k0[:-1]
+    if free_bits == 64:  # the generic path: 128-bit keys
+        eq &= got[1:, 1] == got[:-1, 1]
+    in_run = torch.zeros(R, dtype=torch.bool, device=dev)
+    in_run[1:] |= eq
+    in_run[:-1] |= eq
+    run_idx = in_run.nonzero().squeeze(1)   # records sharing a key with another one
+    need_reps = got[run_idx, 2]
     src = torch.searchsorted(offsets[1:].to(dev), need_reps, right=True)
-    order = torch.sort(src, stable=True).indices
-    need, need_reps, src = need[order], need_reps[order], src[order]
-    req_counts = torch.bincount(src, minlength=world)
-    req, recv_from = comm.all_to_all(need_reps, req_counts, "rows")
-    # answer the requests made to this rank (the rows of those global indices), in the order
-    # of the requesting ranks: the replies come back in the order of the requests
+    o = torch.sort(src, stable=True).indices
+    run_idx, need_reps, src = run_idx[o], need_reps[o], src[o]
+    req, recv_from = comm.all_to_all(need_reps, torch.bincount(src, minlength=world), "rows")
+    # answer the requests made to this rank, in the order of the requesting ranks: the
+    # replies come back in the order of the requests
     req = req.to(rows.device)
     answer = rows[req - local.offset] if req.numel() else rows[:0]
     fetched = comm.all_to_all(answer, recv_from, "rows")[0].to(dev)
-    if need.numel():
-        K = rows.shape[1]
-        cls = torch.full((R, 1), -1, dtype=torch.int64, device=dev)
-        if K:
-            sub = _group_sorted(got[need, 0].contiguous(), fetched.contiguous())
-            cls[need, 0] = sub.group_ids()
-        else:
-            cls[need, 0] = 0
-        first = starts[group]
-        mismatch = cls[g.perm[dup], 0] != cls[g.perm[first], 0]
-        if bool(mismatch.any()):
-            perm, new = g.perm.clone(), g.new.clone()
-            _split_clashes(perm, new, starts, gcounts, group[mismatch], cls)
-            g = Groups(perm, new)
-    return got, g
+    if rows.shape[1] and run_idx.numel():
+        mg = _group_sorted(got[run_idx, 0].contiguous(), fetched.contiguous()).group_ids()
+    else:  # rows of no words are all equal
+        mg = torch.zeros(run_idx.shape[0], dtype=torch.int64, device=dev)
+    M = int(mg.max()) + 1 if mg.numel() else 0
+    rs = got[run_idx]
+    size = torch.zeros(M, dtype=torch.int64, device=dev).index_add_(0, mg, rs[:, 3])
+    low = torch.full((M,), _I64_MAX, dtype=torch.int64, device=dev)
+    low.scatter_reduce_(0, mg, rs[:, 2], reduce="amin")
+    lo = torch.full((M,), _I64_MAX, dtype=torch.int64, device=dev)
+    lo.scatter_reduce_(0, mg, rs[:, 4], reduce="amin")
+    hi = torch.full((M,), -_I64_MAX - 1, dtype=torch.int64, device=dev)
+    hi.scatter_reduce_(0, mg, rs[:, 5], reduce="amax")
+    # records alone with their key are one group each: only their counts matter, except
+    # for the (few) that hold 2 samples or more
+    single = ~in_run
+    cnt = got[:, 3]
+    big = (single & (cnt > 1)).nonzero().squeeze(1)
+    sb = got[big]
+    return _Merged(torch.cat([sb[:, 3], size]), torch.cat([sb[:, 2], low]),
+                   torch.cat([sb[:, 4], lo]), torch.cat([sb[:, 5], hi]), sb.shape[0],
+                   rs[:, 2], mg + sb.shape[0], int(single.sum()) - sb.shape[0])
+
+
+def _fast_bits(sizes: torch.Tensor, N: int) -> int | None:
+    """The index bits of the fast path shared by every rank, or None (see _index_bits): keys
+    of ``64 - b`` bits must keep the expected pairs of distinct codes with equal keys small."""
+    b = max(1, (int(sizes.max()) - 1).bit_length())
+    if b >= 48 or N * N / 2.0 ** (65 - b) > _MAX_FALSE_PAIRS:
+        return None
+    return b
 
 
 def count_collisions_distributed(codes_or_codebook, labels=None, *, per_layer: bool = False,
@@ -370,14 +427,14 @@ def count_collisions_distributed(codes_or_codebook, labels=None, *, per_layer: b
     if bool(nonempty.any()) and n_local == 0:  # an empty shard takes the others' width
         W = int(info[nonempty, 1][0])
         codes = torch.zeros(0, W, dtype=torch.int64, device=codes.device)
+    if with_labels and labels is None:  # an empty shard without labels
+        labels = torch.zeros(0, dtype=torch.int64, device=codes.device)
     if per_layer:  # every rank needs one layout (an empty shard may have none)
         lays = comm.all_gather_object(None if layout is None or not n_local else
                                       layout.to_dict())
         given = [d for d in lays if d is not None]
         if given and (layout is None or not n_local):
             layout = Layout.from_dict(given[0])
-    if with_labels and labels is None:  # an empty shard without labels
-        labels = torch.zeros(0, dtype=torch.int64, device=codes.device)
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(sizes, 0)])
     N = int(offsets[-1])
     offset = int(offsets[comm.rank])
@@ -386,64 +443,56 @@ def count_collisions_distributed(codes_or_codebook, labels=None, *, per_layer: b
     if per_layer:
         if layout is None:
             raise ValueError("per_layer=True needs the layer layout: pass a CodeBook or layout=")
-        if layout.total_words != W and n_local:
+        if layout.total_words != W:
             raise ValueError(f"layout has {layout.total_words} words per code, codes have {W}")
         ends = [o + w for o, w in zip(layout.word_offsets, layout.words_per_layer)]
-    fps = fingerprint128(codes, ends + [W]) if ends else fingerprint128(codes).unsqueeze(1)
-
     profile = []
-    for li, e in enumerate(ends):
-        local = _LocalGroups(fps[:, li], codes[:, :e], offset, None)
-        _, g = _merge_level(comm, local, codes[:, :e], offsets)
-        U_l = int(comm.all_reduce_sum(torch.tensor([g.n_groups], dtype=torch.int64))[0])
-        profile.append((layout.names[li], (N - U_l) / N if N else 0.0))
-
-    local = _LocalGroups(fps[:, -1], codes, offset, labels if with_labels else None)
-    got, g = _merge_level(comm, local, codes, offsets)
-    rep = _reduce_report(comm, local, got, g, N, top, with_labels)
+    if ends:
+        fps = fingerprint128(codes, ends + [W])
+        for li, e in enumerate(ends):
+            local = _LocalGroups(codes[:, :e], offset, None, fp=fps[:, li])
+            merged = _merge_level(comm, local, codes[:, :e], offsets, 64)
+            U_l = int(comm.all_reduce_sum(torch.tensor([merged.n_groups]))[0])
+            profile.append((layout.names[li], (N - U_l) / N if N else 0.0))
+    b = _fast_bits(sizes, N) if W else None
+    lab = labels if with_labels else None
+    if b is not None:
+        local = _LocalGroups(codes, offset, lab, b=b)
+        free = 64 - b
+    else:
+        fp = fps[:, -1] if ends else fingerprint128(codes)
+        local = _LocalGroups(codes, offset, lab, fp=fp)
+        free = 64
+    merged = _merge_level(comm, local, codes, offsets, free)
+    rep = _reduce_report(comm, local, merged, N, top, with_labels)
     if per_layer:
         rep.per_layer = profile
     _last = comm.stats
     return rep
 
 
-def _reduce_report(comm: _Comm, local: _LocalGroups, got: torch.Tensor, g: Groups, N: int,
-                   top: int, with_labels: bool) -> CollisionReport:
-    dev = got.device
-    R = got.shape[0]
-    gid_sorted = torch.cumsum(g.new, 0) - 1 if R else torch.zeros(0, dtype=torch.int64,
-                                                                     device=dev)
-    M = int(gid_sorted[-1]) + 1 if R else 0
-    recs = got[g.perm] if R else got
-    size = torch.zeros(M, dtype=torch.int64, device=dev).index_add_(0, gid_sorted, recs[:, 3])
-    low = torch.full((M,), _I64_MAX, dtype=torch.int64, device=dev)
-    low.scatter_reduce_(0, gid_sorted, recs[:, 2], reduce="amin")
-    occ = torch.bincount(size).cpu().tolist() if M else []
-    occupancy = {k: v for k, v in enumerate(occ) if v}
+def _reduce_report(comm: _Comm, local: _LocalGroups, m: _Merged, N: int, top: int,
+                   with_labels: bool) -> CollisionReport:
+    size = m.size
+    occupancy: dict[int, int] = {}
+    if size.numel():
+        occupancy = {k: v for k, v in enumerate(torch.bincount(size).cpu().tolist()) if v}
+    if m.n_alone:
+        occupancy[1] = occupancy.get(1, 0) + m.n_alone
     mixed_r = mixed_s = 0
-    if with_labels and M:
-        lo = torch.full((M,), _I64_MAX, dtype=torch.int64, device=dev)
-        hi = torch.full((M,), -_I64_MAX - 1, dtype=torch.int64, device=dev)
-        lo.scatter_reduce_(0, gid_sorted, recs[:, 4], reduce="amin")
-        hi.scatter_reduce_(0, gid_sorted, recs[:, 5], reduce="amax")
-        mixed = (lo != hi) & (size > 1)
+    if with_labels and size.numel():
+        mixed = (m.lab_lo != m.lab_hi) & (size > 1)
         mixed_r, mixed_s = int(mixed.sum()), int(size[mixed].sum())
-    # this owner's candidates for the largest groups: (size, smallest index, member reps)
-    cands = []
-    if top and M:
+    cands = []  # this owner's candidates for the largest groups: (size, smallest index, reps)
+    if top:
         shared = (size > 1).nonzero().squeeze(1)
         if shared.numel():
-            k = min(top, shared.numel())
-            s_sh, l_sh = size[shared], low[shared]
+            s_sh, l_sh = size[shared], m.low[shared]
             o = torch.sort(l_sh, stable=True).indices
-            o = o[torch.sort(-s_sh[o], stable=True).indices][:k]
-            pick = shared[o]
-            starts = g.new.nonzero().squeeze(1)
-            ends_ = torch.cat([starts[1:], torch.tensor([R], device=dev)])
-            for gi in pick.tolist():
-                reps = recs[starts[gi]:ends_[gi], 2].cpu().numpy()
-                cands.append((int(size[gi]), int(low[gi]), reps))
-    parts = comm.all_gather_object((M, occupancy, mixed_r, mixed_s, cands))
+            o = o[torch.sort(-s_sh[o], stable=True).indices][:top]
+            for gi in shared[o].tolist():
+                cands.append((int(size[gi]), int(m.low[gi]), m.reps(gi)))
+    parts = comm.all_gather_object((m.n_groups, occupancy, mixed_r, mixed_s, cands))
     U = sum(p[0] for p in parts)
     total_occ: dict[int, int] = {}
     for p in parts:
@@ -457,14 +506,13 @@ def _reduce_report(comm: _Comm, local: _LocalGroups, got: torch.Tensor, g: Group
     gathered = comm.all_gather_object(mine) if chosen else []
     largest = []
     for c in chosen:
-        members = [m[r] for m in gathered for r in c[2].tolist() if r in m]
+        members = [g[r] for g in gathered for r in c[2].tolist() if r in g]
         largest.append(torch.from_numpy(np.sort(np.concatenate(members))))
     alone = total_occ.get(1, 0)
-    shared_n = U - alone
     return CollisionReport(
         n=N, n_distinct=U, redundancy=(N - U) / N if N else 0.0,
         unique_fraction=alone / N if N else 0.0, occupancy=dict(sorted(total_occ.items())),
-        n_shared_regions=shared_n, largest_groups=largest,
+        n_shared_regions=U - alone, largest_groups=largest,
         mixed_regions=sum(p[2] for p in parts) if with_labels else None,
         mixed_samples=sum(p[3] for p in parts) if with_labels else None, exact=True)
 

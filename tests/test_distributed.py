@@ -112,10 +112,18 @@ COLLISION_CASES = {
 }
 
 
+def _fake_key(c, b):
+    """fingerprint_key with the degenerate fingerprint: 3 values above the index bits."""
+    return (_fake_fp(c)[:, 1] << 45) | torch.arange(c.shape[0], dtype=torch.int64)
+
+
 def _collisions_worker(rank, world, clash):
     res = {}
-    if clash:
+    if clash:  # "fast": the fingerprint_key path; "generic": 128-bit fingerprints throughout
         ahd.fingerprint128 = _fake_fp
+        ahd.fingerprint_key = _fake_key
+        if clash == "generic":
+            ahd._fast_bits = lambda *a: None
     for name, (n, kw, sizes, with_labels, top) in COLLISION_CASES.items():
         codes = _codes(n, **kw)
         labels = torch.randint(0, 3, (n,), generator=torch.Generator().manual_seed(9))
@@ -214,8 +222,10 @@ def test_collisions_and_knn_equal_single_process(world, tmp_path):
 def test_collisions_forced_clashes_across_ranks():
     """A degenerate fingerprint (3 values): distinct codes clash within and across ranks and
     every verification path runs; the report is still exact."""
-    got = _launch(2, _collisions_worker, (True,))
-    _check_collisions(got, _oracle_collisions())
+    want = _oracle_collisions()
+    for path in ("fast", "generic"):
+        got = _launch(2, _collisions_worker, (path,))
+        _check_collisions(got, want)
 
 
 def test_single_process_fallback():
