@@ -42,7 +42,7 @@ MANIFEST = "manifest.json"
 CHUNK_BYTES = 64 << 20  # default chunk size of an extraction
 
 __all__ = ["IncompleteStoreError", "Writer", "StoreData", "write", "read", "exists",
-           "is_complete", "manifest", "remove"]
+           "is_complete", "manifest", "remove", "concat"]
 
 _KNOWN_ARRAYS = ("codes", "labels", "ids")
 
@@ -339,6 +339,36 @@ def write(path, arrays: dict[str, np.ndarray], *, layout: dict, meta: dict | Non
         os.rename(target, root)
         fsync_dir(os.path.dirname(os.path.abspath(root)))
         shutil.rmtree(old, ignore_errors=True)
+
+
+def concat(parts, path, *, meta: dict | None = None) -> None:
+    """Write one complete store at ``path`` holding the rows of the complete stores ``parts``
+    one after the other (one streamed copy per array; parts without rows are skipped, the
+    others must hold the same arrays and layout). Crash-safe like :class:`Writer`: the
+    manifest says complete only after every file is on disk."""
+    ms = [(os.fspath(p), _load_manifest(p)) for p in parts]
+    for p, m in ms:
+        if not m.get("complete"):
+            raise IncompleteStoreError(f"store {p!r} is incomplete: cannot concatenate it")
+    full = [(p, m) for p, m in ms if m["rows"]] or ms[:1]
+    if not full:
+        raise ValueError("concat needs at least one store")
+    spec, layout = full[0][1]["arrays"], full[0][1]["layout"]
+    for p, m in full[1:]:
+        if m["arrays"] != spec or m["layout"] != layout:
+            raise ValueError(f"store {p!r} holds arrays {m['arrays']} of layers "
+                             f"{m['layout']['names']}, the first {spec} of {layout['names']}")
+    w = Writer(path, meta=meta)
+    w.m["arrays"], w.m["layout"] = spec, layout
+    rows = sum(m["rows"] for _, m in full)
+    files = {}
+    for name, (dtype, tail) in spec.items():
+        arrs = [read(p, mmap=True).arrays[name] for p, _ in full]
+        files[name] = _write_npy(os.path.join(w.root, f"{name}.npy"), arrs, (rows, *tail),
+                                 np.dtype(dtype))
+    _fsync_dir(w.root)
+    w.m.update(rows=rows, chunks=[{"rows": rows, "files": files}], complete=True)
+    _write_manifest(w.root, w.m)
 
 
 def read(path, *, mmap: bool = True, verify: bool = False) -> StoreData:
