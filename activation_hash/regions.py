@@ -434,7 +434,6 @@ def _layers(chain: list[nn.Module], x0: torch.Tensor, x1: torch.Tensor, max_piec
     lo = torch.zeros(S, dtype=torch.float64)
     hi = torch.ones(S, dtype=torch.float64)
     a, b = x0, x1 - x0                      # h(t) = a + (t - lo) b  (b: no bias)
-    zero = None
     words: list[torch.Tensor] = []          # per code site: int64 [pieces, w] (for its pieces)
     parent: list[torch.Tensor] = []         # per site: piece index of the previous stage
     site_of_split: list[torch.Tensor] = []  # per site: split flag of each new piece
@@ -445,28 +444,25 @@ def _layers(chain: list[nn.Module], x0: torch.Tensor, x1: torch.Tensor, max_piec
                 a, b = m(a), m(b)  # linear, no offset
                 continue
             if isinstance(m, _AFFINE):
-                a1 = m(a)
-                if zero is None or zero.shape != a.shape:
-                    zero = torch.zeros_like(a)
-                b = m(b) - m(zero[:b.shape[0]])  # the linear part only
-                a = a1
+                a, b = _affine(m, a, b, lo, seg)
                 continue
             slope = float(getattr(m, "negative_slope", 0.0) or 0.0)
             P = a.shape[0]
             za, zb = a.reshape(P, -1), b.reshape(P, -1)
             tc = lo[:, None] - za / zb          # zero crossing of each unit
             inside = (tc > lo[:, None] + TOL) & (tc < hi[:, None] - TOL) & (zb != 0)
-            tc = torch.where(inside, tc, torch.full_like(tc, math.inf))
-            tc, _ = torch.sort(tc, 1)
-            # distinct cut points per piece (coincident crossings make one breakpoint)
-            distinct = torch.ones_like(tc, dtype=torch.bool)
-            distinct[:, 1:] = tc[:, 1:] > tc[:, :-1] + TOL  # closer cuts: one breakpoint
-            distinct &= torch.isfinite(tc)
-            n_new = distinct.sum(1) + 1
+            piece, unit = inside.nonzero(as_tuple=True)  # the few crossings inside their piece
+            tv = tc[piece, unit]
+            order = torch.sort(tv, stable=True).indices
+            order = order[torch.sort(piece[order], stable=True).indices]  # by piece, then t
+            piece, tv = piece[order], tv[order]
+            distinct = torch.ones_like(piece, dtype=torch.bool)  # coincident crossings (closer
+            distinct[1:] = (piece[1:] != piece[:-1]) | (tv[1:] > tv[:-1] + TOL)  # than TOL): one
+            cuts = tv[distinct]                 # pieces in order, cuts ascending in each
+            n_new = torch.bincount(piece[distinct], minlength=P) + 1
             if int(n_new.sum()) > max_pieces * S:
                 raise ValueError(f"more than max_pieces={max_pieces} pieces per segment")
             rep = torch.repeat_interleave(torch.arange(P), n_new)
-            cuts = tc[distinct]                 # row-major: pieces in order, cuts ascending
             first = torch.zeros(rep.shape[0], dtype=torch.bool)
             first[torch.cumsum(n_new, 0)[:-1]] = True
             first[0] = True
@@ -501,6 +497,30 @@ def _layers(chain: list[nn.Module], x0: torch.Tensor, x1: torch.Tensor, max_piec
     codes = torch.cat(final_words, 1) if final_words else torch.zeros(n_final, 0,
                                                                        dtype=torch.int64)
     return seg, lo, codes, split_site
+
+
+def _affine(m: nn.Module, a: torch.Tensor, b: torch.Tensor, lo: torch.Tensor,
+            seg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An affine layer on every piece: the direction through its linear part (one batched
+    call), the value at each piece's start exactly for the first piece of each segment and by
+    continuity for the others (``z(lo_j) = a_{j-1} + (lo_j - lo_{j-1}) b_{j-1}``): the layer's
+    matrix is applied to the directions only."""
+    zero = torch.zeros_like(b[:1])
+    bl = m(b) - m(zero)                      # linear part: no bias
+    P = b.shape[0]
+    new_seg = torch.ones(P, dtype=torch.bool)
+    new_seg[1:] = seg[1:] != seg[:-1]
+    firsts = new_seg.nonzero().squeeze(1)
+    al = torch.empty_like(bl)
+    al[firsts] = m(a[firsts])
+    step = torch.zeros_like(bl)
+    shape = (-1,) + (1,) * (bl.dim() - 1)
+    step[1:] = (lo[1:] - lo[:-1]).view(shape) * bl[:-1]
+    ends = torch.cat([firsts[1:], torch.tensor([P])]).tolist()
+    for f, e in zip(firsts.tolist(), ends):
+        if e - f > 1:
+            al[f + 1:e] = al[f] + torch.cumsum(step[f + 1:e], 0)
+    return al, bl
 
 
 # ---- public -----------------------------------------------------------------------------
