@@ -204,6 +204,26 @@ def cmd_categorize(args) -> None:
                    progress=not args.quiet, settings=_args_settings(args), say=_sayer(args))
 
 
+def _geometry(args, run) -> None:
+    """``regions`` / ``folding``: a trained model (--model) or an architecture at init."""
+    model = args.model
+    run(args.out, model, arch=None if model else _model_cfg(args),
+        data=None if model else _data_cfg(args), data_root=args.data_root,
+        n_pairs=args.pairs, seed=args.seed, settings=_args_settings(args), say=_sayer(args))
+
+
+def cmd_regions(args) -> None:
+    from activation_hash.experiments.geometry import run_regions
+
+    _geometry(args, run_regions)
+
+
+def cmd_folding(args) -> None:
+    from activation_hash.experiments.geometry import run_folding
+
+    _geometry(args, run_folding)
+
+
 def _sweep_factors(args) -> dict:
     spec = args.factor
     if isinstance(spec, dict):  # a config file's [factor] table
@@ -370,6 +390,23 @@ def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
     _phase_opts(s)
     s.set_defaults(func=cmd_sweep, **opts('sweep'))
 
+    for name, fn, pairs, what in (
+            ("regions", cmd_regions, 32, "exact linear regions crossed by segments between "
+                                         "random test pairs"),
+            ("folding", cmd_folding, 64, "exact space folding of intra- and inter-class test "
+                                         "paths, and folding vs depth")):
+        s = sub.add_parser(name, help=what, description=f"{what[0].upper()}{what[1:]}, of a "
+                           "trained model (--model) or of --arch/--width/--depth at "
+                           "initialization on --dataset.")
+        _common(s)
+        s.add_argument("--model", metavar="PATH", help="a train run directory or its model.pt "
+                                                       "(default: --arch at initialization)")
+        s.add_argument("--pairs", type=int, default=pairs, help=f"test pairs (default {pairs})")
+        s.add_argument("--seed", type=int, default=0, help="pairs and initialization seed")
+        _data_opts(s)
+        _model_opts(s)
+        s.set_defaults(func=fn, **opts(name))
+
     s = sub.add_parser("phase-chart", help="label (size x time/samples) cells; PNG + CSV")
     _common(s)
     s.add_argument("results", help="a sweep directory or its results.json")
@@ -405,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except FileNotFoundError as e:  # a missing model, code file or sweep: a usage error
-        if args.command not in ("extract", "collisions", "categorize", "phase-chart"):
+        if args.command not in ("extract", "collisions", "categorize", "phase-chart", "regions",
+                                "folding"):
             raise
         raise SystemExit(f"activation-hash {args.command}: {e}") from None
     return 0

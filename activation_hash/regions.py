@@ -612,21 +612,24 @@ def regions_in_interval(model: nn.Module, a: float, b: float, **kwargs) -> Segme
 
 
 def sampled_segment_regions(model: nn.Module, x0: torch.Tensor, x1: torch.Tensor,
-                            n: int = 1000) -> torch.Tensor:
+                            n: int = 1000, *, chunk: int = 1024) -> torch.Tensor:
     """Distinct neural codes among ``n`` equally spaced points of each segment (both ends
     included): int64 ``[S]``. Sampling under-counts until the step is below the smallest
-    piece; it works for any model whose ReLU-like units the recorder sees."""
+    piece; it works for any model whose ReLU-like units the recorder sees. Points run
+    ``chunk`` at a time (memory: one chunk's activations)."""
     n = check_int(n, "n", min=2)
+    chunk = check_int(chunk, "chunk", min=1)
     x0, x1 = _as_pairs(x0, x1)
     S = x0.shape[0]
     ts = torch.linspace(0, 1, n, dtype=torch.float64)
     wm = copy.deepcopy(model).double().eval()
+    view = (-1,) + (1,) * (x0.dim() - 1)
     out = torch.zeros(S, dtype=torch.int64)
     with torch.no_grad():
         for i in range(S):
-            pts = x0[i:i + 1] + ts.view((-1,) + (1,) * (x0.dim() - 1)) * (x1[i:i + 1] - x0[i:i + 1])
+            d = x1[i:i + 1] - x0[i:i + 1]
             with record(wm) as rec:
-                wm(pts)
-            g = _group_codes(rec.codes)
-            out[i] = g.n_groups
+                for lo in range(0, n, chunk):
+                    wm(x0[i:i + 1] + ts[lo:lo + chunk].view(view) * d)
+            out[i] = _group_codes(rec.codes).n_groups
     return out

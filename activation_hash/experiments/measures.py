@@ -209,3 +209,51 @@ def accuracy_measure(model, split: Split) -> dict:
     """The network's own accuracy on the samples trained on and on the test set."""
     return {"acc_train": accuracy(model, split.x_train, split.y_train),
             "acc_test": accuracy(model, split.x_test, split.y_test)}
+
+
+# ---- geometry (activation_hash.regions, activation_hash.folding) ------------------------------
+
+GEOMETRY_PAIRS = 16  # test pairs per sweep point for the "regions" and "folding" measures
+
+
+def _test_pairs(split: Split, n: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(split.seed)
+    N = split.x_test.shape[0]
+    if N < 2:
+        raise ValueError("the geometry measures need at least 2 test samples")
+    i = torch.randint(N, (n,), generator=g)
+    j = (i + 1 + torch.randint(N - 1, (n,), generator=g)) % N  # j != i
+    return torch.stack([i, j], 1)
+
+
+@register_measure("regions")
+def regions_measure(model, split: Split) -> dict:
+    """Exact linear regions crossed by the segments between :data:`GEOMETRY_PAIRS` random
+    test pairs (drawn with the split's seed): mean / median pieces and distinct codes."""
+    from activation_hash.regions import segment_regions
+
+    pairs = _test_pairs(split, GEOMETRY_PAIRS)
+    t = time.perf_counter()
+    r = segment_regions(model, split.x_test[pairs[:, 0]], split.x_test[pairs[:, 1]])
+    counts = r.counts.double()
+    return {"t_regions": time.perf_counter() - t, "regions_mean": float(counts.mean()),
+            "regions_median": float(counts.median()),
+            "regions_distinct_mean": float(r.n_distinct.double().mean())}
+
+
+@register_measure("folding")
+def folding_measure(model, split: Split) -> dict:
+    """Exact space folding of the paths between :data:`GEOMETRY_PAIRS` random test pairs:
+    mean, median, max, fraction non-zero, the TMLR aggregate (median over class pairs of the
+    largest non-zero folding) and the mean folding of the code up to each layer."""
+    from activation_hash.folding import folding_pairs
+
+    t = time.perf_counter()
+    rep = folding_pairs(model, split.x_test, split.y_test, mode="all", n_pairs=GEOMETRY_PAIRS,
+                        seed=split.seed)
+    per_layer = rep.folding.per_layer.mean(0).tolist()
+    row = {"t_folding": time.perf_counter() - t, "folding_mean": rep.mean,
+           "folding_median": rep.median, "folding_max": rep.max,
+           "folding_frac_nonzero": rep.frac_nonzero, "folding_tmlr": rep.tmlr_aggregate}
+    row.update({f"folding_layer{i + 1}": v for i, v in enumerate(per_layer)})
+    return row
