@@ -106,7 +106,10 @@ class _Tap:
                 for rec in recorders:
                     rec._add_module_input(self.module, x)
             return self.forward(*args, **kwargs)
-        mine = [rec for rec in recorders if rec.model is self.module]
+        if len(recorders) == 1:  # the common case, without building a list
+            mine = recorders if recorders[0].model is self.module else ()
+        else:
+            mine = [rec for rec in recorders if rec.model is self.module]
         if not mine:  # another model's recorder (this one runs inside it)
             return self.forward(*args, **kwargs)
         for rec in mine:
@@ -403,6 +406,9 @@ class Recorder:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        if functional is False:
+            self._mode = None
+            return
         facts = self._facts
         if functional == "discover" or (functional is True and facts.owners is None):
             stacked = list(facts.modules.values())
