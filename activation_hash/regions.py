@@ -450,7 +450,8 @@ def _layers(chain: list[nn.Module], x0: torch.Tensor, x1: torch.Tensor, max_piec
             P = a.shape[0]
             za, zb = a.reshape(P, -1), b.reshape(P, -1)
             tc = lo[:, None] - za / zb          # zero crossing of each unit
-            inside = (tc > lo[:, None] + TOL) & (tc < hi[:, None] - TOL) & (zb != 0)
+            # zb == 0 gives +-inf or nan: never inside
+            inside = (tc > lo[:, None] + TOL).logical_and_(tc < hi[:, None] - TOL)
             piece, unit = inside.nonzero(as_tuple=True)  # the few crossings inside their piece
             tv = tc[piece, unit]
             order = torch.sort(tv, stable=True).indices
@@ -474,12 +475,15 @@ def _layers(chain: list[nn.Module], x0: torch.Tensor, x1: torch.Tensor, max_piec
             last[:-1] = first[1:]
             new_hi[~last] = cuts
             shape = (-1,) + (1,) * (a.dim() - 1)
-            br = b[rep]
-            ar = a[rep] + (new_lo - lo[rep]).view(shape) * br      # value at the new start
-            on = (ar + (0.5 * (new_hi - new_lo)).view(shape) * br) > 0  # at the midpoint
-            factor = torch.full_like(ar, slope).masked_fill_(on, 1.0)  # float64 slope
-            a, b = ar * factor, br * factor
-            words.append(pack_signs(torch.where(on, 1.0, -1.0).to(torch.float64)))
+            br = b.index_select(0, rep)
+            ar = torch.addcmul(a.index_select(0, rep), (new_lo - lo[rep]).view(shape), br)
+            on = torch.addcmul(ar, (0.5 * (new_hi - new_lo)).view(shape), br) > 0  # midpoint
+            if slope == 0.0:
+                a, b = ar.masked_fill_(~on, 0.0), br.masked_fill_(~on, 0.0)
+            else:
+                factor = torch.full_like(ar, slope).masked_fill_(on, 1.0)  # float64 slope
+                a, b = ar.mul_(factor), br.mul_(factor)
+            words.append(pack_signs(on.to(torch.float32) - 0.5))
             parent.append(rep)
             site_of_split.append(not_first)
             seg, lo, hi = seg[rep], new_lo, new_hi
@@ -505,21 +509,25 @@ def _affine(m: nn.Module, a: torch.Tensor, b: torch.Tensor, lo: torch.Tensor,
     call), the value at each piece's start exactly for the first piece of each segment and by
     continuity for the others (``z(lo_j) = a_{j-1} + (lo_j - lo_{j-1}) b_{j-1}``): the layer's
     matrix is applied to the directions only."""
-    zero = torch.zeros_like(b[:1])
-    bl = m(b) - m(zero)                      # linear part: no bias
+    if isinstance(m, nn.Linear):
+        bl = F.linear(b, m.weight)           # linear part: no bias
+    elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        bl = m._conv_forward(b, m.weight, None)
+    else:
+        bl = m(b) - m(torch.zeros_like(b[:1]))
     P = b.shape[0]
     new_seg = torch.ones(P, dtype=torch.bool)
     new_seg[1:] = seg[1:] != seg[:-1]
     firsts = new_seg.nonzero().squeeze(1)
     al = torch.empty_like(bl)
     al[firsts] = m(a[firsts])
-    step = torch.zeros_like(bl)
     shape = (-1,) + (1,) * (bl.dim() - 1)
-    step[1:] = (lo[1:] - lo[:-1]).view(shape) * bl[:-1]
+    step = bl[:-1] * (lo[1:] - lo[:-1]).view(shape)   # step[j - 1]: from piece j - 1 to j
     ends = torch.cat([firsts[1:], torch.tensor([P])]).tolist()
     for f, e in zip(firsts.tolist(), ends):
         if e - f > 1:
-            al[f + 1:e] = al[f] + torch.cumsum(step[f + 1:e], 0)
+            torch.cumsum(step[f:e - 1], 0, out=al[f + 1:e])
+            al[f + 1:e] += al[f]
     return al, bl
 
 
