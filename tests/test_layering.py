@@ -19,7 +19,7 @@ LAYERS = {
     5: ["nn"],
     6: ["record"],
     7: ["extract", "collisions", "hamming", "index", "probes"],
-    8: ["distributed", "outofcore", "regions", "folding", "slices"],
+    8: ["distributed", "outofcore", "regions", "switches", "folding", "slices"],
     9: ["experiments"],
     10: ["cli", "__main__"],
 }
