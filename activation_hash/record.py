@@ -5,16 +5,14 @@ torch's ``nn.ReLU``/``nn.LeakyReLU``/``nn.PReLU``) or a functional call (``torch
 ``F.relu``, ``F.leaky_relu``, ``F.prelu``, ``Tensor.relu``) made inside some module's
 ``forward``. Each site contributes the packed signs of its pre-activation (bit 1 where > 0).
 
-What recording costs (it is meant to cost about one forward pass):
-
-- our :class:`~activation_hash.nn.ReLU`/:class:`~activation_hash.nn.LeakyReLU` hand over the
-  words the fused kernel computes anyway (no hook, no extra pass);
-- torch's activation modules get one forward pre-hook each (one ``pack_signs`` pass);
-- the model itself gets a pre-hook and a post-hook (the start and end of a batch);
-- functional calls need a ``TorchFunctionMode`` (it sees every op) and hooks on the modules
-  that make them. The first batch runs with hooks on every module and the mode, to *find*
-  the sites; later batches enter the mode only if a functional site was found, and hook only
-  the modules that own one (``functional=`` declares it instead: True / False).
+What recording costs (about one forward pass): our :class:`~activation_hash.nn.ReLU` /
+:class:`~activation_hash.nn.LeakyReLU` hand over the words their fused kernel computes anyway;
+the model's and torch's activation modules' ``forward`` are *tapped* (an instance attribute
+that dispatches to this thread's recorders; no hooks, so torch's fast call path stays), the
+latter costing one ``pack_signs`` pass; functional calls need a ``TorchFunctionMode`` (it sees
+every op) and the stack of the modules that make them. Whether a model makes functional calls
+is found once per model, on its first recorded batch (hooks on every module and the mode),
+or declared with ``functional=True/False``.
 
 Threads: a recorder belongs to the thread that entered it; other threads running the same
 model are not recorded by it (each thread may use its own recorder at the same time).
