@@ -366,7 +366,7 @@ def concat(parts, path, *, meta: dict | None = None) -> None:
         arrs = [read(p, mmap=True).arrays[name] for p, _ in full]
         files[name] = _write_npy(os.path.join(w.root, f"{name}.npy"), arrs, (rows, *tail),
                                  np.dtype(dtype))
-    _fsync_dir(w.root)
+    fsync_dir(w.root)
     w.m.update(rows=rows, chunks=[{"rows": rows, "files": files}], complete=True)
     _write_manifest(w.root, w.m)
 

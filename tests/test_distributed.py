@@ -12,6 +12,8 @@ import torch
 import torch.multiprocessing as mp
 
 import activation_hash.distributed as ahd
+import activation_hash.distributed.collisions as ahd_collisions
+import activation_hash.distributed.extract as ahd_extract
 from activation_hash.codes import CodeBook
 from activation_hash.collisions import count_collisions
 from activation_hash.extract import extract_codes
@@ -120,10 +122,10 @@ def _fake_key(c, b):
 def _collisions_worker(rank, world, clash):
     res = {}
     if clash:  # "fast": the fingerprint_key path; "generic": 128-bit fingerprints throughout
-        ahd.fingerprint128 = _fake_fp
-        ahd.fingerprint_key = _fake_key
+        ahd_collisions.fingerprint128 = _fake_fp
+        ahd_collisions.fingerprint_key = _fake_key
         if clash == "generic":
-            ahd._fast_bits = lambda *a: None
+            ahd_collisions._fast_bits = lambda *a: None
     for name, (n, kw, sizes, with_labels, top) in COLLISION_CASES.items():
         codes = _codes(n, **kw)
         labels = torch.randint(0, 3, (n,), generator=torch.Generator().manual_seed(9))
@@ -290,10 +292,10 @@ def test_extraction_killed_rank_resumes(tmp_path):
     if procs[0].is_alive():
         procs[0].kill()
         procs[0].join()
-    part1 = ahd._part_path(store, 1, 2)
+    part1 = ahd_extract._part_path(store, 1, 2)
     import activation_hash.store as st
     assert st.exists(part1) and not st.is_complete(part1) and st.manifest(part1)["rows"] == 24
-    assert st.is_complete(ahd._part_path(store, 0, 2)) and not st.exists(store)
+    assert st.is_complete(ahd_extract._part_path(store, 0, 2)) and not st.exists(store)
 
     got = _launch(2, _extract_worker, (store, n, None))
     want = extract_codes(_Net(), _data(n), batch_size=8, progress=False)
