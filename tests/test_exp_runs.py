@@ -101,7 +101,7 @@ def test_cli_sweep_measures_option(tmp_path):
     assert "redundancy_train" in row and "acc_test" in row and "knn_test" not in row
     assert json.loads((out / "sweep.json").read_text())["measures"] == ["collisions", "accuracy"]
     with pytest.raises(ValueError, match="measure must be one of"):
-        main(["sweep", "--factor", "width=3", "--measures", "folding", "--out", str(out), "-q"])
+        main(["sweep", "--factor", "width=3", "--measures", "no_such_measure", "--out", str(out), "-q"])
 
 
 def test_config_defaults_without_argparse_internals(tmp_path):

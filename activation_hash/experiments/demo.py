@@ -8,6 +8,9 @@ A one-hidden-layer MLP (Linear -> BatchNorm -> ReLU, Adam) on scikit-learn's dig
 - ``width_x_samples``: widths 2, 8, 32 x 100, 300, 1348 training samples, 10 epochs, K-NN only
   (the phase chart ``4_phase_width_x_samples``);
 
+- ``depth``: depths 1..4 at width 32 (no BatchNorm), 20 epochs: K-NN, the network's accuracy
+  and the exact space folding of 16 test paths (``5_folding_depth.png``: folding vs depth next
+  to the test accuracy);
 each sweep in its subdirectory, its table copied as ``results_<name>.csv``, the width sweep's
 rows as ``results.json`` (the report's table) and one ``report.html``. :func:`demo_configs`
 gives the three :class:`~activation_hash.experiments.sweep.SweepConfig`, :func:`run_demo`
@@ -24,6 +27,7 @@ __all__ = ["DEMO_WIDTHS", "DEMO_EPOCHS", "demo_configs", "run_demo", "demo_summa
 
 DEMO_WIDTHS = [1, 2, 4, 8, 16, 32, 64]
 DEMO_EPOCHS = [0, 1, 3, 6, 10, 20]
+DEMO_DEPTHS = [1, 2, 3, 4]
 _MODEL = {"arch": "mlp", "depth": 1, "batch_norm": True}
 _TRAIN = {"lr": 1e-2, "batch_size": 64, "lr_step": 10, "lr_gamma": 0.3}
 
@@ -44,6 +48,10 @@ def demo_configs(seed: int = 0) -> dict:
         "width_x_samples": SweepConfig(factors={"width": [2, 8, 32], "n_train": [100, 300, 1348]},
                                        data=data, model=_MODEL, train=dict(_TRAIN, epochs=10),
                                        seeds=[seed], probes="knn"),
+        "depth": SweepConfig(factors={"depth": DEMO_DEPTHS}, data=data,
+                             model={"arch": "mlp", "width": 32, "batch_norm": False},
+                             train=dict(_TRAIN, epochs=max(DEMO_EPOCHS)), seeds=[seed],
+                             measures=["collisions", "knn", "accuracy", "folding"]),
     }
 
 
@@ -58,6 +66,7 @@ def run_demo(out=None, *, seed: int = 0, thresholds=None, progress: bool = False
     :func:`~activation_hash.experiments.phase.write_phase` dicts), ``"regimes"`` (cells per
     regime of the width x epochs chart), ``"report"}``.
     """
+    from activation_hash.experiments.geometry import depth_folding_figure
     from activation_hash.experiments.phase import Thresholds, regime_counts, write_phase
     from activation_hash.experiments.plots import factor_figure, save_png
     from activation_hash.experiments.report import write_report
@@ -83,6 +92,8 @@ def run_demo(out=None, *, seed: int = 0, thresholds=None, progress: bool = False
     ph = write_phase(time_rows, out, "epochs", "width", th, name="3_phase_width_x_epochs")
     ph2 = write_phase(rows["width_x_samples"], out, "n_train", "width", th,
                       name="4_phase_width_x_samples")
+    save_png(depth_folding_figure(rows["depth"], "digits, MLP width 32: folding vs depth"),
+             out / "5_folding_depth.png")
     for name in cfgs:
         atomic_write_bytes(out / f"results_{name}.csv", (out / name / "results.csv").read_bytes())
     # the report's results table: the width sweep
@@ -101,6 +112,8 @@ def demo_summary(res: dict) -> list[str]:
     lines = [f"  width {r['width']:3d}: R_train={r['redundancy_train']:.3f} "
              f"R_test={r['redundancy_test']:.3f} knn={r.get('knn_test', float('nan')):.3f} "
              f"net={r['acc_test']:.3f}" for r in res["rows"]["width"]]
+    lines += [f"  depth {r['depth']}: folding mean={r['folding_mean']:.4f} "
+              f"max={r['folding_max']:.4f} net={r['acc_test']:.3f}" for r in res["rows"]["depth"]]
     lines.append(f"phase chart (width x epochs) regimes: {res['regimes']}; "
                  f"{Path(res['phase']['png'])}, {Path(res['phase_samples']['png'])}")
     return lines
