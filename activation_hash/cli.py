@@ -1,16 +1,15 @@
 """The ``activation-hash`` command line.
 
 Subcommands: ``demo``, ``train``, ``extract``, ``collisions``, ``categorize``, ``sweep``,
-``phase-chart``, ``report`` (``activation-hash <cmd> --help``). Every command writes a run
+``regions``, ``folding``, ``phase-chart``, ``report`` (``activation-hash <cmd> --help``). Every command writes a run
 directory (``--out DIR``; default a new folder under ``runs/``) holding ``settings.json``, its
 results and plots; ``report`` writes ``report.html`` into the directory it is given. Options can
 come from a TOML file (``--config FILE``; keys are the long option names, ``-`` or ``_``,
 tables are flattened and an option set in two of them is an error; YAML too when PyYAML is
 installed); flags given on the command line win.
 
-This module only parses arguments: each command is one call of a Python function,
-:func:`activation_hash.experiments.demo.run_demo`, the ``run_*`` functions of
-:mod:`activation_hash.experiments.runs` or :func:`activation_hash.experiments.report.write_report`.
+This module only parses arguments: each command is one call of a Python function (``run_demo``,
+the ``run_*`` of ``experiments.runs`` and ``experiments.geometry``, ``write_report``).
 """
 from __future__ import annotations
 
@@ -203,24 +202,15 @@ def cmd_categorize(args) -> None:
                    progress=not args.quiet, settings=_args_settings(args), say=_sayer(args))
 
 
-def _geometry(args, run) -> None:
+def cmd_geometry(args) -> None:
     """``regions`` / ``folding``: a trained model (--model) or an architecture at init."""
+    from activation_hash.experiments import geometry
+
+    run = geometry.run_regions if args.command == "regions" else geometry.run_folding
     model = args.model
     run(args.out, model, arch=None if model else _model_cfg(args),
         data=None if model else _data_cfg(args), data_root=args.data_root,
         n_pairs=args.pairs, seed=args.seed, settings=_args_settings(args), say=_sayer(args))
-
-
-def cmd_regions(args) -> None:
-    from activation_hash.experiments.geometry import run_regions
-
-    _geometry(args, run_regions)
-
-
-def cmd_folding(args) -> None:
-    from activation_hash.experiments.geometry import run_folding
-
-    _geometry(args, run_folding)
 
 
 def _sweep_factors(args) -> dict:
@@ -390,9 +380,9 @@ def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sweep, **opts('sweep'))
 
     for name, fn, pairs, what in (
-            ("regions", cmd_regions, 32, "exact linear regions crossed by segments between "
+            ("regions", cmd_geometry, 32, "exact linear regions crossed by segments between "
                                          "random test pairs"),
-            ("folding", cmd_folding, 64, "exact space folding of intra- and inter-class test "
+            ("folding", cmd_geometry, 64, "exact space folding of intra- and inter-class test "
                                          "paths, and folding vs depth")):
         s = sub.add_parser(name, help=what, description=f"{what[0].upper()}{what[1:]}, of a "
                            "trained model (--model) or of --arch/--width/--depth at "
@@ -446,7 +436,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         raise SystemExit(f"activation-hash {args.command}: {e}") from None
     return 0
-
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -132,6 +132,9 @@ def test_run_demo_small(tmp_path, monkeypatch):
         "width_x_samples": SweepConfig(factors={"width": [2, 16], "n_train": [60, 150]},
                                        data=DATA, model=model, train=dict(train, epochs=1),
                                        probes="knn"),
+        "depth": SweepConfig(factors={"depth": [1, 2]}, data=DATA,
+                             model={"arch": "mlp", "width": 8}, train=dict(train, epochs=1),
+                             measures=["collisions", "knn", "accuracy", "folding"]),
     }
     assert list(small) == list(demo.demo_configs(0))
     monkeypatch.setattr(demo, "demo_configs", lambda seed=0: small)
@@ -141,13 +144,14 @@ def test_run_demo_small(tmp_path, monkeypatch):
     for name in ("1_width.png", "2_epochs_width16.png", "3_phase_width_x_epochs.png",
                  "3_phase_width_x_epochs.csv", "4_phase_width_x_samples.png", "report.html",
                  "results.json", "results_width.csv", "results_width_x_epochs.csv",
-                 "results_width_x_samples.csv", "settings.json"):
+                 "results_width_x_samples.csv", "settings.json", "5_folding_depth.png"):
         assert (out / name).is_file(), name
     assert (out / "results_width.csv").read_bytes() == (out / "width" / "results.csv").read_bytes()
-    assert said[0].startswith("demo: digits, 1-hidden-layer MLP") and len(said) == 1 + 2 + 1
+    assert said[0].startswith("demo: digits, 1-hidden-layer MLP") and len(said) == 1 + 2 + 2 + 1
     assert said[1:] == demo.demo_summary(res)
     assert re.fullmatch(r"  width  16: R_train=\d\.\d{3} R_test=\d\.\d{3} knn=\d\.\d{3} net=\d\.\d{3}",
                         said[2])
+    assert re.fullmatch(r"  depth 1: folding mean=0\.0000 max=0\.0000 net=\d\.\d{3}", said[3])
     assert res["regimes"] == regime_counts(res["phase"]["table"])
     settings = json.loads((out / "settings.json").read_text())
     assert list(settings) == ["seed", "width_sweep", "time_sweep", "size_sweep"]
