@@ -6,7 +6,13 @@ directory (``--out DIR``; default a new folder under ``runs/``) holding ``settin
 results and plots; ``report`` writes ``report.html`` into the directory it is given. Options can
 come from a TOML file (``--config FILE``; keys are the long option names, ``-`` or ``_``,
 tables are flattened and an option set in two of them is an error; YAML too when PyYAML is
-installed); flags given on the command line win.
+installed); flags given on the command line win. Config values are type- and range-checked
+like the flags (``batch_norm = "false"`` and ``width = 3.7`` are errors), and options the
+command requires may come from the file.
+
+Every user error (bad option or value, missing or corrupt input, a locked store or sweep)
+prints one line ``activation-hash <command>: error: ...`` on stderr and exits with status 2,
+without a traceback; ``--debug`` (anywhere on the command line) shows the traceback instead.
 
 This module only parses arguments: each command is one call of a Python function (``run_demo``,
 the ``run_*`` of ``experiments.runs`` and ``experiments.geometry``, ``write_report``).
@@ -17,34 +23,19 @@ import argparse
 import sys
 import time
 
+from activation_hash.experiments.config import OptionParser as _Parser
+from activation_hash.experiments.config import UsageError, scan_argv as _scan
+from activation_hash.experiments.config import check_option as _config_value
+from activation_hash.experiments.config import factor_option as _factor
+from activation_hash.experiments.config import number_list as _floats
+from activation_hash.experiments.config import float_option as _float
+from activation_hash.experiments.config import int_option as _int
 from activation_hash.validation import check_int
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "UsageError"]
 
 
 # ---- helpers --------------------------------------------------------------------------------
-
-def _number(part: str, text: str):
-    if part.lower() in ("true", "false"):
-        return part.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(part)
-        except ValueError:
-            pass
-    raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
-
-
-def _floats(text: str) -> list:
-    return [_number(part.strip(), text) for part in str(text).split(",") if part.strip()]
-
-
-def _factor(text: str) -> tuple[str, list]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"a factor is NAME=V1,V2,... (e.g. width=2,4,8), got {text!r}")
-    name, values = text.split("=", 1)
-    return name.strip(), _floats(values)
-
 
 def _print(line: str) -> None:
     print(line, flush=True)
@@ -58,7 +49,7 @@ def _sayer(args):
 def _threads(args) -> None:
     import torch
 
-    if getattr(args, "threads", None):
+    if getattr(args, "threads", None) is not None:
         torch.set_num_threads(int(args.threads))
 
 
@@ -71,7 +62,7 @@ def _load_config(path: str) -> dict:
     try:
         return load_config(path)
     except (FileNotFoundError, ImportError) as e:
-        raise SystemExit(f"activation-hash: {e}") from None
+        raise UsageError(str(e)) from None
 
 
 # ---- shared option groups -------------------------------------------------------------------
@@ -82,7 +73,7 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
         g.add_argument("--out", metavar="DIR", help="run directory (default: a new folder under runs/)")
     g.add_argument("--config", metavar="FILE", help="TOML (or YAML) file of options")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bars or messages")
-    g.add_argument("--threads", type=int, default=1,
+    g.add_argument("--threads", type=_int(1, 4096), default=1,
                    help="torch CPU threads (default 1: fastest for small models; results are "
                         "deterministic for a given thread count)")
 
@@ -94,19 +85,20 @@ def _data_opts(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", default="digits", choices=DATASETS, help="dataset (default digits)")
     g.add_argument("--data-root", metavar="DIR", help="directory of MNIST/Fashion-MNIST/CIFAR-10 files "
                                                     "(default $ACTIVATION_HASH_DATA or ./data)")
-    g.add_argument("--n-train", type=int, help="seeded stratified training subset size")
-    g.add_argument("--n-test", type=int, help="seeded stratified test subset size")
-    g.add_argument("--label-noise", type=float, default=0.0, help="exact symmetric label-noise rate")
+    g.add_argument("--n-train", type=_int(1), help="seeded stratified training subset size")
+    g.add_argument("--n-test", type=_int(1), help="seeded stratified test subset size")
+    g.add_argument("--label-noise", type=_float(0, 1), default=0.0,
+                   help="exact symmetric label-noise rate")
 
 
 def _model_opts(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--arch", default="mlp", choices=["mlp", "cnn", "vgg", "resnet"])
-    g.add_argument("--width", type=int, default=32, help="MLP hidden width (default 32)")
-    g.add_argument("--depth", type=int, default=1, help="MLP hidden layers (default 1)")
+    g.add_argument("--width", type=_int(1), default=32, help="MLP hidden width (default 32)")
+    g.add_argument("--depth", type=_int(1), default=1, help="MLP hidden layers (default 1)")
     g.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=False,
                    help="BatchNorm after each Linear/conv (the paper's MLP recipe uses it)")
-    g.add_argument("--dropout", type=float, default=0.0)
+    g.add_argument("--dropout", type=_float(0, 1, hi_open=True), default=0.0)
 
 
 def _train_opts(p: argparse.ArgumentParser) -> None:
@@ -115,20 +107,20 @@ def _train_opts(p: argparse.ArgumentParser) -> None:
                    help="paper_mlp: Adam 1e-2, x0.1 every 20 epochs, batch 64, 200 epochs, "
                         "patience 10, 20%% validation, L2 on the kernels only (flags below "
                         "override it)")
-    g.add_argument("--epochs", type=int, help="maximum epochs (default 20)")
-    g.add_argument("--batch-size", type=int, help="default 64")
+    g.add_argument("--epochs", type=_int(0), help="maximum epochs (default 20)")
+    g.add_argument("--batch-size", type=_int(1), help="default 64")
     g.add_argument("--optimizer", choices=["adam", "sgd"], help="default adam")
-    g.add_argument("--lr", type=float, help="learning rate (default 0.01)")
-    g.add_argument("--weight-decay", type=float, help="coupled L2 coefficient (default 0)")
+    g.add_argument("--lr", type=_float(0, lo_open=True), help="learning rate (default 0.01)")
+    g.add_argument("--weight-decay", type=_float(0), help="coupled L2 coefficient (default 0)")
     g.add_argument("--decay-bias-bn", action=argparse.BooleanOptionalAction, default=None,
                    help="apply --weight-decay to biases and BatchNorm parameters too (default "
                         "yes; the paper_mlp preset: no, kernels only like Keras l2)")
-    g.add_argument("--lr-step", type=int, help="decay the learning rate every N epochs")
-    g.add_argument("--lr-gamma", type=float)
-    g.add_argument("--val-fraction", type=float)
-    g.add_argument("--patience", type=int, help="early stopping patience (needs --val-fraction)")
-    g.add_argument("--epoch-size", type=int, help="samples per epoch (tiles small training sets)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--lr-step", type=_int(1), help="decay the learning rate every N epochs")
+    g.add_argument("--lr-gamma", type=_float(0, lo_open=True))
+    g.add_argument("--val-fraction", type=_float(0, 1, hi_open=True))
+    g.add_argument("--patience", type=_int(1), help="early stopping patience (needs --val-fraction)")
+    g.add_argument("--epoch-size", type=_int(1), help="samples per epoch (tiles small training sets)")
+    g.add_argument("--seed", type=_int(0), default=0)
 
 
 def _data_cfg(args) -> dict:
@@ -218,8 +210,8 @@ def _sweep_factors(args) -> dict:
     if isinstance(spec, dict):  # a config file's [factor] table
         return {k: list(v) for k, v in spec.items()}
     if not spec:
-        raise SystemExit("activation-hash sweep: give at least one --factor NAME=V1,V2,... "
-                         "(e.g. --factor width=2,4,8,16)")
+        raise UsageError("give at least one --factor NAME=V1,V2,... (e.g. --factor "
+                         "width=2,4,8,16)")
     return dict(_factor(item) if isinstance(item, str) else item for item in spec)
 
 
@@ -233,8 +225,7 @@ def _seed_list(seeds) -> list[int]:
             raise ValueError("no seeds")
         return [check_int(s, "seed") for s in seeds]
     except (TypeError, ValueError):
-        raise SystemExit(f"activation-hash sweep: --seeds must be comma-separated ints, "
-                         f"got {seeds!r}") from None
+        raise UsageError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
 
 
 def cmd_sweep(args) -> None:
@@ -247,14 +238,9 @@ def cmd_sweep(args) -> None:
     cfg = SweepConfig(factors=_sweep_factors(args), data=_data_cfg(args), model=_model_cfg(args),
                       train=train_cfg, seeds=_seed_list(args.seeds), k=args.k,
                       probes=True if measures else args.probes, measures=measures or None)
-    try:
-        run_sweep_report(cfg, args.out, thresholds=_thresholds(args), progress=not args.quiet,
-                         root=args.data_root, force=args.force, settings=_args_settings(args),
-                         say=_sayer(args))
-    except ValueError as e:
-        if "torch thread" not in str(e):
-            raise
-        raise SystemExit(f"activation-hash sweep: {e}") from None
+    run_sweep_report(cfg, args.out, thresholds=_thresholds(args), progress=not args.quiet,
+                     root=args.data_root, force=args.force, settings=_args_settings(args),
+                     say=_sayer(args))
 
 
 def cmd_phase_chart(args) -> None:
@@ -286,11 +272,11 @@ def cmd_demo(args) -> None:
 
 def _phase_opts(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("phase-chart regimes (see activation_hash.experiments.phase)")
-    g.add_argument("--r-hi", type=float, default=0.1,
+    g.add_argument("--r-hi", type=_float(), default=0.1,
                    help="under-expressive when redundancy R >= r_hi (default 0.1)")
-    g.add_argument("--r-lo", type=float, default=0.01,
+    g.add_argument("--r-lo", type=_float(), default=0.01,
                    help="sufficiently-expressive needs R <= r_lo (default 0.01) ...")
-    g.add_argument("--acc-eps", type=float, default=0.02,
+    g.add_argument("--acc-eps", type=_float(), default=0.02,
                    help="... and accuracy >= saturated accuracy - acc_eps (default 0.02); "
                         "otherwise critically-expressive")
     g.add_argument("--saturation", choices=["global", "row", "column"], default="global",
@@ -305,19 +291,21 @@ def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
     def opts(name: str) -> dict:
         return dict((defaults or {}).get(name, {}))
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="activation-hash",
         description="ReLU networks as hash encoders: train, extract neural codes, count "
                     "collisions, categorize, sweep factors, draw the phase chart, report.")
     from activation_hash import __version__
 
     p.add_argument("--version", action="version", version=f"activation-hash {__version__}")
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of an error (also accepted after the command)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     s = sub.add_parser("demo", help="width and training-time sweeps on digits, phase chart, report",
                        description=cmd_demo.__doc__)
     _common(s)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=_int(0), default=0)
     _phase_opts(s)
     s.set_defaults(func=cmd_demo, **opts('demo'))
 
@@ -343,15 +331,15 @@ def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
     _common(s)
     s.add_argument("codes", nargs="+", help="code files written by `extract` (e.g. RUN/train.codes)")
     s.add_argument("--per-layer", action="store_true", help="also the redundancy of each layer")
-    s.add_argument("--top", type=int, default=10, help="largest groups to list")
+    s.add_argument("--top", type=_int(0), default=10, help="largest groups to list")
     s.set_defaults(func=cmd_collisions, **opts('collisions'))
 
     s = sub.add_parser("categorize", help="K-NN / K-Means / logistic regression on saved codes")
     _common(s)
     s.add_argument("--train", required=True, help="training codes (with labels)")
     s.add_argument("--test", required=True, help="test codes (with labels)")
-    s.add_argument("--k", type=int, default=9, help="K-NN neighbours (default 9)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--k", type=_int(1), default=9, help="K-NN neighbours (default 9)")
+    s.add_argument("--seed", type=_int(0), default=0)
     s.set_defaults(func=cmd_categorize, **opts('categorize'))
 
     s = sub.add_parser("sweep", help="sweep factors; CSV/JSON results, plots, phase chart, report",
@@ -363,7 +351,7 @@ def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
     s.add_argument("--factor", action="append", metavar="NAME=V1,V2,...",
                    help="a factor and its values (repeat for a grid)")
     s.add_argument("--seeds", default="0", help="comma-separated seeds repeated at every point")
-    s.add_argument("--k", type=int, default=9, help="K-NN neighbours")
+    s.add_argument("--k", type=_int(1), default=9, help="K-NN neighbours")
     s.add_argument("--probes", choices=["all", "knn", "none"], default="all",
                    help="all: K-NN, K-Means, logistic regression; knn: K-NN only; none")
     s.add_argument("--measures", metavar="NAME,...",
@@ -410,32 +398,62 @@ def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
     s.add_argument("--config", metavar="FILE", help=argparse.SUPPRESS)
     s.add_argument("--quiet", "-q", action="store_true")
     s.set_defaults(func=cmd_report, **opts('report'))
+    p.commands = sub.choices
+    for name, sp in sub.choices.items():  # options the config file gives are not required
+        for a in sp.options:
+            if a.dest in opts(name):
+                a.required = False
+                if a.nargs == "+":
+                    a.nargs = "*"
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    if getattr(args, "config", None):
-        try:
-            cfg = _load_config(args.config)
-        except ValueError as e:  # an option given twice, bad TOML
-            raise SystemExit(f"activation-hash {args.command}: {e}") from None
-        known = set(vars(args)) - {"command", "func"}  # every option of the command
-        unknown = sorted(set(cfg) - known)
+def _run(argv: list[str]) -> int:
+    cmd, cfg_path = _scan(argv)
+    defaults = None
+    commands = build_parser().commands
+    if cfg_path and cmd in commands:
+        cfg = _load_config(cfg_path)
+        actions = {a.dest: a for a in commands[cmd].options if a.dest != "config"}
+        unknown = sorted(set(cfg) - set(actions))
         if unknown:
-            raise SystemExit(f"activation-hash {args.command}: unknown option(s) {unknown} in "
-                             f"{args.config}; known: {sorted(known - {'config'})}")
-        args = build_parser({args.command: cfg}).parse_args(argv)  # flags override the file
+            raise UsageError(f"unknown option(s) {unknown} in {cfg_path}; known: "
+                             f"{sorted(actions)}")
+        defaults = {cmd: {k: _config_value(actions[k], v, cfg_path) for k, v in cfg.items()}}
+    args = build_parser(defaults).parse_args(argv)  # flags override the file
     _threads(args)
-    try:
-        args.func(args)
-    except FileNotFoundError as e:  # a missing model, code file or sweep: a usage error
-        if args.command not in ("extract", "collisions", "categorize", "phase-chart", "regions",
-                                "folding"):
-            raise
-        raise SystemExit(f"activation-hash {args.command}: {e}") from None
+    args.func(args)
     return 0
+
+
+def _user_errors() -> tuple:
+    from activation_hash.fileio import LockedError
+
+    return (UsageError, ValueError, TypeError, OSError, LockedError, ImportError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; a user error prints one line on stderr and exits with status 2
+    (``--debug``: the traceback)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("activation-hash: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except _user_errors() as e:
+        if debug:
+            raise
+        cmd, _ = _scan(argv)
+        msg = " ".join(str(e).split()) or type(e).__name__
+        if isinstance(e, OSError) and e.filename and str(e.filename) not in msg:
+            msg += f": {e.filename}"
+        print(f"activation-hash{' ' + cmd if cmd else ''}: error: {msg}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

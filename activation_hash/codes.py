@@ -77,7 +77,9 @@ class CodeBook:
     """Packed neural codes of N samples.
 
     Args:
-        codes: int64 ``[N, W]`` with ``W == layout.total_words`` (CPU or CUDA).
+        codes: int64 ``[N, W]`` with ``W == layout.total_words`` (CPU or CUDA); the padding
+            bits of each layer's last word must be 0 (ValueError otherwise: they would count
+            in collisions and Hamming distances).
         layout: where each layer's bits live in a row.
         labels: optional integer labels ``[N]`` (stored as int64; float, bool and 2-D labels
             are refused with TypeError / ValueError).
@@ -99,12 +101,24 @@ class CodeBook:
                              f"({layout.total_bits} bits), got {list(codes.shape)}")
         if meta is not None and not isinstance(meta, dict):
             raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
+        _check_padding(codes, layout)
+        self._init(codes, layout, labels, ids, meta)
+
+    def _init(self, codes, layout, labels, ids, meta) -> None:
         self.codes = codes
         self.layout = layout
         n = codes.shape[0]
         self.labels = None if labels is None else as_labels(labels, n, "labels")
         self.ids = None if ids is None else as_labels(ids, n, "ids", "sample ids")
         self.meta = dict(meta or {})
+
+    @classmethod
+    def _of(cls, codes, layout, labels=None, ids=None, meta=None) -> "CodeBook":
+        """A CodeBook of codes taken from a checked one (slices, layers, devices): the padding
+        check is not repeated."""
+        cb = cls.__new__(cls)
+        cb._init(codes, layout, labels, ids, meta)
+        return cb
 
     # -- shape
     def __len__(self) -> int:
@@ -146,8 +160,8 @@ class CodeBook:
                 return None
             i = idx.to(t.device) if isinstance(idx, torch.Tensor) else idx
             return t[i]
-        return CodeBook(pick(self.codes), self.layout, pick(self.labels), pick(self.ids),
-                        self.meta)
+        return CodeBook._of(pick(self.codes), self.layout, pick(self.labels), pick(self.ids),
+                            self.meta)
 
     def __getitem__(self, idx) -> "CodeBook":
         """Samples ``idx`` (int, slice, int/bool tensor or array, list) as a new CodeBook."""
@@ -186,16 +200,16 @@ class CodeBook:
         if isinstance(layers, (str, int)):
             layers = [layers]
         layout, cols = self.layout.select(list(layers))
-        return CodeBook(self.codes[:, cols.to(self.device)], layout, self.labels, self.ids,
-                        self.meta)
+        return CodeBook._of(self.codes[:, cols.to(self.device)], layout, self.labels, self.ids,
+                            self.meta)
 
     def truncate(self, n_layers: int) -> "CodeBook":
         """The code of the first ``n_layers`` layers (a prefix of each row, no copy)."""
         n_layers = check_int(n_layers, "n_layers", min=0, max=len(self.layout))
         lo = self.layout
         layout = Layout(lo.names[:n_layers], lo.shapes[:n_layers])
-        return CodeBook(self.codes[:, :layout.total_words], layout, self.labels, self.ids,
-                        self.meta)
+        return CodeBook._of(self.codes[:, :layout.total_words], layout, self.labels, self.ids,
+                            self.meta)
 
     @staticmethod
     def concat(books: Sequence["CodeBook"]) -> "CodeBook":
@@ -222,13 +236,13 @@ class CodeBook:
             if any(p is None for p in parts):
                 raise ValueError(f"CodeBook.concat: some CodeBooks have {attr} and some do not")
             return torch.cat(parts)
-        return CodeBook(torch.cat([b.codes for b in books]), first.layout, cat("labels"),
-                        cat("ids"), first.meta)
+        return CodeBook._of(torch.cat([b.codes for b in books]), first.layout, cat("labels"),
+                            cat("ids"), first.meta)
 
     def to(self, device) -> "CodeBook":
         """A copy on ``device`` (codes, labels and ids)."""
         mv = (lambda t: None if t is None else t.to(device))
-        return CodeBook(mv(self.codes), self.layout, mv(self.labels), mv(self.ids), self.meta)
+        return CodeBook._of(mv(self.codes), self.layout, mv(self.labels), mv(self.ids), self.meta)
 
     # -- disk
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
@@ -242,7 +256,7 @@ class CodeBook:
                      overwrite=overwrite)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, mmap: bool = True, verify: bool = False) -> "CodeBook":
+    def load(cls, path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> "CodeBook":
         """Read a store written by :meth:`save` or by
         :func:`~activation_hash.extract.extract_codes` (``store=``).
 
@@ -252,18 +266,47 @@ class CodeBook:
         Without ``mmap`` the arrays are read into memory.
 
         An incomplete store (interrupted extraction) raises
-        :class:`activation_hash.store.IncompleteStoreError`. ``verify=False`` (default, cheap)
-        checks only that each file's size, dtype and shape match the manifest;
-        ``verify=True`` also reads every file and checks its sha256 against the manifest.
+        :class:`activation_hash.store.IncompleteStoreError`. Every file's size, dtype and
+        shape are checked against the manifest, and with ``verify`` (the default) its
+        checksums too (per-block sha256, hashed on threads: a flipped byte raises ValueError);
+        ``verify=False`` skips the hashing. Codes with padding bits set raise ValueError.
         """
         data = _store.read(path, mmap=mmap, verify=verify)
-        layout = Layout.from_dict(data.layout)
+        try:
+            layout = Layout.from_dict(data.layout)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{os.fspath(path)}: corrupt manifest: bad layout ({err})") from None
         arrays = data.arrays
         codes = arrays.get("codes")
         if codes is None:
             raise ValueError(f"{path} holds no 'codes' array, only {sorted(arrays)}")
         t = (lambda a: None if a is None else torch.from_numpy(a))  # writable: copy-on-write
         return cls(t(codes), layout, t(arrays.get("labels")), t(arrays.get("ids")), data.meta)
+
+
+def _check_padding(codes: torch.Tensor, layout: Layout) -> None:
+    """ValueError when a padding bit (past a layer's units in its last word) is set."""
+    cols, masks = [], []
+    for o, w, n in zip(layout.word_offsets, layout.words_per_layer, layout.units):
+        if n % 64:
+            cols.append(o + w - 1)
+            masks.append(-(1 << (n % 64)))  # the bits n % 64 .. 63 as a signed int64
+    if not cols or codes.shape[0] == 0:
+        return
+    m = torch.tensor(masks, dtype=torch.int64, device=codes.device)
+    bad = (codes[:, cols] & m) != 0
+    if bool(bad.any()):
+        r, c = (int(v) for v in bad.nonzero()[0])
+        raise ValueError(f"codes have padding bits set (row {r}, word {cols[c]}: the last word of "
+                         f"layer {_layer_of(layout, cols[c])!r}, past its units); padding bits "
+                         f"must be 0, or they would count in collisions and Hamming distances")
+
+
+def _layer_of(layout: Layout, word: int) -> str:
+    for name, o, w in zip(layout.names, layout.word_offsets, layout.words_per_layer):
+        if o <= word < o + w:
+            return name
+    return "?"
 
 
 def as_codes(x, name: str = "codes") -> tuple[torch.Tensor, torch.Tensor | None]:

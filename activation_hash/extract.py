@@ -185,40 +185,95 @@ def _data_len(data) -> int | None:
         return None
 
 
-def _data_fingerprint(data) -> str | None:
-    """sha256 of the first (up to 64) samples of tensor data (and labels); None otherwise."""
-    if isinstance(data, torch.Tensor):
-        parts = [data]
-    elif isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
-        parts = [data[0], torch.as_tensor(np.asarray(data[1]) if not isinstance(
-            data[1], torch.Tensor) else data[1])]
+def _tensor_digest(h, t) -> None:
+    """Feed a tensor's dtype, shape and every byte to the hash (CPU copies one slab at a
+    time, so a GPU tensor is never copied whole)."""
+    if isinstance(t, np.ndarray):
+        t = torch.from_numpy(np.ascontiguousarray(t))
+    t = t.detach()
+    h.update(f"{t.dtype}{list(t.shape)};".encode())
+    if not t.numel():
+        return
+    flat = t.reshape(-1) if t.is_contiguous() else t.contiguous().reshape(-1)
+    if flat.is_complex():
+        flat = torch.view_as_real(flat).reshape(-1)
+    step = max(1, (64 << 20) // flat.element_size())
+    for lo in range(0, flat.numel(), step):
+        part = flat[lo:lo + step].cpu().contiguous()
+        if part.dtype == torch.bool:
+            part = part.to(torch.uint8)
+        h.update(part.view(torch.uint8).numpy().data)
+
+
+def _files_digest(h, root) -> bool:
+    """Feed the files under ``root`` to the hash: relative name, size, mtime and a sample of
+    their content (first and last 64 KiB). False when there is no such directory or file."""
+    root = os.fspath(root)
+    if os.path.isfile(root):
+        paths = [root]
+    elif os.path.isdir(root):
+        paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs)
     else:
-        return None
+        return False
+    for p in paths[:100000]:
+        st = os.stat(p)
+        h.update(f"{os.path.relpath(p, root)}:{st.st_size}:{st.st_mtime_ns};".encode())
+        with open(p, "rb") as f:
+            h.update(f.read(65536))
+            if st.st_size > 131072:
+                f.seek(-65536, os.SEEK_END)
+                h.update(f.read(65536))
+    return True
+
+
+def _data_fingerprint(data) -> str | None:
+    """sha256 of the data when it is cheap to hash, else None (then resume trusts the
+    sample count only):
+
+    - tensors, numpy arrays, ``(inputs, labels)`` tuples, ``TensorDataset`` (also inside a
+      DataLoader or a ``Subset`` of one, with the subset's indices): every byte;
+    - datasets (or a DataLoader's) with a ``root`` directory or file (torchvision style):
+      each file's name, size, mtime and first and last 64 KiB, plus the dataset's class
+      name and length.
+    """
+    from torch.utils.data import DataLoader, Subset, TensorDataset
+
     h = hashlib.sha256()
-    for t in parts:
-        t = t[:64].detach().cpu().contiguous()
-        h.update(f"{t.dtype}{list(t.shape)}".encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    ds = data.dataset if isinstance(data, DataLoader) else data
+    prefix = []
+    while isinstance(ds, Subset):
+        prefix.append(torch.as_tensor(np.asarray(ds.indices, dtype=np.int64)))
+        ds = ds.dataset
+    if isinstance(ds, (torch.Tensor, np.ndarray)):
+        parts = [ds]
+    elif isinstance(ds, tuple) and len(ds) == 2 and isinstance(ds[0], torch.Tensor):
+        parts = [ds[0], ds[1] if isinstance(ds[1], torch.Tensor) else np.asarray(ds[1])]
+    elif isinstance(ds, TensorDataset):
+        parts = list(ds.tensors)
+    else:
+        root = getattr(ds, "root", None)
+        if not isinstance(root, (str, os.PathLike)):
+            return None
+        h.update(f"{type(ds).__qualname__}:{_data_len(ds)};".encode())
+        for t in prefix:
+            _tensor_digest(h, t)
+        return h.hexdigest() if _files_digest(h, root) else None
+    for t in prefix + parts:
+        _tensor_digest(h, t)
     return h.hexdigest()
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """Cheap fingerprint of a model's weights: sha256 of the name, dtype and shape of every
-    parameter and buffer and of their sums (float64; one device sync in all)."""
+    """sha256 of a model's ``state_dict``: every entry's name, dtype, shape and raw bytes, in
+    order (so permuted weights, a changed buffer or another dtype all give another digest).
+    Costs one read of the weights (copied to the CPU a slab at a time)."""
     h = hashlib.sha256()
-    sums = []
     for k, v in model.state_dict().items():
-        if not isinstance(v, torch.Tensor):
-            continue
-        h.update(f"{k}:{v.dtype}:{list(v.shape)};".encode())
-        v = v.detach()
-        if v.is_complex():
-            v = torch.view_as_real(v)
-        sums.append(v.to(torch.float64).sum().reshape(1) if v.numel() else
-                    torch.zeros(1, dtype=torch.float64, device=v.device))
-    if sums:
-        vals = torch.cat([s.to(sums[0].device) for s in sums]).cpu().numpy()
-        h.update(np.round(vals, 6).tobytes())  # same weights, same sums (deterministic CPU sums)
+        h.update(f"{k}:".encode())
+        if isinstance(v, torch.Tensor):
+            _tensor_digest(h, v)
+        else:
+            h.update(repr(v).encode())
     return h.hexdigest()
 
 
@@ -235,7 +290,7 @@ def _check_record(path, stored: dict, want: dict, rows: int, complete: bool) -> 
     diffs = []
     if isinstance(got, dict):
         for k, what in (("n", "samples"), ("layers", "layers"), ("model", "model weights"),
-                        ("data", "data (first samples)")):
+                        ("data", "data")):
             known = (k in got) if k == "layers" else (got.get(k) is not None and
                                                       want[k] is not None)
             if known and got[k] != want[k]:
@@ -276,8 +331,12 @@ def extract_codes(model: nn.Module, data, *, layers: Iterable[int | str] | None 
             (a complete store is returned as it is); with False an existing store is an error.
             Either way the store must come from the same inputs: its manifest's
             ``meta["extraction"]`` records the number of samples, the ``layers`` argument, a
-            :func:`model_fingerprint` and (tensor data) a hash of the first samples, and any
-            difference (or a complete store of another size) raises ValueError.
+            :func:`model_fingerprint` (sha256 of the state_dict bytes) and a hash of the data
+            where that is cheap (every byte of tensors, arrays and TensorDatasets; name, size,
+            mtime and sampled content of the files of a dataset with a ``root``), and any
+            difference (or a complete store of another size) raises ValueError. The store is
+            locked while this runs: a second extraction into it raises
+            :class:`~activation_hash.fileio.LockedError`.
         overwrite: with ``store``, discard an existing store (its own files) and start afresh.
         chunk_rows: rows per chunk file of the store (default: about 64 MiB per chunk).
         meta: metadata kept with the CodeBook (and in the store's manifest); its key
@@ -295,6 +354,18 @@ def extract_codes(model: nn.Module, data, *, layers: Iterable[int | str] | None 
     batch_size = check_int(batch_size, "batch_size", min=1)
     device = _model_device(model) if device is None else torch.device(device)
     meta = dict(meta or {})
+
+    if store is None:
+        return _extract(model, data, layers, batch_size, device, progress, None, resume,
+                        overwrite, chunk_rows, meta, labels)
+    with _store.lock(store, f"store {os.fspath(store)!r}"):
+        return _extract(model, data, layers, batch_size, device, progress, store, resume,
+                        overwrite, chunk_rows, meta, labels)
+
+
+def _extract(model, data, layers, batch_size, device, progress, store, resume, overwrite,
+             chunk_rows, meta, labels) -> CodeBook:
+    from tqdm.auto import tqdm
 
     writer = None
     skip = 0
@@ -361,6 +432,8 @@ def extract_codes(model: nn.Module, data, *, layers: Iterable[int | str] | None 
     finally:
         for m, training in modes.items():
             m.train(training)
+        if writer is not None and not writer.m.get("complete"):
+            writer.close()  # an error: the store stays incomplete and resumable
 
     if writer is not None:
         if rec.layout is not None:

@@ -12,6 +12,8 @@ it was.
 - :func:`atomic_path`: a temporary path for writers that want a file name (``torch.save``,
   ``Figure.savefig``); it replaces the target when the block ends without an error.
 - :func:`fsync_dir`: make the renames in a directory durable (callers that need it).
+- :func:`exclusive_lock`: one writer at a time on a store or sweep directory (``filelock``);
+  a second one gets :class:`LockedError`, one line naming the holder.
 
 Temporary files are named ``.<name>.<pid>.<random>.tmp`` next to the target unless the caller
 names one (``tmp=``; the code store keeps its own ``<name>.tmp`` names, which its resume
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import IO, Iterator
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_open",
-           "atomic_path", "fsync_dir"]
+           "atomic_path", "fsync_dir", "exclusive_lock", "lock_held", "LockedError"]
 
 
 def fsync_dir(path) -> None:
@@ -120,3 +122,69 @@ def atomic_write_json(path, obj, *, indent: int | None = 1, default=None, tmp=No
     that cannot be serialized leaves no file behind."""
     text = json.dumps(obj, indent=indent, default=default, **dumps_kwargs)
     return atomic_write_text(path, text, tmp=tmp)
+
+
+# ---- one writer at a time -----------------------------------------------------------------
+
+class LockedError(RuntimeError):
+    """Another process (or another writer of this one) holds the lock of a store or sweep."""
+
+
+_HELD: dict[str, int] = {}  # lock file -> depth, for nested locks of one process
+
+
+def lock_held(lock_file) -> bool:
+    """Whether this process holds the :func:`exclusive_lock` of ``lock_file``."""
+    return bool(_HELD.get(os.path.abspath(os.fspath(lock_file))))
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_file, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_file`` (a ``filelock.FileLock``) for the block.
+
+    Never waits: when another process holds it, raises :class:`LockedError` with one line
+    naming ``what`` and the holder (pid, host, start time, command line, read from
+    ``<lock_file>.holder``). Nested calls of one process on the same file are re-entrant.
+    The lock is released when the block ends, and by the OS when the process dies (kill -9
+    leaves no stale lock: ``flock`` locks die with their process)."""
+    import filelock
+    import socket
+    import sys
+    import time
+
+    key = os.path.abspath(os.fspath(lock_file))
+    if _HELD.get(key):
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            if _HELD.get(key):
+                _HELD[key] -= 1
+        return
+    holder = key + ".holder"
+    os.makedirs(os.path.dirname(key) or ".", exist_ok=True)
+    lock = filelock.FileLock(key, timeout=0, thread_local=False)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        try:
+            with open(holder) as f:
+                h = json.load(f)
+            who = (f"pid {h.get('pid')} on {h.get('host')} since {h.get('since')} "
+                   f"({h.get('cmd')})")
+        except (OSError, ValueError, AttributeError):
+            who = "another process"
+        raise LockedError(f"{what} is locked by {who}: one writer at a time; wait for it to "
+                          f"finish or stop it (lock file {key})") from None
+    _HELD[key] = 1
+    try:
+        with contextlib.suppress(OSError):
+            atomic_write_json(holder, {"pid": os.getpid(), "host": socket.gethostname(),
+                                       "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                       "cmd": " ".join(sys.argv)[:200]}, indent=None)
+        yield
+    finally:
+        _HELD.pop(key, None)
+        with contextlib.suppress(OSError):
+            os.remove(holder)
+        lock.release()

@@ -18,6 +18,18 @@ kind           FAISS index                 parameters (keyword arguments of Code
 Codes are int64 words ``[N, W]``; FAISS gets their little-endian bytes (``8 W`` bytes,
 ``d = 64 W`` bits; padding bits are 0 so they change no distance).
 
+Every parameter is checked before FAISS sees it (TypeError / ValueError naming it): ``hash_bits``
+in ``[1, 64]`` and ``<= d`` (multihash: ``nhash * hash_bits <= d``), ``nflip`` in ``[0,
+hash_bits]``, ``nhash`` in ``[1, 64]``, ``nlist`` in ``[1, N of the first add]``, ``nprobe >=
+1``, ``M`` in ``[2, 512]``, ``ef_search`` and ``ef_construction`` in ``[1, 2**20]``,
+``gpu_id >= 0``. (Unchecked, FAISS aborts the process for ``M=0``, crashes for ``M=1`` and
+never returns for ``nflip < 0``.)
+
+Files: :meth:`CodeIndex.save` writes the FAISS file and a JSON sidecar (``<path>.json``) with
+the kind, parameters, sizes and the file's byte count and sha256; :meth:`CodeIndex.load`
+checks the checksum before FAISS parses the file (``verify=False`` skips it) and that the
+file's index class is the sidecar's ``kind``.
+
 Devices: ``device="auto"`` uses a GPU when ``faiss.get_num_gpus() > 0`` and the kind is flat,
 else the CPU; ``"cpu"``; ``"cuda"`` / ``"cuda:N"`` raises ValueError when FAISS sees no GPU
 (a GPU index is never built without one: that aborts the process). A CPU copy of the index is
@@ -42,8 +54,9 @@ import numpy as np
 import torch
 
 from activation_hash.codes import CodeBook, as_codes
-from activation_hash.validation import check_int
+from activation_hash.fileio import atomic_path, atomic_write_json
 from activation_hash.layout import Layout
+from activation_hash.validation import check_bool, check_int
 
 __all__ = ["CodeIndex", "GPU_K_LIMIT", "KINDS"]
 
@@ -51,7 +64,24 @@ KINDS = ("flat", "hash", "multihash", "ivf", "hnsw")
 GPU_K_LIMIT = 2048  # FAISS GPU k-selection limit
 _PARAMS = {"flat": set(), "hash": {"hash_bits", "nflip"}, "multihash": {"nhash", "hash_bits", "nflip"},
            "ivf": {"nlist", "nprobe"}, "hnsw": {"M", "ef_search", "ef_construction"}}
-_FORMAT = 1
+_FORMAT = 2  # 2: the sidecar has "bytes" and "sha256" of the index file
+_CLASSES = {"flat": "IndexBinaryFlat", "hash": "IndexBinaryHash",
+            "multihash": "IndexBinaryMultiHash", "ivf": "IndexBinaryIVF",
+            "hnsw": "IndexBinaryHNSW"}
+MISSING_DIST = 2**31 - 1  # dist of a missing result (ids == -1)
+_LIMITS = {"hash_bits": (1, 64), "nflip": (0, 64), "nhash": (1, 64), "nlist": (1, None),
+           "nprobe": (1, None), "M": (2, 512), "ef_search": (1, 1 << 20),
+           "ef_construction": (1, 1 << 20), "gpu_id": (0, None)}
+
+
+def _check_params(kind: str, params: dict) -> dict:
+    """Each parameter an int in its range (see the module docstring); ``nflip <= hash_bits``
+    when both are given."""
+    out = {k: check_int(v, k, min=_LIMITS[k][0], max=_LIMITS[k][1]) for k, v in params.items()}
+    if "nflip" in out and "hash_bits" in out and out["nflip"] > out["hash_bits"]:
+        raise ValueError(f"nflip must be an integer in [0, hash_bits={out['hash_bits']}], "
+                         f"got {out['nflip']}")
+    return out
 
 
 def _faiss():
@@ -61,6 +91,16 @@ def _faiss():
         raise ImportError("activation_hash.index needs FAISS: pip install faiss-cpu "
                           "(or the [gpu] extra for faiss-gpu)") from err
     return faiss
+
+
+def _sha256(path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(8 << 20), b""):
+            h.update(b)
+    return h.hexdigest()
 
 
 def _num_gpus(faiss) -> int:
@@ -94,7 +134,7 @@ class CodeIndex:
             raise ValueError(f"unknown parameters for kind={kind!r}: {sorted(unknown)}; "
                              f"expected some of {sorted(_PARAMS[kind])}")
         self.kind = kind
-        self.params = dict(params)
+        self.params = _check_params(kind, params)
         self.device = self._resolve_device(device)
         self.n_words: int | None = None
         self._cpu = None
@@ -155,18 +195,29 @@ class CodeIndex:
         if self.kind == "flat":
             return faiss.IndexBinaryFlat(d)
         if self.kind == "hash":
-            b = int(p.setdefault("hash_bits", min(d, 20)))
+            b = p.get("hash_bits", min(d, 20))
+            if b > d:
+                raise ValueError(f"hash_bits must be an integer in [1, d={d}] (the bits of a "
+                                 f"code), got {b}")
+            nflip = p.get("nflip", min(2, b))
+            if nflip > b:
+                raise ValueError(f"nflip must be an integer in [0, hash_bits={b}], got {nflip}")
+            p["hash_bits"], p["nflip"] = b, nflip
             index = faiss.IndexBinaryHash(d, b)
-            index.nflip = int(p.setdefault("nflip", 2))
+            index.nflip = nflip
             return index
         if self.kind == "multihash":
-            nhash = int(p.setdefault("nhash", 4))
-            b = int(p.setdefault("hash_bits", min(d // nhash, 20)))
+            nhash = p.get("nhash", 4)
+            b = p.get("hash_bits", min(d // nhash, 20))
             if b < 1 or nhash * b > d:
-                raise ValueError(f"multihash needs 1 <= hash_bits and nhash * hash_bits <= {d}, "
+                raise ValueError(f"multihash needs 1 <= hash_bits and nhash * hash_bits <= d={d}, "
                                  f"got nhash={nhash}, hash_bits={b}")
+            nflip = p.get("nflip", min(2, b))
+            if nflip > b:
+                raise ValueError(f"nflip must be an integer in [0, hash_bits={b}], got {nflip}")
+            p["nhash"], p["hash_bits"], p["nflip"] = nhash, b, nflip
             index = faiss.IndexBinaryMultiHash(d, nhash, b)
-            index.nflip = int(p.setdefault("nflip", 2))
+            index.nflip = nflip
             return index
         if self.kind == "ivf":
             n = train.shape[0]
@@ -232,8 +283,9 @@ class CodeIndex:
         use_gpu = self.device == "cuda" and k <= GPU_K_LIMIT
         index = self._gpu_index() if use_gpu else self._cpu
         D, I = index.search(x, k)
-        return torch.from_numpy(np.asarray(D, dtype=np.int32)), torch.from_numpy(
-            np.asarray(I, dtype=np.int64))
+        D, I = np.array(D, dtype=np.int32), np.asarray(I, dtype=np.int64)
+        D[I < 0] = MISSING_DIST  # hnsw marks them -2**31; one marker for every kind
+        return torch.from_numpy(D), torch.from_numpy(I)
 
     def range_search(self, queries, radius: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Rows at distance < radius of each query (on the CPU copy): (lims int64 ``[Q + 1]``,
@@ -251,35 +303,72 @@ class CodeIndex:
     # ---- files -------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """``path``: the FAISS index (faiss.write_index_binary); ``path + ".json"``: kind,
-        parameters, words per row."""
+        parameters, words per row, rows, and the index file's size and sha256. Both are
+        written atomically (the index first)."""
         if self._cpu is None:
             raise ValueError("the index is empty: nothing to save")
         path = os.fspath(path)
-        _faiss().write_index_binary(self._cpu, path)
+        with atomic_path(path) as tmp:
+            _faiss().write_index_binary(self._cpu, os.fspath(tmp))
+            size, digest = os.path.getsize(tmp), _sha256(tmp)
         meta = {"format": _FORMAT, "kind": self.kind, "params": self.params,
-                "n_words": self.n_words, "ntotal": len(self)}
-        with open(path + ".json", "w") as f:
-            json.dump(meta, f, indent=2)
+                "n_words": self.n_words, "ntotal": len(self), "bytes": size, "sha256": digest}
+        atomic_write_json(path + ".json", meta, indent=2)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "auto") -> "CodeIndex":
-        """An index written by :meth:`save` (device chosen again, as in the constructor)."""
+    def load(cls, path: str | os.PathLike, device: str = "auto", *,
+             verify: bool = True) -> "CodeIndex":
+        """An index written by :meth:`save` (device chosen again, as in the constructor).
+
+        The sidecar is validated, the file's size and (``verify``, the default) sha256 are
+        checked before FAISS reads it, and the index FAISS reads must be of the sidecar's
+        ``kind`` with its ``d`` and ``ntotal``: ValueError otherwise."""
         path = os.fspath(path)
+        verify = check_bool(verify, "verify")
         side = path + ".json"
         if not os.path.exists(side):
             raise ValueError(f"{side} is missing: not an index written by CodeIndex.save")
-        with open(side) as f:
-            meta = json.load(f)
+        try:
+            with open(side) as f:
+                meta = json.load(f)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ValueError(f"{side} is not valid JSON ({err})") from None
         if not isinstance(meta, dict) or meta.get("format") != _FORMAT or meta.get("kind") not in KINDS:
             raise ValueError(f"{side} is not a CodeIndex sidecar of format {_FORMAT}")
-        params = {k: v for k, v in meta.get("params", {}).items() if k != "gpu_id"}
-        index = cls(meta["kind"], device=device, **params)
-        index._cpu = _faiss().read_index_binary(path)
-        index.n_words = int(meta["n_words"])
-        index._apply_search_params()
-        if index._cpu.d != 64 * index.n_words or index._cpu.ntotal != meta.get("ntotal"):
+        params = meta.get("params", {})
+        n_words, ntotal = meta.get("n_words"), meta.get("ntotal")
+        if not isinstance(params, dict) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= lo
+                for v, lo in ((n_words, 1), (ntotal, 0), (meta.get("bytes"), 0))) or not (
+                isinstance(meta.get("sha256"), str) and len(meta["sha256"]) == 64):
+            raise ValueError(f"{side}: corrupt sidecar (params must be an object; n_words, "
+                             f"ntotal and bytes integers; sha256 64 hex digits)")
+        params = {k: v for k, v in params.items() if k != "gpu_id"}
+        try:
+            index = cls(meta["kind"], device=device, **params)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{side}: bad parameters ({err})") from None
+        if not os.path.isfile(path) or os.path.getsize(path) != meta["bytes"]:
+            raise ValueError(f"{path} does not match its sidecar (missing, or not "
+                             f"{meta['bytes']} bytes)")
+        if verify and _sha256(path) != meta["sha256"]:
+            raise ValueError(f"{path} is corrupt: its sha256 differs from the sidecar's "
+                             f"(verify=False skips the check)")
+        cpu = _faiss().read_index_binary(path)
+        if type(cpu).__name__ != _CLASSES[meta["kind"]]:
+            raise ValueError(f"{path} holds a {type(cpu).__name__}, its sidecar says kind="
+                             f"{meta['kind']!r} ({_CLASSES[meta['kind']]})")
+        index._cpu = cpu
+        index.n_words = n_words
+        if index._cpu.d != 64 * index.n_words or index._cpu.ntotal != ntotal:
             raise ValueError(f"{path} does not match its sidecar (d={index._cpu.d}, "
                              f"ntotal={index._cpu.ntotal}; sidecar {meta})")
+        for k in ("hash_bits", "nhash", "nlist"):  # the structure FAISS read must be the sidecar's
+            got = {"hash_bits": getattr(cpu, "b", None), "nhash": getattr(cpu, "nhash", None),
+                   "nlist": getattr(cpu, "nlist", None)}[k]
+            if k in index.params and got is not None and int(got) != index.params[k]:
+                raise ValueError(f"{path}: the index has {k}={got}, its sidecar {index.params[k]}")
+        index._apply_search_params()
         return index
 
     def __repr__(self) -> str:

@@ -132,10 +132,17 @@ class _ReferenceReluPack(torch.autograd.Function):
 
 # ---- the public functions ----------------------------------------------------------------
 
+def _tensor(x, name: str, fn: str, want: str) -> None:
+    """TypeError naming the argument when it is not a tensor (instead of the op schema's
+    multi-line RuntimeError)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be a torch.Tensor ({want}), got {type(x).__name__}")
+
 def pack_signs(x: torch.Tensor) -> torch.Tensor:
     """Packed signs of a batch. x ``[B, ...]`` float -> int64 ``[B, ceil(n / 64)]`` where n is
     the per-sample size and bit j is ``x[b].flatten()[j] > 0`` (logical C order, any memory
     format; -0.0 and NaN give 0)."""
+    _tensor(x, "x", "pack_signs", "float [B, ...]")
     return _ops.pack_signs.default(x) if HAS_EXTENSION else reference.pack_signs(x)
 
 
@@ -146,6 +153,7 @@ def relu_pack(x: torch.Tensor, negative_slope: float = 0.0) -> tuple[torch.Tenso
     (same values, same memory format), words as :func:`pack_signs`. Differentiable in x;
     autograd saves only the words for backward.
     """
+    _tensor(x, "x", "relu_pack", "float [B, ...]")
     negative_slope = float(negative_slope)
     if HAS_EXTENSION:
         return _ops.relu_pack.default(x, negative_slope)
@@ -156,6 +164,8 @@ def relu_mask_backward(grad_y: torch.Tensor, words: torch.Tensor,
                        negative_slope: float = 0.0) -> torch.Tensor:
     """Gradient through a ReLU/LeakyReLU from its packed signs. grad_y ``[B, ...]``, words
     ``[B, W]`` -> grad_x ``[B, ...]`` (contiguous)."""
+    _tensor(grad_y, "grad_y", "relu_mask_backward", "float [B, ...]")
+    _tensor(words, "words", "relu_mask_backward", "int64 [B, W]")
     negative_slope = float(negative_slope)
     if HAS_EXTENSION:
         return _ops.relu_mask_backward.default(grad_y, words, negative_slope)
@@ -164,6 +174,7 @@ def relu_mask_backward(grad_y: torch.Tensor, words: torch.Tensor,
 
 def unpack_bits(words: torch.Tensor, n: int) -> torch.Tensor:
     """Inverse of :func:`pack_signs`: int64 words ``[B, W]`` -> bool ``[B, n]``."""
+    _tensor(words, "words", "unpack_bits", "int64 [B, W]")
     return _ops.unpack_bits(words, int(n)) if HAS_EXTENSION else reference.unpack_bits(words, n)
 
 
@@ -172,6 +183,7 @@ def fingerprint_key(codes: torch.Tensor, index_bits: int) -> torch.Tensor:
     :func:`fingerprint128` with the low ``index_bits`` bits replaced by the row index
     (``N <= 2**index_bits``). One value sort of the keys groups the rows whose fingerprints
     agree above those bits, and the low bits of the sorted keys are the permutation."""
+    _tensor(codes, "codes", "fingerprint_key", "int64 [N, W]")
     if HAS_EXTENSION:
         return _ops.fingerprint_key(codes, int(index_bits))
     return reference.fingerprint_key(codes, index_bits)
@@ -184,6 +196,7 @@ def fingerprint128(codes: torch.Tensor, ends=None) -> torch.Tensor:
     ``[0, W]``) -> ``[N, len(ends), 2]``: the fingerprints of the prefixes ``codes[:, :e]``,
     all computed in one read of the codes (used for per-layer collision profiles).
     """
+    _tensor(codes, "codes", "fingerprint128", "int64 [N, W]")
     if HAS_EXTENSION:
         return _ops.fingerprint128(codes, None if ends is None else [int(e) for e in ends])
     return reference.fingerprint128(codes, ends)
@@ -194,6 +207,8 @@ def fingerprint128(codes: torch.Tensor, ends=None) -> torch.Tensor:
 def hamming_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Hamming distances of packed codes: a int64 ``[N, W]``, b int64 ``[M, W]`` -> int32
     ``[N, M]`` (popcount of ``a[i] ^ b[j]``; padding bits are 0 so they add nothing)."""
+    _tensor(a, "a", "hamming_distance", "int64 [N, W]")
+    _tensor(b, "b", "hamming_distance", "int64 [M, W]")
     if HAS_EXTENSION:
         return _ops.hamming_distance.default(a, b)
     return reference.hamming_distance(a, b)
@@ -210,6 +225,8 @@ def hamming_topk(queries: torch.Tensor, base: torch.Tensor,
     CUDA: one block per query, a distance histogram then a warp-parallel ordered placement
     pass (any k); codes wider than 128 words fall back to chunked distances + a stable sort.
     """
+    _tensor(queries, "queries", "hamming_topk", "int64 [Q, W]")
+    _tensor(base, "base", "hamming_topk", "int64 [M, W]")
     k = check_int(k, "k")  # its range is checked by the op (with the number of base rows)
     if HAS_EXTENSION:
         return _ops.hamming_topk.default(queries, base, k)
@@ -219,6 +236,7 @@ def hamming_topk(queries: torch.Tensor, base: torch.Tensor,
 def hamming_consecutive(codes: torch.Tensor) -> torch.Tensor:
     """Distances between successive rows (walks): codes ``[N, W]`` -> int32
     ``[max(N - 1, 0)]``, element i = distance of row i to row i + 1."""
+    _tensor(codes, "codes", "hamming_consecutive", "int64 [N, W]")
     if HAS_EXTENSION:
         return _ops.hamming_consecutive.default(codes)
     return reference.hamming_consecutive(codes)

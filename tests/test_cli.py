@@ -45,31 +45,37 @@ def test_top_level_help_and_console_script(capsys):
     assert r.returncode == 0 and "--factor" in r.stdout
 
 
-def test_bad_usage(tmp_path, capsys):
+def _user_error(argv, capsys) -> str:
+    """The one stderr line of a user error (exit status 2)."""
+    capsys.readouterr()
     with pytest.raises(SystemExit) as e:
-        main(["sweep", "--out", str(tmp_path / "s"), "--quiet"])
-    assert "--factor" in str(e.value)
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_bad_usage(tmp_path, capsys):
+    assert "--factor" in _user_error(["sweep", "--out", str(tmp_path / "s"), "--quiet"], capsys)
     cfg = tmp_path / "c.toml"
     cfg.write_text("widht = 3\n")
-    with pytest.raises(SystemExit) as e:
-        main(["train", "--config", str(cfg), "--out", str(tmp_path / "t")])
-    assert "widht" in str(e.value) and str(cfg) in str(e.value)
-    with pytest.raises(SystemExit) as e:
-        main(["train", "--config", str(tmp_path / "none.toml")])
-    assert "not found" in str(e.value)
+    err = _user_error(["train", "--config", str(cfg), "--out", str(tmp_path / "t")], capsys)
+    assert "widht" in err and str(cfg) in err
+    assert "not found" in _user_error(["train", "--config", str(tmp_path / "none.toml")], capsys)
 
 
-def test_config_same_key_in_two_tables(tmp_path):
+def test_config_same_key_in_two_tables(tmp_path, capsys):
     from activation_hash.cli import _load_config
 
     cfg = tmp_path / "c.toml"
     cfg.write_text("[data]\nseed = 1\nn_train = 100\n[train]\nseed = 2\nepochs = 1\n")
     with pytest.raises(ValueError, match=r"'seed' is set both in \[data\] and in \[train\]"):
         _load_config(str(cfg))
-    with pytest.raises(SystemExit) as e:
-        main(["train", "--config", str(cfg), "--out", str(tmp_path / "t"), "--quiet"])
-    assert "'seed'" in str(e.value) and "[data]" in str(e.value) and "[train]" in str(e.value)
-    assert str(cfg) in str(e.value) and not (tmp_path / "t").exists()
+    err = _user_error(["train", "--config", str(cfg), "--out", str(tmp_path / "t"), "--quiet"],
+                      capsys)
+    assert "'seed'" in err and "[data]" in err and "[train]" in err
+    assert str(cfg) in err and not (tmp_path / "t").exists()
     cfg.write_text("n-train = 5\n[data]\nn_train = 100\n")
     with pytest.raises(ValueError, match=r"'n_train' is set both in the top level and in \[data\]"):
         _load_config(str(cfg))
@@ -141,15 +147,14 @@ def test_sweep_phase_report_cli(tmp_path, capsys):
     assert "<title>again</title>" in (ph / "report.html").read_text()
 
 
-def test_sweep_cli_thread_count_guard(tmp_path):
+def test_sweep_cli_thread_count_guard(tmp_path, capsys):
     out = tmp_path / "sw"
     base = ["sweep", "--factor", "width=2", "--dataset", "moons", "--epochs", "1", "--probes",
             "none", "--out", str(out), "--quiet"]
     assert main(base + ["--threads", "1"]) == 0
     assert json.loads((out / "sweep.json").read_text())["torch_threads"] == 1
-    with pytest.raises(SystemExit) as e:
-        main(base + ["--threads", "2"])
-    assert "1 torch thread(s)" in str(e.value) and "--force" in str(e.value)
+    err = _user_error(base + ["--threads", "2"], capsys)
+    assert "1 torch thread(s)" in err and "--force" in err
     assert main(base + ["--threads", "1"]) == 0  # the same count resumes
     with pytest.warns(RuntimeWarning):
         assert main(base + ["--threads", "2", "--force"]) == 0

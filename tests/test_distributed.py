@@ -86,6 +86,8 @@ def _codes(n, seed, low=True, dup_from=None):
         dst = n // 2 + torch.randperm(n - n // 2, generator=g)[:n // 5]
         c[dst] = c[src]
         c[dst[:5], 3] ^= 1  # equal first layers, different last one
+        c[:, 1] &= (1 << 6) - 1  # padding bits are 0 (layer a: 70 units, layer b: 3)
+        c[:, 2] &= (1 << 3) - 1
     return c
 
 

@@ -62,7 +62,7 @@ def test_python_runs_match_the_command_line(tmp_path, capsys):
     assert json.loads((tmp_path / "k" / "categorization.json").read_text())["knn_test"] == d["knn_test"]
 
 
-def test_missing_inputs(tmp_path):
+def test_missing_inputs(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="no trained model"):
         runs.load_trained(tmp_path)
     with pytest.raises(FileNotFoundError, match="no codes at"):
@@ -73,9 +73,12 @@ def test_missing_inputs(tmp_path):
     for argv, msg in [(["extract", "--model", str(tmp_path)], "no trained model"),
                       (["collisions", str(tmp_path / "a.codes")], "no codes at"),
                       (["phase-chart", str(tmp_path / "nope")], "neither a sweep directory")]:
+        capsys.readouterr()
         with pytest.raises(SystemExit) as e:
             main(argv + ["--out", str(tmp_path / "o"), "--quiet"])
-        assert str(e.value).startswith(f"activation-hash {argv[0]}: ") and msg in str(e.value)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith(f"activation-hash {argv[0]}: error: ")
+        assert msg in err
 
 
 def test_sweep_report_and_phase_chart_from_python(tmp_path):
@@ -93,18 +96,19 @@ def test_sweep_report_and_phase_chart_from_python(tmp_path):
         {"under": 2, "n/a": 1}
 
 
-def test_cli_sweep_measures_option(tmp_path):
+def test_cli_sweep_measures_option(tmp_path, capsys):
     out = tmp_path / "s"
     assert main(["sweep", "--factor", "width=3", "--dataset", "moons", "--epochs", "1",
                  "--measures", "collisions,accuracy", "--out", str(out), "--quiet"]) == 0
     (row,) = json.loads((out / "results.json").read_text())["rows"]
     assert "redundancy_train" in row and "acc_test" in row and "knn_test" not in row
     assert json.loads((out / "sweep.json").read_text())["measures"] == ["collisions", "accuracy"]
-    with pytest.raises(ValueError, match="measure must be one of"):
+    with pytest.raises(SystemExit) as e:
         main(["sweep", "--factor", "width=3", "--measures", "no_such_measure", "--out", str(out), "-q"])
+    assert e.value.code == 2 and "measure must be one of" in capsys.readouterr().err
 
 
-def test_config_defaults_without_argparse_internals(tmp_path):
+def test_config_defaults_without_argparse_internals(tmp_path, capsys):
     p = build_parser({"train": {"width": 9, "epochs": 3}})
     args = p.parse_args(["train", "--epochs", "5"])
     assert (args.width, args.epochs) == (9, 5)  # the flag wins over the default
@@ -114,8 +118,9 @@ def test_config_defaults_without_argparse_internals(tmp_path):
     cfg.write_text("width = 3\nfoo = 1\n")
     with pytest.raises(SystemExit) as e:
         main(["train", "--config", str(cfg)])
-    assert "unknown option(s) ['foo']" in str(e.value) and "'width'" in str(e.value)
-    assert "'func'" not in str(e.value) and "'command'" not in str(e.value)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unknown option(s) ['foo']" in err and "'width'" in err
+    assert "'func'" not in err and "'command'" not in err
     text = (ROOT / "activation_hash" / "cli.py").read_text()
     assert not re.search(r"\._(actions|subparsers|group_actions|option_string_actions)\b", text)
     assert len(text.splitlines()) < 450

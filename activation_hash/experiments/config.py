@@ -4,13 +4,151 @@ Keys are the long option names of a command (``n_train`` or ``n-train``); tables
 (``[data] n_train = 100`` is ``n_train``), except ``[factor]``, kept as a table of a sweep's
 factors (``width = [2, 4, 8]``). An option given twice (``seed`` in ``[data]`` and ``[train]``,
 or ``n-train`` and ``n_train``) is an error naming both places. ``activation-hash --config
-FILE`` reads its options with :func:`load_config`.
+FILE`` reads its options with :func:`load_config`, and checks each value with
+:func:`check_option` as its flag would be checked (:func:`int_option` / :func:`float_option`
+are the argparse types of the numeric flags, which take text or values).
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
-__all__ = ["load_config", "flatten_config"]
+from activation_hash.validation import check_bool, check_float, check_int
+
+__all__ = ["load_config", "flatten_config", "check_option", "int_option", "float_option",
+           "OptionParser", "UsageError", "scan_argv", "number_list", "factor_option"]
+
+
+class UsageError(ValueError):
+    """A user error of the command line: one line on stderr, exit status 2."""
+
+
+class OptionParser(argparse.ArgumentParser):
+    """Errors as one line; records its options (``self.options``) for config checks."""
+
+    def __init__(self, *a, **k):
+        self.options: list = []
+        super().__init__(*a, **k)
+
+    def error(self, message):  # one line, no usage block
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+    def add_argument(self, *a, **k):
+        act = super().add_argument(*a, **k)
+        self.options.append(act)
+        return act
+
+    def add_argument_group(self, *a, **k):
+        g = super().add_argument_group(*a, **k)
+        add = g.add_argument
+
+        def record(*args, **kw):
+            act = add(*args, **kw)
+            self.options.append(act)
+            return act
+        g.add_argument = record
+        return g
+
+
+def _number(part: str, text: str):
+    if part.lower() in ("true", "false"):
+        return part.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(part)
+        except ValueError:
+            pass
+    raise UsageError(f"expected comma-separated numbers, got {text!r}")
+
+
+def number_list(text: str) -> list:
+    return [_number(part.strip(), text) for part in str(text).split(",") if part.strip()]
+
+
+def factor_option(text: str) -> tuple[str, list]:
+    if "=" not in text or not text.split("=", 1)[0].strip():
+        raise UsageError(f"a factor is NAME=V1,V2,... (e.g. width=2,4,8), got {text!r}")
+    name, values = text.split("=", 1)
+    vals = number_list(values)
+    if not vals:
+        raise UsageError(f"factor {name.strip()!r} has no values: NAME=V1,V2,..., got {text!r}")
+    return name.strip(), vals
+
+
+def scan_argv(argv: list[str]) -> tuple[str | None, str | None]:
+    """(command, --config value) from the raw arguments, before any parsing."""
+    cmd = cfg = None
+    for i, a in enumerate(argv):
+        if a == "--config" and i + 1 < len(argv):
+            cfg = argv[i + 1]
+        elif a.startswith("--config="):
+            cfg = a.split("=", 1)[1]
+        elif cmd is None and not a.startswith("-") and (i == 0 or argv[i - 1] != "--config"):
+            cmd = a
+    return cmd, cfg
+
+
+
+
+def int_option(lo=None, hi=None):
+    """An argparse type (and config check): an integer within [lo, hi], from text or a value."""
+    def conv(v):
+        if isinstance(v, str):
+            try:
+                v = int(v.strip())
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected an integer, got {v!r}") from None
+        try:
+            return check_int(v, "value", min=lo, max=hi)
+        except (TypeError, ValueError) as e:
+            raise argparse.ArgumentTypeError(str(e).replace("value must be", "must be")) from None
+    conv.__name__ = "integer"
+    return conv
+
+
+def float_option(lo=None, hi=None, lo_open=False, hi_open=False):
+    def conv(v):
+        if isinstance(v, str):
+            try:
+                v = float(v.strip())
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected a number, got {v!r}") from None
+        try:
+            return check_float(v, "value", min=lo, max=hi, min_open=lo_open, max_open=hi_open)
+        except (TypeError, ValueError) as e:
+            raise argparse.ArgumentTypeError(str(e).replace("value must be", "must be")) from None
+    conv.__name__ = "number"
+    return conv
+
+
+def check_option(action, value, where: str):
+    """A config file's value for ``action``, checked (and converted) as the flag would be."""
+    def fail(msg):
+        raise ValueError(f"{where}: option {action.dest!r} {msg}")
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction,
+                           argparse.BooleanOptionalAction)):
+        try:
+            return check_bool(value, action.dest)
+        except TypeError:
+            fail(f"must be true or false, got {type(value).__name__} {value!r}")
+    if action.nargs in ("+", "*") or isinstance(action, argparse._AppendAction):
+        if action.dest == "factor" and isinstance(value, dict):
+            return value
+        items = value if isinstance(value, list) else [value]
+        return [check_option(argparse.Action([], action.dest, type=action.type,
+                                              choices=action.choices), v, where) for v in items]
+    if action.type is not None:
+        try:
+            value = action.type(value)
+        except (argparse.ArgumentTypeError, TypeError, ValueError) as e:
+            fail(str(e))
+    elif not isinstance(value, str) and action.dest not in ("seeds", "measures", "factor"):
+        fail(f"must be a string, got {type(value).__name__} {value!r}")
+    if action.choices is not None and value not in action.choices:
+        fail(f"must be one of {', '.join(map(repr, action.choices))}, got {value!r}")
+    return value
+
+
 
 
 def load_config(path) -> dict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import pickle
 import struct
@@ -199,7 +200,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if len(raw) < head:
         raise ValueError(f"{path}: truncated IDX header ({len(raw)} bytes, need {head})")
     shape = struct.unpack(f">{ndim}I", raw[4:head])
-    need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    need = math.prod(shape) * dtype.itemsize  # Python ints: no int64 overflow
     if len(raw) - head != need:
         raise ValueError(f"{path}: IDX header says shape {shape} ({need} data bytes), "
                          f"file has {len(raw) - head}")
@@ -240,12 +241,23 @@ def load_idx_dataset(name: str, root=None) -> DataSplit:
         if xi.ndim != 3 or yi.ndim != 1 or len(xi) != len(yi):
             raise ValueError(f"{name} {part}: images {xi.shape} and labels {yi.shape} do not match "
                              f"(expected [N, H, W] and [N])")
+        _check_labels(yi, 10, found[f"{part}_labels"])
     xtr = torch.tensor(arrays["train_images"], dtype=torch.float32).unsqueeze(1) / 255.0
     xte = torch.tensor(arrays["test_images"], dtype=torch.float32).unsqueeze(1) / 255.0
     xtr, xte = _standardize(xtr, xte)
     ytr = torch.tensor(arrays["train_labels"], dtype=torch.int64)
     yte = torch.tensor(arrays["test_labels"], dtype=torch.int64)
     return DataSplit(name, xtr, ytr, xte, yte, 10, {"files": {k: str(p) for k, p in found.items()}})
+
+
+def _check_labels(y: np.ndarray, n_classes: int, path) -> None:
+    """ValueError naming the file when a label is outside ``[0, n_classes)``."""
+    if y.dtype.kind not in "iu":
+        raise ValueError(f"{path}: labels must be integers, got dtype {y.dtype}")
+    if y.size and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+        bad = int(np.flatnonzero((y < 0) | (y >= n_classes))[0])
+        raise ValueError(f"{path}: label {int(y[bad])} at index {bad} is outside [0, "
+                         f"{n_classes}) (a corrupt or foreign label file)")
 
 
 # ---- CIFAR-10 -------------------------------------------------------------------------------
@@ -302,6 +314,7 @@ def load_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
             raise ValueError(f"{path}: {len(raw)} bytes is not a multiple of the {rec}-byte "
                              f"CIFAR-10 binary record (1 label byte + 3072 pixel bytes)")
         a = np.frombuffer(raw, dtype=np.uint8).reshape(-1, rec)
+        _check_labels(a[:, 0], 10, path)
         return a[:, 1:].reshape(-1, 3, 32, 32).copy(), a[:, 0].astype(np.int64)
     obj = _RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
     _check_plain(obj)
@@ -310,7 +323,13 @@ def load_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     d = {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
     if "data" not in d or "labels" not in d:
         raise ValueError(f"{path}: CIFAR batch needs keys 'data' and 'labels', has {sorted(d)}")
-    data, labels = np.asarray(d["data"]), np.asarray(d["labels"], dtype=np.int64)
+    try:
+        data, labels = np.asarray(d["data"]), np.asarray(d["labels"], dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise ValueError(f"{path}: CIFAR batch 'data'/'labels' are not arrays ({err})") from None
+    if labels.ndim != 1:
+        raise ValueError(f"{path}: CIFAR labels must be 1-D, got shape {labels.shape}")
+    _check_labels(labels, 10, path)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
         raise ValueError(f"{path}: data {data.dtype} {data.shape} / labels {labels.shape}; "
                          f"expected uint8 [n, 3072] and [n]")

@@ -102,9 +102,25 @@ def load_trained(path):
     if not p.is_file():
         raise FileNotFoundError(f"no trained model at {str(p)!r} (expected the model.pt of an "
                                 f"`activation-hash train` run)")
-    ck = torch.load(p, map_location="cpu", weights_only=True)
+    import pickle
+
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{str(p)!r} is refused: not a model.pt of `activation-hash train` "
+                         f"readable with weights_only=True (no code is run from it): "
+                         f"{first}") from None
+    need = ("model", "input_shape", "n_classes", "state_dict")
+    if not isinstance(ck, dict) or any(k not in ck for k in need):
+        raise ValueError(f"{str(p)!r} is not a model.pt of `activation-hash train` (needs keys "
+                         f"{list(need)})")
     model = build_model(ck["model"], ck["input_shape"], ck["n_classes"])
-    model.load_state_dict(ck["state_dict"])
+    try:
+        model.load_state_dict(ck["state_dict"])
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"{str(p)!r}: its weights do not fit its model spec "
+                         f"({str(err).splitlines()[0]})") from None
     return model.eval(), ck
 
 

@@ -54,7 +54,7 @@ from activation_hash.experiments.datasets import load_dataset
 from activation_hash.experiments.measures import Split, extract, resolve_measures, run_measures
 from activation_hash.experiments.models import build_model
 from activation_hash.experiments.training import TrainConfig, train
-from activation_hash.fileio import atomic_write_json, atomic_write_text
+from activation_hash.fileio import atomic_write_json, atomic_write_text, exclusive_lock
 from activation_hash.validation import check_int
 
 __all__ = ["FACTORS", "SweepConfig", "run_sweep", "measure", "extract", "point_key",
@@ -384,10 +384,18 @@ def run_sweep(config: SweepConfig | dict, out_dir: str | os.PathLike, *, progres
     the data directory for downloaded datasets. ``sweep.json`` records the config and the
     torch thread count (``torch_threads``; also a column of every row); resuming with another
     thread count raises ``ValueError`` unless ``force`` (then a ``RuntimeWarning``).
+    The directory is locked while the sweep runs (``out_dir/.lock``): a second sweep into it
+    raises :class:`~activation_hash.fileio.LockedError` naming the first.
     """
     if isinstance(config, dict):
         config = SweepConfig.from_dict(config)
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(out / ".lock", f"sweep directory {str(out)!r}"):
+        return _run_sweep(config, out, progress, on_point, root, force)
+
+
+def _run_sweep(config, out: Path, progress, on_point, root, force) -> list[dict]:
     (out / "points").mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     _check_threads(out, threads, force)
