@@ -1,18 +1,10 @@
-"""The ``activation-hash`` command line.
-
-Subcommands: ``demo``, ``train``, ``extract``, ``collisions``, ``categorize``, ``sweep``,
-``regions``, ``folding``, ``phase-chart``, ``report`` (``activation-hash <cmd> --help``). Every command writes a run
-directory (``--out DIR``; default a new folder under ``runs/``) holding ``settings.json``, its
-results and plots; ``report`` writes ``report.html`` into the directory it is given. Options can
-come from a TOML file (``--config FILE``; keys are the long option names, ``-`` or ``_``,
-tables are flattened and an option set in two of them is an error; YAML too when PyYAML is
-installed); flags given on the command line win. Config values are type- and range-checked
-like the flags (``batch_norm = "false"`` and ``width = 3.7`` are errors), and options the
-command requires may come from the file.
-
-Every user error (bad option or value, missing or corrupt input, a locked store or sweep)
-prints one line ``activation-hash <command>: error: ...`` on stderr and exits with status 2,
-without a traceback; ``--debug`` (anywhere on the command line) shows the traceback instead.
+"""The ``activation-hash`` command line (``activation-hash <cmd> --help``): ``demo``, ``train``,
+``extract``, ``collisions``, ``categorize``, ``sweep``, ``regions``, ``folding``,
+``phase-chart``, ``report``. Every command writes a run directory (``--out DIR``; default a new
+folder under ``runs/``). Options can come from a TOML (or YAML) file (``--config FILE``; long
+option names, tables flattened), type- and range-checked like the flags; flags win.
+Every user error prints one line ``activation-hash <command>: error: ...`` on stderr and exits
+with status 2; ``--debug`` (anywhere on the command line) shows the traceback instead.
 
 This module only parses arguments: each command is one call of a Python function (``run_demo``,
 the ``run_*`` of ``experiments.runs`` and ``experiments.geometry``, ``write_report``).
@@ -367,22 +359,17 @@ def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
     _phase_opts(s)
     s.set_defaults(func=cmd_sweep, **opts('sweep'))
 
-    for name, fn, pairs, what in (
-            ("regions", cmd_geometry, 32, "exact linear regions crossed by segments between "
-                                         "random test pairs"),
-            ("folding", cmd_geometry, 64, "exact space folding of intra- and inter-class test "
-                                         "paths, and folding vs depth")):
-        s = sub.add_parser(name, help=what, description=f"{what[0].upper()}{what[1:]}, of a "
-                           "trained model (--model) or of --arch/--width/--depth at "
-                           "initialization on --dataset.")
+    for name, pairs, what in (("regions", 32, "exact linear regions between test pairs"),
+                              ("folding", 64, "exact space folding of test paths, vs depth")):
+        s = sub.add_parser(name, help=what, description=f"{what}: a trained model (--model) or "
+                           "--arch/--width/--depth at initialization on --dataset")
         _common(s)
-        s.add_argument("--model", metavar="PATH", help="a train run directory or its model.pt "
-                                                       "(default: --arch at initialization)")
+        s.add_argument("--model", metavar="PATH", help="a train run directory or its model.pt")
         s.add_argument("--pairs", type=int, default=pairs, help=f"test pairs (default {pairs})")
         s.add_argument("--seed", type=int, default=0, help="pairs and initialization seed")
         _data_opts(s)
         _model_opts(s)
-        s.set_defaults(func=fn, **opts(name))
+        s.set_defaults(func=cmd_geometry, **opts(name))
 
     s = sub.add_parser("phase-chart", help="label (size x time/samples) cells; PNG + CSV")
     _common(s)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from activation_hash import store as _store
+from activation_hash.fileio import atomic_write_json
 from activation_hash.codes import as_codes
 from activation_hash.collisions import CollisionReport, Groups, _group_sorted, _report, \
     _split_clashes
@@ -143,12 +144,7 @@ class _LazyRows:
 
 
 def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_json(path, obj)
 
 
 def _verified_groups(rec: np.ndarray, rows: _StoreRows, width: int, step_rows: int) -> Groups:

@@ -48,8 +48,8 @@ def test_registry_and_probe_lists():
     assert ms.resolve_measures(["accuracy", "knn"]) == ["accuracy", "knn"]
     with pytest.raises(ValueError, match="probes must be one of"):
         ms.resolve_measures(probes="some")
-    with pytest.raises(ValueError, match="measure must be one of .*got 'folding'"):
-        ms.resolve_measures(["knn", "folding"])
+    with pytest.raises(ValueError, match="measure must be one of .*got 'no_such_measure'"):
+        ms.resolve_measures(["knn", "no_such_measure"])
     with pytest.raises(ValueError, match="more than once"):
         ms.resolve_measures(["knn", "knn"])
     with pytest.raises(ValueError, match="either measures .* or probes"):
@@ -60,7 +60,7 @@ def test_registry_and_probe_lists():
     with pytest.raises(ValueError, match="probes must be one of"):
         sw.SweepConfig(factors={"width": [2]}, probes="some")
     with pytest.raises(ValueError, match="measure must be one of"):
-        sw.SweepConfig(factors={"width": [2]}, measures=["folding"])
+        sw.SweepConfig(factors={"width": [2]}, measures=["no_such_measure"])
 
 
 def test_register_measure(scratch_measure):
