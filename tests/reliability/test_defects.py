@@ -120,7 +120,9 @@ def test_cli_collisions_exit_2_on_a_flipped_byte(tmp_path):
     r = subprocess.run([sys.executable, "-m", "activation_hash.cli", "collisions",
                         str(tmp_path / "s"), "--out", str(tmp_path / "o"), "-q"],
                        capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "sha256" in r.stderr, r.stderr
+    lines = [line for line in r.stderr.splitlines()  # the reference backend's one warning aside
+             if "compiled extension not available" not in line and "import ops" not in line]
+    assert r.returncode == 2 and len(lines) == 1 and "sha256" in lines[0], r.stderr
 
 
 # ---- path traversal --------------------------------------------------------------------------
