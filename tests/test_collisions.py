@@ -11,6 +11,7 @@ from activation_hash.codes import CodeBook
 from activation_hash.collisions import CollisionCounter, collisions, group_codes
 from activation_hash.layout import Layout
 from activation_hash.ops import fingerprint128, fingerprint_key
+from helpers import ISAS, run_with_isa
 
 
 def planted(n, bits, dup_fraction=0.3, seed=0, near=True):
@@ -329,7 +330,6 @@ def test_fingerprint_key_device_and_errors(device):
 _ISA_FP = """
 import torch, activation_hash as ah
 from activation_hash import reference as ref
-assert ah.ops.cpu_isa() == {isa!r}, ah.ops.cpu_isa()
 g = torch.Generator().manual_seed(0)
 for n, w in [(0, 3), (7, 0), (8, 1), (13, 5), (29, 130), (64, 2)]:
     c = torch.randint(-2**63, 2**63 - 1, (n, w), generator=g)
@@ -341,24 +341,9 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("isa", ISAS)
 def test_fingerprint_every_cpu_path(isa):
-    import os
-    import subprocess
-    import sys
-
-    import activation_hash as ah
-    if ah.ops.backend() != "extension":
-        pytest.skip("reference backend")
-    order = ["scalar", "avx2", "avx512"]
-    if order.index(isa) > order.index(ah.ops.cpu_isa()):
-        pytest.skip(f"this CPU has no {isa}")
-    env = {**os.environ, "ACTIVATION_HASH_ISA": isa,
-           "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(ah.__file__)),
-                                          os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, "-c", _ISA_FP.format(isa=isa)], env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    run_with_isa(_ISA_FP, isa)
 
 
 def _sync_worker(rank, world, port, codes, labels, out):

@@ -8,8 +8,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <vector>
 
 #include "cpu/isa.h"
@@ -109,23 +107,10 @@ AH_FP_AVX512 int64_t key_rows_avx512(const int64_t* codes, int64_t W, int index_
   return r;
 }
 
-// The fingerprint kernels need AVX-512 F + DQ (64-bit multiplies) and VL (target attribute)
-// only, not the VPOPCNTDQ / BW that Isa::kAvx512 requires: detected here on their own, so
-// Skylake-X / Cascade Lake take the vector path too. ACTIVATION_HASH_ISA=scalar|avx2 (see
-// cpu/isa.h) still caps it: both mean "no AVX-512", hence the scalar kernel here.
-inline bool detect_avx512_dq() {
-  __builtin_cpu_init();
-  if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512vl")))
-    return false;
-  const char* cap = std::getenv("ACTIVATION_HASH_ISA");
-  return !(cap && (std::strcmp(cap, "scalar") == 0 || std::strcmp(cap, "avx2") == 0));
-}
-
-inline bool use_avx512_dq() {
-  static const bool yes = detect_avx512_dq();
-  return yes;
-}
+// The fingerprint kernels need AVX-512 F + DQ (64-bit multiplies) and VL, not VPOPCNTDQ: the
+// kAvx512 level (cpu/isa.h: F, BW, DQ, VL and the OS's ZMM state), so Skylake-SP / Cascade
+// Lake take the vector path too. ACTIVATION_HASH_ISA=scalar|avx2 caps it (the scalar kernel).
+inline bool use_avx512_dq() { return isa() == Isa::kAvx512; }
 #endif
 
 at::Tensor fingerprint128_cpu(const at::Tensor& codes, at::OptionalIntArrayRef ends) {

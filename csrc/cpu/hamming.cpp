@@ -4,10 +4,12 @@
 // xor. The base is walked in tiles of kTileBytes (L1-sized); every query of a thread's chunk
 // is run against a tile before the next tile is read, so the tile stays in L1 and the queries
 // in L2. Three kernel families, chosen at run time (isa.h):
-//   avx512: the tile is first transposed into groups of 8 rows ([group][word][8 rows]), so one
-//           query word broadcast, xor and VPOPCNTQ give that word's count for 8 rows at once,
-//           and W of them add up to 8 distances with no horizontal reduction;
-//   avx2:   scalar POPCNT on each word (compiled with the popcnt target), unrolled for W = 4;
+//   avx512: (the kAvx512 level and VPOPCNTDQ) the tile is first transposed into groups of 8
+//           rows ([group][word][8 rows]), so one query word broadcast, xor and VPOPCNTQ give
+//           that word's count for 8 rows at once, and W of them add up to 8 distances with no
+//           horizontal reduction;
+//   avx2:   (also AVX-512 without VPOPCNTDQ) scalar POPCNT on each word (compiled with the
+//           popcnt target), unrolled for W = 4;
 //   scalar: the same code for baseline x86-64 (popcount by bit tricks).
 // top-k keeps, per query, a max-heap of its k best (distance, index) pairs in the output
 // itself, plus a threshold (the heap's worst distance once it holds k). The base is read in
@@ -246,7 +248,7 @@ AH_AVX512_POPCNT void offer_tile_avx512(const uint64_t* q, const uint64_t* tt, i
 class TileScanner {
  public:
   TileScanner(const uint64_t* base, int64_t W)
-      : base_(base), W_(W), rows_(tile_rows(W)), avx512_(isa() == Isa::kAvx512) {
+      : base_(base), W_(W), rows_(tile_rows(W)), avx512_(avx512_vpopcntdq()) {
     // The AVX-512 kernels write whole groups of 8 (rows_ is a multiple of 8); +16 spare.
     buf_.resize(static_cast<size_t>(rows_ + 16));
     if (avx512_) tt_.resize(static_cast<size_t>(rows_ * W_));
@@ -274,7 +276,7 @@ class TileScanner {
       else tile_avx512<0>(q, tt_.data(), groups, W_, out);
       return out;
     }
-    if (isa() == Isa::kAvx2) {
+    if (isa() != Isa::kScalar) {  // AVX2, or AVX-512 without VPOPCNTDQ
       if (W_ == 4) rows_popcnt<4>(q, rows, n_, W_, out);
       else if (W_ == 1) rows_popcnt<1>(q, rows, n_, W_, out);
       else rows_popcnt<0>(q, rows, n_, W_, out);

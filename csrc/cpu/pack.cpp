@@ -2,7 +2,9 @@
 //
 // Work is split into "word tasks": task i = b * W + w covers units [64 w, 64 w + 64) of sample
 // b, and writes words[i]. Tasks run under at::parallel_for; float32 has AVX2 and AVX-512
-// versions picked at run time (isa.h), every dtype has a portable scalar version.
+// versions picked at run time (isa.h), every dtype has a portable scalar version. The AVX-512
+// kernels need F, BW, DQ and VL (the kAvx512 level, no VPOPCNTDQ: Skylake-SP runs them), the
+// AVX2 ones AVX2 and FMA, the float16 conversions F16C (all in the kAvx2 level).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -79,10 +81,8 @@ AH_F16C void scale_half_f16c(const c10::Half* x, const float* factor, c10::Half*
   for (; k < m; ++k) y[k] = c10::Half(static_cast<float>(x[k]) * factor[k]);
 }
 
-inline bool use_f16c() {
-  static const bool yes = isa() != Isa::kScalar && __builtin_cpu_supports("f16c");
-  return yes;
-}
+// F16C is part of the kAvx2 level (cpu/isa.h), as are AVX2 and FMA.
+inline bool use_f16c() { return isa() != Isa::kScalar; }
 #endif
 
 template <typename scalar_t, typename opmath_t>
