@@ -163,6 +163,38 @@ def test_per_layer_profile(device):
     assert rep.redundancy == want[2] and rep.mixed_regions == 0
 
 
+@pytest.mark.parametrize("shapes", [((0,), (5,), (0,), (130,), (64,)), ((1,),), ((0,), (0,))])
+def test_per_layer_profile_refines_layer_by_layer(device, shapes):
+    """Empty layers (no new words), one layer, no words at all; groups that split only in a
+    late layer, and the full grouping taken from the last layer's refinement."""
+    names = tuple(f"l{i}" for i in range(len(shapes)))
+    layout = Layout(names, shapes)
+    W = layout.total_words
+    g = torch.Generator().manual_seed(5)
+    n = 400
+    bits = torch.rand(n, max(1, layout.total_bits), generator=g) < 0.5
+    codes = torch.zeros(n, W, dtype=torch.int64)
+    for o, w, u in zip(layout.word_offsets, layout.words_per_layer, layout.units):
+        if w:
+            codes[:, o:o + w] = ref.pack_bits(bits[:, :u])
+            codes[:, o:o + w] &= torch.randint(0, 3, (n, 1), generator=g)  # few patterns
+    codes[100:200] = codes[:100]  # duplicates of whole codes
+    cb = CodeBook(codes.to(device), layout)
+    rep = collisions(cb, per_layer=True)
+    for (name, r), o, w in zip(rep.per_layer, layout.word_offsets, layout.words_per_layer):
+        U = len(np.unique(codes[:, :o + w].numpy(), axis=0)) if o + w else 1
+        assert r == (n - U) / n, name
+    assert rep.n_distinct == collisions(codes.to(device)).n_distinct
+    assert np.array_equal(partition_of(col.layer_profile(codes.to(device), layout)[1]),
+                          oracle(codes)[2])
+
+
+def test_per_layer_profile_empty():
+    layout = Layout(("a", "b"), ((3,), (70,)))
+    rep = collisions(CodeBook(torch.zeros(0, 3, dtype=torch.int64), layout), per_layer=True)
+    assert rep.per_layer == [("a", 0.0), ("b", 0.0)] and rep.n == 0
+
+
 def test_fingerprint_prefixes_are_one_pass_of_the_same_hash():
     codes = planted(40, 700, seed=2)
     ends = [0, 1, 1, 5, 11]
