@@ -28,7 +28,8 @@
 //    about 4 ops per level of the counters (log2 n + 1 levels) for the threshold test; one
 //    32-byte load and one 2-byte index load per slice. The tile is 32 n bytes (8 KB at 256
 //    bits, 128 KB at 4096: L1 / L2) and is transposed once per thread for all queries (about
-//    1.3 ops per byte: vpunpck byte transposes and 8 vpmovmskb per 32 bytes).
+//    1 op per byte: vpunpck byte transposes, then 8 vpmovmskb and 8 4-byte stores per 32
+//    bytes; bound by the 2 vpmovmskb a cycle), which costs about as much as 8 queries.
 #pragma once
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -142,7 +143,9 @@ AH_AVX2 void offer_tile(const uint64_t* q, const uint64_t* tt, int64_t n, int64_
 
 constexpr int64_t kSliceRows = 256;        // rows per bit slice (one ymm)
 constexpr int64_t kSlicedMaxWords = 128;   // slices per tile <= 8192: 256 KB, 16-bit indices
-constexpr int64_t kSlicedMinQueries = 24;  // fewer: the transposition does not pay (nibble)
+// Fewer queries: the transposition does not pay, the nibble kernels run (measured, 1 thread:
+// the bit-sliced top-k is faster from about 8 queries on at 256, 1024 and 4096 bits).
+constexpr int64_t kSlicedMinQueries = 12;
 constexpr int kMaxLevels = 16;             // counter levels: bit_length(64 * kSlicedMaxWords)
 
 inline int bit_length(uint64_t x) { return x ? 64 - __builtin_clzll(x) : 0; }
