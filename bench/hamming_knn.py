@@ -15,12 +15,20 @@ Baselines, same process, same codes:
                  recorded in the config) and scaled linearly to the full base x queries; its
                  distances on the subset are checked against ours
 """
-import numpy as np
-import torch
+import os
 
-import activation_hash.ops as ops
-from activation_hash import reference as ref
-from common import median, parse_args, timeit, timeit_interleaved, write_json
+# FAISS ships its own OpenMP runtime (libgomp) beside torch's: with the default wait policy the
+# worker threads of each spin for a while after every parallel region, on the same 2 cores as
+# the other library's next call. Passive waiting (set before either runtime starts; the
+# per-ISA subprocesses inherit it) keeps the interleaved timings of ours and FAISS apart.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import activation_hash.ops as ops  # noqa: E402
+from activation_hash import reference as ref  # noqa: E402
+from common import median, parse_args, timeit, timeit_interleaved, write_json  # noqa: E402
 
 K = 10
 
@@ -95,6 +103,7 @@ def main():
         ratios.update(q)
     config = {"k": K, "widths": [{"n_bits": b, "base": M, "queries": Q} for b, M, Q in widths],
               "repeat": repeat, "timing": "ours and faiss interleaved, median of repeat rounds",
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
               "sklearn_repeat": sk_repeat, "quick": args.quick,
               "faiss_threads": args.threads, "faiss": faiss.__version__,
               "sklearn_subset": {"base": sk_M, "queries": sk_Q,
