@@ -51,10 +51,13 @@ test: pytest
 	$(MAKE) --no-print-directory pytest-reference
 	$(MAKE) --no-print-directory emu-test
 
+# ISA=avx2 (or scalar, avx512, a comma-separated list, all) caps the CPU kernels, one
+# subprocess per ISA (bench/common.py); unset: the best this CPU has.
 bench: build
 	mkdir -p bench/results
 	for b in $(filter-out bench/common.py,$(wildcard bench/*.py)); do \
-	  $(PY) $$b --quick --json bench/results/$$(basename $$b .py).json || exit 1; done
+	  $(PY) $$b --quick $(if $(ISA),--isa $(ISA)) --json bench/results/$$(basename $$b .py).json \
+	  || exit 1; done
 
 clean:
 	rm -rf build activation_hash/*.so $(VENV)/.stamp-build

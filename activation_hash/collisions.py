@@ -205,6 +205,129 @@ def _group_codes(codes: torch.Tensor, fingerprints: torch.Tensor | None = None) 
     return _group_sorted(fingerprints[:, 0], codes)
 
 
+_PROFILE_CHUNK_ROWS = 1 << 16     # rows per fingerprint128 call of the profile
+_PROFILE_CHUNK_WORDS = 1 << 18    # words compared per step of its verification (2 MB)
+
+
+class _PrefixRows:
+    """Rows ``(group id, words [o, e))`` of the samples, gathered on indexing: what the
+    refinement of a layer verifies (an exact split of a hash clash needs nothing else)."""
+
+    def __init__(self, gid, codes, o, e):
+        self.gid, self.codes, self.o, self.e = gid, codes, o, e
+
+    def __getitem__(self, idx):
+        g = (torch.zeros(idx.shape[0], dtype=torch.int64, device=idx.device)
+             if self.gid is None else self.gid[idx])
+        return torch.cat([g.unsqueeze(1), self.codes[idx, self.o:self.e]], dim=1)
+
+
+def _refine(key: torch.Tensor, gid: torch.Tensor | None, codes: torch.Tensor, o: int,
+            e: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split the groups ``gid`` (None: one group) of the samples by their words ``[o, e)``.
+
+    ``key`` (int64 ``[N]``, consumed: it becomes the returned group ids) is a hash of each
+    sample's whole prefix ``[0, e)``, so one value sort by it makes equal prefixes adjacent;
+    each sample is then verified against its neighbour in the sorted order on (group id,
+    words ``[o, e)``) only, never on the whole prefix, and a hash clash is split exactly.
+    Returns ``(perm, new, gid_sorted)``: the order, where a group begins in it, and the new
+    group id at each sorted position (in ``key``'s memory)."""
+    N = key.shape[0]
+    dev = key.device
+    b = _index_bits(N)
+    if b is None:  # huge N: a (value, index) sort
+        sk, perm = torch.sort(key)
+        key.copy_(sk)
+        del sk
+    else:
+        key &= -(1 << b)
+        for lo in range(0, N, _PROFILE_CHUNK_ROWS):  # the row index in the low bits
+            hi = min(N, lo + _PROFILE_CHUNK_ROWS)
+            key[lo:hi] |= torch.arange(lo, hi, dtype=torch.int64, device=dev)
+        key, perm = _sort_packed(key, b)
+    new = torch.ones(N, dtype=torch.bool, device=dev)
+    torch.ne(key[1:], key[:-1], out=new[1:])
+    step = max(1, _PROFILE_CHUNK_WORDS // (e - o))
+    bad = []  # sorted positions equal in hash to their neighbour, not in (group, words)
+    for lo in range(1, N, step):
+        hi = min(N, lo + step)
+        pos = (~new[lo:hi]).nonzero().squeeze(1) + lo
+        if pos.numel():
+            a, z = perm[pos], perm[pos - 1]
+            diff = (codes[a, o:e] != codes[z, o:e]).any(dim=1)
+            if gid is not None:
+                diff |= gid[a] != gid[z]
+            if bool(diff.any()):
+                bad.append(pos[diff])
+    _number_groups(new, key)
+    if bad:  # hash clashes: split the groups holding them exactly, then renumber
+        bad_groups = torch.unique(key[torch.cat(bad)])
+        starts = torch.searchsorted(key, bad_groups)
+        counts = torch.searchsorted(key, bad_groups, right=True) - starts
+        _split_clashes(perm, new, starts, counts,
+                       torch.arange(bad_groups.shape[0], device=dev),
+                       _PrefixRows(gid, codes, o, e))
+        _number_groups(new, key)
+    return perm, new, key
+
+
+def _number_groups(new: torch.Tensor, out: torch.Tensor) -> None:
+    """out <- cumsum(new) - 1, in place (cumsum of a bool tensor into an int64 out= would
+    first make an int64 copy of it)."""
+    out.copy_(new)
+    out.cumsum_(0)
+    out -= 1
+
+
+def layer_profile(codes: torch.Tensor, layout: Layout) -> tuple[list[tuple[str, float]], Groups]:
+    """Redundancy of the codes truncated after each layer, and the exact grouping of the full
+    codes (``layout.total_words`` must equal the codes' width).
+
+    One pass of ``fingerprint128`` (in chunks of rows) hashes every layer prefix; the groups
+    are then refined layer by layer: layer l splits the groups of layers ``< l`` by its own
+    words (``_refine``). Peak extra memory per sample (CPU): 8 bytes per layer with new words
+    for the prefix hashes, each freed once its layer is done (it becomes that layer's group
+    ids), plus 8 (group ids of the previous layer) + 8 (the permutation) + 1 (the group
+    starts) bytes: at most 17 + 8 L; the codes are never copied.
+    """
+    N, W = codes.shape
+    dev = codes.device
+    ends = [o + w for o, w in zip(layout.word_offsets, layout.words_per_layer)]
+    if N == 0:
+        empty = torch.zeros(0, dtype=torch.int64, device=dev)
+        return [(name, 0.0) for name in layout.names], Groups(empty, empty.bool())
+    cuts = sorted({e for e in ends if e > 0})
+    keys = {e: torch.empty(N, dtype=torch.int64, device=dev) for e in cuts}
+    for lo in range(0, N, _PROFILE_CHUNK_ROWS):
+        hi = min(N, lo + _PROFILE_CHUNK_ROWS)
+        fp = fingerprint128(codes[lo:hi], cuts)
+        for p, e in enumerate(cuts):
+            keys[e][lo:hi] = fp[:, p, 0]
+        del fp
+    gid = None  # group of each sample for the prefix so far (None: all in one)
+    perm = new = None
+    n_groups, done, profile = 1, 0, []
+    for name, e in zip(layout.names, ends):
+        if e > done:
+            perm = new = None  # free the previous layer's order first
+            perm, new, gid_sorted = _refine(keys.pop(e), gid, codes, done, e)
+            n_groups = int(gid_sorted[-1]) + 1
+            if gid is None:
+                gid = torch.empty(N, dtype=torch.int64, device=dev)
+            gid.index_copy_(0, perm, gid_sorted)
+            del gid_sorted
+            done = e
+        profile.append((name, (N - n_groups) / N))
+    del gid
+    if done < W:  # the layout does not reach the last word (cannot happen for a CodeBook)
+        return profile, _group_codes(codes)
+    if perm is None:  # no layer has words: every code is the same
+        perm = torch.arange(N, dtype=torch.int64, device=dev)
+        new = torch.zeros(N, dtype=torch.bool, device=dev)
+        new[0] = True
+    return profile, Groups(perm, new)
+
+
 @dataclass
 class CollisionReport:
     """Statistics of codes shared by several samples.
@@ -325,18 +448,7 @@ def count_collisions(codes_or_codebook, labels=None, *, per_layer: bool = False,
     if layout.total_words != codes.shape[1]:
         raise ValueError(f"layout has {layout.total_words} words per code, codes have "
                          f"{codes.shape[1]}")
-    ends = [o + w for o, w in zip(layout.word_offsets, layout.words_per_layer)]
-    W = codes.shape[1]
-    fps = fingerprint128(codes, ends + [W]) if codes.shape[0] else None
-    profile = []
-    n = codes.shape[0]
-    for li, e in enumerate(ends):
-        if n == 0:
-            profile.append((layout.names[li], 0.0))
-            continue
-        g = _group_sorted(fps[:, li, 0], codes[:, :e]) if e else _group_codes(codes[:, :0])
-        profile.append((layout.names[li], (n - g.n_groups) / n))
-    full = _group_codes(codes, None if fps is None else fps[:, -1])
+    profile, full = layer_profile(codes, layout)
     rep = _report(full, labels, top, exact=True)
     rep.per_layer = profile
     return rep

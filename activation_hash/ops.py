@@ -42,10 +42,27 @@ def backend() -> str:
     return "extension" if HAS_EXTENSION else "reference"
 
 
+_ISA_CAPS = ("scalar", "avx2", "avx512")
+if os.environ.get("ACTIVATION_HASH_ISA", "scalar") not in _ISA_CAPS:
+    warnings.warn(f"ACTIVATION_HASH_ISA={os.environ['ACTIVATION_HASH_ISA']!r} is none of "
+                  f"{', '.join(_ISA_CAPS)}: ignored (the kernels are not capped)",
+                  RuntimeWarning, stacklevel=2)
+
+
 def cpu_isa() -> str:
-    """The CPU kernel family chosen at run time: ``"avx512"``, ``"avx2"`` or ``"scalar"``
-    (``"reference"`` without the extension)."""
+    """The CPU kernel level chosen at run time: ``"avx512"`` (AVX-512 F/BW/DQ/VL),
+    ``"avx2"`` or ``"scalar"`` (``"reference"`` without the extension); capped by
+    ``ACTIVATION_HASH_ISA=scalar|avx2|avx512``, read once per process."""
     return torch.ops.activation_hash.cpu_isa() if HAS_EXTENSION else "reference"
+
+
+def cpu_kernels() -> dict[str, str]:
+    """The kernel family of each CPU op group at this level, e.g. ``{"hamming": "avx2",
+    "pack": "avx512", "fingerprint": "avx512"}`` on an AVX-512 CPU without VPOPCNTDQ (the
+    AVX-512 Hamming kernels need it); ``{}`` without the extension."""
+    if not HAS_EXTENSION:
+        return {}
+    return dict(kv.split("=") for kv in torch.ops.activation_hash.cpu_kernels().split())
 
 
 def cuda_built() -> bool:

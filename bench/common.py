@@ -1,8 +1,16 @@
 """Shared helpers of the benchmarks: timing, argument parsing, the JSON result file.
 
-JSON written by every bench (docs/design.md, "Benchmark results"): ``{"name", "config",
-"results": [{"label", "seconds", ...}], "ratios": {...}}``, each ratio = baseline seconds /
-our seconds, keyed by the baseline's name.
+JSON written by every bench (docs/design.md, "Benchmark results"): ``{"name", "config", "results": [{"label",
+"seconds", ...}], "ratios": {...}}``, each ratio = baseline seconds / our seconds, keyed by
+the baseline's name. ``config`` records the machine: torch, threads, the CPU model, the ISA
+the kernels were capped at (``isa``, from ``--isa``) and the one they ran (``cpu_isa``,
+``cpu_kernels``).
+
+``--isa scalar|avx2|avx512`` (or several, comma-separated, or ``all``: every ISA this CPU has)
+runs the bench once per ISA, each in a subprocess with ``ACTIVATION_HASH_ISA`` set (the
+kernels are chosen once per process). With one ISA the JSON is that run's; with several it is
+``{"name", "config", "runs": {isa: run's JSON}, "ratios": {isa: ratios}}`` (ISAs this CPU
+lacks are listed under ``config.skipped_isas``).
 """
 from __future__ import annotations
 
@@ -11,20 +19,106 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from typing import Callable
 
 import torch
 
+ISAS = ("scalar", "avx2", "avx512")
+_CHILD = "ACTIVATION_HASH_BENCH_CHILD"  # set in the per-ISA subprocesses
+_NO_SUCH_ISA = 3                        # exit status of a child whose ISA this CPU lacks
+
 
 def parse_args(description: str) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=description)
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes, under a minute")
     p.add_argument("--json", metavar="PATH", help="write results to this JSON file")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--isa", metavar="ISA",
+                   help="cap the CPU kernels at this ISA: scalar, avx2 or avx512; several "
+                        "(comma-separated) or 'all' run one subprocess each")
     args = p.parse_args()
+    if args.isa:
+        isas = _isa_list(args.isa, p)
+        if os.environ.get(_CHILD) != "1":
+            sys.exit(_run_per_isa(isas, args.json))
+        _check_child_isa(isas[0])
     torch.set_num_threads(args.threads)
     return args
+
+
+def _isa_list(spec: str, p: argparse.ArgumentParser) -> list[str]:
+    isas = list(ISAS) if spec == "all" else [s.strip() for s in spec.split(",") if s.strip()]
+    bad = [s for s in isas if s not in ISAS]
+    if bad or not isas:
+        p.error(f"--isa takes {', '.join(ISAS)} (comma-separated) or all, got {spec!r}")
+    return isas
+
+
+def _check_child_isa(isa: str) -> None:
+    import activation_hash as ah
+
+    got = ah.ops.cpu_isa()
+    if got != isa:
+        print(f"ISA {isa} not available here: the kernels run {got} "
+              f"(ACTIVATION_HASH_ISA={os.environ.get('ACTIVATION_HASH_ISA')})", flush=True)
+        sys.exit(_NO_SUCH_ISA)
+
+
+def _child_argv(isa: str, json_path: str) -> list[str]:
+    """This script's arguments without --isa / --json, then the child's own."""
+    out, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if a in ("--isa", "--json"):
+            skip = True
+            continue
+        if a.startswith("--isa=") or a.startswith("--json="):
+            continue
+        out.append(a)
+    return [sys.executable, os.path.abspath(sys.argv[0])] + out + ["--isa", isa,
+                                                                   "--json", json_path]
+
+
+def _run_per_isa(isas: list[str], json_path: str | None) -> int:
+    docs, skipped = {}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        for isa in isas:
+            path = os.path.join(tmp, f"{isa}.json")
+            env = {**os.environ, "ACTIVATION_HASH_ISA": isa, _CHILD: "1"}
+            print(f"==== ISA {isa} ====", flush=True)
+            rc = subprocess.run(_child_argv(isa, path), env=env).returncode
+            if rc == _NO_SUCH_ISA:
+                skipped.append(isa)
+                continue
+            if rc != 0:
+                return rc
+            with open(path) as f:
+                docs[isa] = json.load(f)
+    if not docs:
+        print(f"none of the ISAs {isas} is available on this CPU")
+        return 1
+    if len(isas) == 1:
+        doc = docs[isas[0]]
+    else:
+        first = next(iter(docs.values()))
+        doc = {"name": first["name"],
+               "config": {"isas": list(docs), "skipped_isas": skipped, **cpu_model()},
+               "runs": docs, "ratios": {isa: d["ratios"] for isa, d in docs.items()}}
+        for isa, d in docs.items():
+            for k, v in d["ratios"].items():
+                print(f"ratio [{isa}] {k:<40} {v:10.2f}")
+    if json_path:
+        os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+        with open(json_path, "w") as f:
+            json.dump(doc, f, indent=2)
+    return 0
 
 
 def timeit(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> list[float]:
@@ -40,31 +134,68 @@ def timeit(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> list[f
 
 
 def timeit_interleaved(fns: dict[str, Callable[[], object]], repeat: int = 5,
-                       warmup: int = 1) -> dict[str, list[float]]:
+                       warmup: int = 1, number: int | str = 1) -> dict[str, list[float]]:
     """Like :func:`timeit` for several functions at once, timed in rounds (each round calls
     every function once, in turn): a slow spell of a noisy machine then hits them all alike
-    instead of whichever happened to run during it."""
+    instead of whichever happened to run during it. A timing is ``number`` calls (the seconds
+    per call are kept); ``number="auto"``: per function, as many calls as take about 2 ms
+    (1 for slow ones), for calls of a few microseconds."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
+    calls = {name: calls_per_timing(fn) if number == "auto" else int(number)
+             for name, fn in fns.items()}
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
+            n = calls[name]
             t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+            for _ in range(n):
+                fn()
+            times[name].append((time.perf_counter() - t0) / n)
     return times
+
+
+def calls_per_timing(fn: Callable[[], object], seconds: float = 2e-3) -> int:
+    """How many calls of ``fn`` make a timing of about ``seconds`` (1 for slow calls)."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    return max(1, min(1000, int(seconds / max(time.perf_counter() - t0, 1e-7))))
 
 
 def median(times: list[float]) -> float:
     return statistics.median(times)
 
 
+def cpu_model() -> dict:
+    """The CPU model and the vector features that the kernels dispatch on."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name":
+                    model = value.strip()
+                elif key == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    wanted = ["popcnt", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512dq", "avx512vl",
+              "avx512_vpopcntdq"]
+    return {"cpu_model": model, "cpu_flags": [f for f in wanted if f in flags]}
+
+
 def machine() -> dict:
     import activation_hash as ah
 
+    kernels = (torch.ops.activation_hash.cpu_kernels() if ah.backend() == "extension"
+               and hasattr(torch.ops.activation_hash, "cpu_kernels") else "reference")
     return {"torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu_isa": ah.ops.cpu_isa(), "backend": ah.backend(),
+            "isa": os.environ.get("ACTIVATION_HASH_ISA"), "cpu_isa": ah.ops.cpu_isa(),
+            "cpu_kernels": kernels, "backend": ah.backend(), **cpu_model(),
             "machine": platform.machine(), "cpus": os.cpu_count()}
 
 

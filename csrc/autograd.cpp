@@ -61,6 +61,12 @@ class ReluPack : public torch::autograd::Function<ReluPack> {
 };
 
 std::tuple<at::Tensor, at::Tensor> relu_pack_autograd(const at::Tensor& x, double slope) {
+  if (!(at::GradMode::is_enabled() && x.requires_grad())) {
+    // Nothing to record: skip the autograd node (about 2 us a call, which is 10-20% of a
+    // relu_pack of 1 MB), as PyTorch's own autograd kernels do.
+    at::AutoDispatchBelowADInplaceOrView below;
+    return call_relu_pack(x, slope);
+  }
   auto out = ReluPack::apply(x, slope);
   return {out[0], out[1]};
 }

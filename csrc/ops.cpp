@@ -46,4 +46,6 @@ TORCH_LIBRARY(activation_hash, m) {
   // ---- end hamming ----
   // Which CPU kernels run time dispatch chose: "avx512", "avx2" or "scalar".
   m.def("cpu_isa() -> str", [] { return std::string(activation_hash::cpu::isa_name()); });
+  // The kernel family of each op group, "hamming=... pack=... fingerprint=..." (cpu/isa.h).
+  m.def("cpu_kernels() -> str", [] { return activation_hash::cpu::kernel_names(); });
 }

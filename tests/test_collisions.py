@@ -11,6 +11,7 @@ from activation_hash.codes import CodeBook
 from activation_hash.collisions import CollisionCounter, collisions, group_codes
 from activation_hash.layout import Layout
 from activation_hash.ops import fingerprint128, fingerprint_key
+from helpers import ISAS, run_with_isa
 
 
 def planted(n, bits, dup_fraction=0.3, seed=0, near=True):
@@ -160,6 +161,38 @@ def test_per_layer_profile(device):
     assert [r for _, r in rep.per_layer] == want
     assert want[0] > want[1] > want[2] == 0.0
     assert rep.redundancy == want[2] and rep.mixed_regions == 0
+
+
+@pytest.mark.parametrize("shapes", [((0,), (5,), (0,), (130,), (64,)), ((1,),), ((0,), (0,))])
+def test_per_layer_profile_refines_layer_by_layer(device, shapes):
+    """Empty layers (no new words), one layer, no words at all; groups that split only in a
+    late layer, and the full grouping taken from the last layer's refinement."""
+    names = tuple(f"l{i}" for i in range(len(shapes)))
+    layout = Layout(names, shapes)
+    W = layout.total_words
+    g = torch.Generator().manual_seed(5)
+    n = 400
+    bits = torch.rand(n, max(1, layout.total_bits), generator=g) < 0.5
+    codes = torch.zeros(n, W, dtype=torch.int64)
+    for o, w, u in zip(layout.word_offsets, layout.words_per_layer, layout.units):
+        if w:
+            codes[:, o:o + w] = ref.pack_bits(bits[:, :u])
+            codes[:, o:o + w] &= torch.randint(0, 3, (n, 1), generator=g)  # few patterns
+    codes[100:200] = codes[:100]  # duplicates of whole codes
+    cb = CodeBook(codes.to(device), layout)
+    rep = collisions(cb, per_layer=True)
+    for (name, r), o, w in zip(rep.per_layer, layout.word_offsets, layout.words_per_layer):
+        U = len(np.unique(codes[:, :o + w].numpy(), axis=0)) if o + w else 1
+        assert r == (n - U) / n, name
+    assert rep.n_distinct == collisions(codes.to(device)).n_distinct
+    assert np.array_equal(partition_of(col.layer_profile(codes.to(device), layout)[1]),
+                          oracle(codes)[2])
+
+
+def test_per_layer_profile_empty():
+    layout = Layout(("a", "b"), ((3,), (70,)))
+    rep = collisions(CodeBook(torch.zeros(0, 3, dtype=torch.int64), layout), per_layer=True)
+    assert rep.per_layer == [("a", 0.0), ("b", 0.0)] and rep.n == 0
 
 
 def test_fingerprint_prefixes_are_one_pass_of_the_same_hash():
@@ -329,7 +362,6 @@ def test_fingerprint_key_device_and_errors(device):
 _ISA_FP = """
 import torch, activation_hash as ah
 from activation_hash import reference as ref
-assert ah.ops.cpu_isa() == {isa!r}, ah.ops.cpu_isa()
 g = torch.Generator().manual_seed(0)
 for n, w in [(0, 3), (7, 0), (8, 1), (13, 5), (29, 130), (64, 2)]:
     c = torch.randint(-2**63, 2**63 - 1, (n, w), generator=g)
@@ -341,24 +373,9 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("isa", ISAS)
 def test_fingerprint_every_cpu_path(isa):
-    import os
-    import subprocess
-    import sys
-
-    import activation_hash as ah
-    if ah.ops.backend() != "extension":
-        pytest.skip("reference backend")
-    order = ["scalar", "avx2", "avx512"]
-    if order.index(isa) > order.index(ah.ops.cpu_isa()):
-        pytest.skip(f"this CPU has no {isa}")
-    env = {**os.environ, "ACTIVATION_HASH_ISA": isa,
-           "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(ah.__file__)),
-                                          os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, "-c", _ISA_FP.format(isa=isa)], env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    run_with_isa(_ISA_FP, isa)
 
 
 def _sync_worker(rank, world, port, codes, labels, out):

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import activation_hash as ah
 from activation_hash import reference as ref
-from helpers import assert_same_values
+from helpers import ISAS, assert_same_values, package_env, run_with_isa
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 SLOPES = [0.0, 0.01, 0.2]
@@ -201,34 +201,72 @@ def test_cuda_kernels_registered_when_cuda_is_buildable():
 _ISA_SCRIPT = """
 import torch, activation_hash as ah
 from activation_hash import reference as ref
-assert ah.ops.cpu_isa() == {isa!r}, ah.ops.cpu_isa()
 g = torch.Generator().manual_seed(0)
 for n in [1, 5, 63, 64, 65, 200, 1027]:
     for slope in [0.0, 0.1]:
         x = torch.randn(9, n, generator=g)
         x[x.abs() < 0.1] = -0.0
+        x[1, :4] = torch.tensor([float("nan"), float("inf"), -float("inf"), -float("nan")])[:n]
         y, w = ah.relu_pack(x, slope)
         yr, wr = ref.relu_pack(x, slope)
         assert torch.equal(w, wr) and torch.equal(y.view(torch.int32), yr.view(torch.int32))
+        assert torch.equal(ah.pack_signs(x), wr)
         gy = torch.randn(9, n, generator=g)
         assert torch.equal(ah.relu_mask_backward(gy, w, slope).view(torch.int32),
                            ref.relu_mask_backward(gy, w, slope).view(torch.int32))
+        for dt, it in [(torch.float16, torch.int16), (torch.bfloat16, torch.int16),
+                       (torch.float64, torch.int64)]:
+            xh = x.to(dt)
+            yh, wh = ah.relu_pack(xh, slope)
+            yrh, wrh = ref.relu_pack(xh, slope)
+            nan = torch.isnan(yh)  # NaN payloads are not specified (helpers.assert_same_values)
+            assert torch.equal(wh, wrh) and torch.equal(nan, torch.isnan(yrh)), dt
+            assert torch.equal(yh.masked_fill(nan, 0).view(it), yrh.masked_fill(nan, 0).view(it))
 print("ok")
 """
 
 
-@pytest.mark.parametrize("isa", ["scalar", "avx2"])
+@pytest.mark.parametrize("isa", ISAS)
 def test_every_cpu_kernel_family(isa):
-    """Run the float32 kernels of a lower ISA level on this CPU (capped by environment)."""
-    if ah.backend() != "extension":
-        pytest.skip("no compiled extension: nothing to dispatch")
-    best = ah.ops.cpu_isa()
-    if isa == "avx2" and best == "scalar":
-        pytest.skip("this CPU has no AVX2")
-    env = dict(os.environ, ACTIVATION_HASH_ISA=isa)
-    out = subprocess.run([sys.executable, "-c", _ISA_SCRIPT.format(isa=isa)], env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    """The pack kernels of every ISA level this CPU has (capped by ACTIVATION_HASH_ISA in a
+    subprocess), bit for bit against the reference."""
+    run_with_isa(_ISA_SCRIPT, isa)
+
+
+_KERNELS_SCRIPT = """
+import activation_hash as ah
+print(" ".join(f"{k}={v}" for k, v in sorted(ah.ops.cpu_kernels().items())))
+print("ok")
+"""
+
+
+def _cpu_has(flag):
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and flag in line.split() for line in f)
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_cpu_kernels_follow_the_cap(isa):
+    """ACTIVATION_HASH_ISA caps every op group: the pack and fingerprint kernels take AVX-512
+    with F/BW/DQ/VL (no VPOPCNTDQ needed), the Hamming ones only with VPOPCNTDQ."""
+    out = run_with_isa(_KERNELS_SCRIPT, isa).split()[0:3]
+    got = dict(kv.split("=") for kv in out)
+    want = {"scalar": {"hamming": "scalar", "pack": "scalar", "fingerprint": "scalar"},
+            "avx2": {"hamming": "avx2", "pack": "avx2", "fingerprint": "scalar"},
+            "avx512": {"hamming": "avx512" if _cpu_has("avx512_vpopcntdq") else "avx2",
+                       "pack": "avx512", "fingerprint": "avx512"}}[isa]
+    assert got == want
+
+
+def test_unknown_isa_cap_warns():
+    env = package_env(ACTIVATION_HASH_ISA="avx-512")
+    out = subprocess.run([sys.executable, "-W", "always", "-c",
+                          "import activation_hash as ah; print(ah.ops.cpu_isa())"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "ACTIVATION_HASH_ISA='avx-512'" in out.stderr, out.stderr
 
 
 _REFERENCE_SCRIPT = """

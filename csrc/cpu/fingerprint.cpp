@@ -1,15 +1,16 @@
-// CPU kernel of fingerprint128: at::parallel_for over rows (activation_hash/fingerprint.h).
-// Each row is a sequential hash chain, so the vector path runs 8 rows side by side: with
+// CPU kernels of fingerprint128 / fingerprint_key: at::parallel_for over rows
+// (activation_hash/fingerprint.h). Each row is a sequential hash chain (xor, rotate, * 5, add:
+// about 4 cycles of latency per word), so both paths run several rows side by side: with
 // AVX-512 (F + DQ for 64-bit multiplies) each step gathers word j of 8 rows and advances 8
-// states in the lanes of a register. Scalar kernel elsewhere, and for the last N % 8 rows.
+// states in the lanes of a register; elsewhere (AVX2 and scalar levels, and the last rows) a
+// scalar kernel interleaves 4 rows, bound by the multiplier instead of the chain's latency:
+// 2 (fingerprint_key) or 4 (fingerprint128) 64-bit multiplies per word and row.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <vector>
 
 #include "cpu/isa.h"
@@ -109,24 +110,57 @@ AH_FP_AVX512 int64_t key_rows_avx512(const int64_t* codes, int64_t W, int index_
   return r;
 }
 
-// The fingerprint kernels need AVX-512 F + DQ (64-bit multiplies) and VL (target attribute)
-// only, not the VPOPCNTDQ / BW that Isa::kAvx512 requires: detected here on their own, so
-// Skylake-X / Cascade Lake take the vector path too. ACTIVATION_HASH_ISA=scalar|avx2 (see
-// cpu/isa.h) still caps it: both mean "no AVX-512", hence the scalar kernel here.
-inline bool detect_avx512_dq() {
-  __builtin_cpu_init();
-  if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512vl")))
-    return false;
-  const char* cap = std::getenv("ACTIVATION_HASH_ISA");
-  return !(cap && (std::strcmp(cap, "scalar") == 0 || std::strcmp(cap, "avx2") == 0));
+// The fingerprint kernels need AVX-512 F + DQ (64-bit multiplies) and VL, not VPOPCNTDQ: the
+// kAvx512 level (cpu/isa.h: F, BW, DQ, VL and the OS's ZMM state), so Skylake-SP / Cascade
+// Lake take the vector path too. ACTIVATION_HASH_ISA=scalar|avx2 caps it (the scalar kernel).
+inline bool use_avx512_dq() { return isa() == Isa::kAvx512; }
+#endif
+
+// ---- scalar, 4 rows interleaved -------------------------------------------------------
+
+constexpr int64_t kLanes = 4;
+
+// fingerprint128 of rows [begin, begin + 4 k); returns the first row not done.
+int64_t fingerprint_rows_x4(const int64_t* codes, int64_t W, const int64_t* ends, int64_t P,
+                            int64_t begin, int64_t end, int64_t* out) {
+  int64_t r = begin;
+  for (; r + kLanes <= end; r += kLanes) {
+    const int64_t* x = codes + r * W;
+    fp::State s[kLanes];
+    int64_t p = 0;
+    for (int64_t j = 0; p < P; ++j) {
+      while (p < P && ends[p] == j) {
+        for (int64_t l = 0; l < kLanes; ++l) s[l].emit(j, out + ((r + l) * P + p) * 2);
+        ++p;
+      }
+      if (p == P || j == W) break;
+      for (int64_t l = 0; l < kLanes; ++l) s[l].add(static_cast<uint64_t>(x[l * W + j]));
+    }
+  }
+  return r;
 }
 
-inline bool use_avx512_dq() {
-  static const bool yes = detect_avx512_dq();
-  return yes;
+// fingerprint_key of rows [begin, begin + 4 k); returns the first row not done.
+int64_t key_rows_x4(const int64_t* codes, int64_t W, int index_bits, int64_t begin,
+                    int64_t end, int64_t* out) {
+  const uint64_t low = index_bits >= 64 ? ~uint64_t(0) : (uint64_t(1) << index_bits) - 1;
+  int64_t r = begin;
+  for (; r + kLanes <= end; r += kLanes) {
+    const int64_t* x = codes + r * W;
+    uint64_t h[kLanes];
+    for (int64_t l = 0; l < kLanes; ++l) h[l] = fp::kSeed0;
+    for (int64_t j = 0; j < W; ++j)
+      for (int64_t l = 0; l < kLanes; ++l) {
+        const uint64_t k = fp::rotl(static_cast<uint64_t>(x[l * W + j]) * fp::kM0, 31) * fp::kN0;
+        h[l] = fp::rotl(h[l] ^ k, 27) * 5 + fp::kD0;
+      }
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const uint64_t f = fp::fmix(h[l] ^ static_cast<uint64_t>(W));
+      out[r + l] = static_cast<int64_t>((f & ~low) | (static_cast<uint64_t>(r + l) & low));
+    }
+  }
+  return r;
 }
-#endif
 
 at::Tensor fingerprint128_cpu(const at::Tensor& codes, at::OptionalIntArrayRef ends) {
   const std::vector<int64_t> e = checked_fingerprint_ends(codes, ends);
@@ -144,6 +178,7 @@ at::Tensor fingerprint128_cpu(const at::Tensor& codes, at::OptionalIntArrayRef e
 #ifdef AH_FP_X86
     if (use_avx512_dq()) r = fingerprint_rows_avx512(cp, W, ep, P, begin, end, op);
 #endif
+    r = fingerprint_rows_x4(cp, W, ep, P, r, end, op);
     for (; r < end; ++r) fp::fingerprint_row(cp, W, ep, P, r, op);
   });
   return out;
@@ -164,6 +199,7 @@ at::Tensor fingerprint_key_cpu(const at::Tensor& codes, int64_t index_bits) {
 #ifdef AH_FP_X86
     if (use_avx512_dq()) r = key_rows_avx512(cp, W, bits, begin, end, op);
 #endif
+    r = key_rows_x4(cp, W, bits, r, end, op);
     for (; r < end; ++r) op[r] = fp::key_of_row(cp, W, r, bits);
   });
   return out;

@@ -3,17 +3,31 @@
 // Rows are packed codes: W int64 words each; the distance of two rows is the popcount of their
 // xor. The base is walked in tiles of kTileBytes (L1-sized); every query of a thread's chunk
 // is run against a tile before the next tile is read, so the tile stays in L1 and the queries
-// in L2. Three kernel families, chosen at run time (isa.h):
-//   avx512: the tile is first transposed into groups of 8 rows ([group][word][8 rows]), so one
-//           query word broadcast, xor and VPOPCNTQ give that word's count for 8 rows at once,
-//           and W of them add up to 8 distances with no horizontal reduction;
-//   avx2:   scalar POPCNT on each word (compiled with the popcnt target), unrolled for W = 4;
-//   scalar: the same code for baseline x86-64 (popcount by bit tricks).
+// in L2. Kernel families, chosen at run time (isa.h):
+//   avx512 (with VPOPCNTDQ): the tile is first transposed into groups of 8 rows ([group][word]
+//           [8 rows]), so one query word broadcast, xor and VPOPCNTQ give that word's count
+//           for 8 rows at once, and W of them add up to 8 distances with no horizontal
+//           reduction. Designed against 3 vector ops (xor, vpopcntq, add) per zmm, i.e.
+//           0.375 ops per word and row, and 2 loads per zmm (broadcast, tile);
+//   avx2 (also AVX-512 CPUs without VPOPCNTDQ; hamming_avx2.h): the same transposed groups
+//           with a vpshufb nibble-lookup popcount for distances and for top-k of few queries,
+//           and a bit-sliced carry-save top-k (Harley-Seal adders over bit slices of 256 rows)
+//           for many queries;
+//   scalar: popcount by bit tricks on row-major rows (baseline x86-64, or no AVX2).
 // top-k keeps, per query, a max-heap of its k best (distance, index) pairs in the output
 // itself, plus a threshold (the heap's worst distance once it holds k). The base is read in
 // increasing index order, so a candidate whose distance equals the threshold is never better
 // than the heap's worst (it has a larger index): only distances < threshold are inserted, and
 // ties are broken by the lower index. The results are sorted by (distance, index).
+//
+// Why the former AVX2 path (scalar POPCNT per word on row-major rows) stayed far below the
+// POPCNT limit for wide codes: every word cost two loads (the query's and the base row's) and
+// an add into one serial accumulator; the distances of a tile went through a buffer that the
+// heap loop read back (a store, a load and a compare per distance); and a 16 KB tile holds
+// only 32 rows of 4096 bits, so the per (query, tile) setup was paid every 32 rows. In
+// single-thread microbenchmarks on the bench machine (AMD EPYC, AVX2 instructions only) it
+// took 0.37 ns per word and row at 4096 bits, the nibble-lookup kernel 0.14, and the
+// bit-sliced top-k counts about 0.05 (it sums at most half the bit slices, 256 rows at once).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -21,11 +35,13 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <vector>
 
 #include "activation_hash/hamming_checks.h"
+#include "cpu/hamming_avx2.h"
 #include "cpu/isa.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -78,12 +94,6 @@ void rows_portable(const uint64_t* q, const uint64_t* base, int64_t n, int64_t W
 }
 
 #ifdef AH_X86
-template <int kW>
-AH_POPCNT void rows_popcnt(const uint64_t* q, const uint64_t* base, int64_t n, int64_t W,
-                           int32_t* out) {
-  for (int64_t j = 0; j < n; ++j) out[j] = row_distance<kW>(q, base + j * W, W);
-}
-
 // ---- AVX-512 VPOPCNTDQ on a transposed tile ----------------------------------------------
 
 // tt [groups][W][8] <- base rows [0, n) (row-major [n, W]); rows past n are zero.
@@ -245,54 +255,67 @@ AH_AVX512_POPCNT void offer_tile_avx512(const uint64_t* q, const uint64_t* tt, i
 
 class TileScanner {
  public:
+  enum class Mode { kRows, kAvx2, kAvx512 };
+
   TileScanner(const uint64_t* base, int64_t W)
-      : base_(base), W_(W), rows_(tile_rows(W)), avx512_(isa() == Isa::kAvx512) {
-    // The AVX-512 kernels write whole groups of 8 (rows_ is a multiple of 8); +16 spare.
+      : base_(base), W_(W), rows_(tile_rows(W)), mode_(chosen_mode()) {
+    // The grouped kernels write whole groups of 8 (rows_ is a multiple of 8); +16 spare.
     buf_.resize(static_cast<size_t>(rows_ + 16));
-    if (avx512_) tt_.resize(static_cast<size_t>(rows_ * W_));
+    if (mode_ != Mode::kRows) tt_.resize(static_cast<size_t>(rows_ * W_));
   }
   int64_t rows() const { return rows_; }
-  bool avx512() const { return avx512_; }
+
+  static Mode chosen_mode() {
+#ifdef AH_X86
+    if (avx512_vpopcntdq()) return Mode::kAvx512;
+    if (isa() != Isa::kScalar) return Mode::kAvx2;
+#endif
+    return Mode::kRows;
+  }
 
   // Make rows [j0, j0 + n) the current tile.
   void load(int64_t j0, int64_t n) {
     j0_ = j0;
     n_ = n;
 #ifdef AH_X86
-    if (avx512_) transpose_tile(base_ + j0 * W_, n, W_, tt_.data());
+    if (mode_ != Mode::kRows) transpose_tile(base_ + j0 * W_, n, W_, tt_.data());
 #endif
   }
 
   // Distances of q to the current tile's rows -> buffer (n valid entries).
   const int32_t* distances(const uint64_t* q) {
     int32_t* out = buf_.data();
-    const uint64_t* rows = base_ + j0_ * W_;
+    const int64_t groups = (n_ + kGroup - 1) / kGroup;
 #ifdef AH_X86
-    if (avx512_) {
-      const int64_t groups = (n_ + kGroup - 1) / kGroup;
+    if (mode_ == Mode::kAvx512) {
       if (W_ == 4) tile_avx512<4>(q, tt_.data(), groups, W_, out);
       else tile_avx512<0>(q, tt_.data(), groups, W_, out);
       return out;
     }
-    if (isa() == Isa::kAvx2) {
-      if (W_ == 4) rows_popcnt<4>(q, rows, n_, W_, out);
-      else if (W_ == 1) rows_popcnt<1>(q, rows, n_, W_, out);
-      else rows_popcnt<0>(q, rows, n_, W_, out);
+    if (mode_ == Mode::kAvx2) {
+      if (W_ == 4) avx2::tile_distances<4>(q, tt_.data(), groups, W_, out);
+      else avx2::tile_distances<0>(q, tt_.data(), groups, W_, out);
       return out;
     }
 #endif
+    const uint64_t* rows = base_ + j0_ * W_;
     if (W_ == 4) rows_portable<4>(q, rows, n_, W_, out);
     else if (W_ == 1) rows_portable<1>(q, rows, n_, W_, out);
     else rows_portable<0>(q, rows, n_, W_, out);
+    (void)groups;
     return out;
   }
 
   // Offer the current tile's rows to query q's heap.
   void offer_query(const uint64_t* q, Heap& h, int32_t& thr) {
 #ifdef AH_X86
-    if (avx512_) {
+    if (mode_ == Mode::kAvx512) {
       if (W_ == 4) return offer_tile_avx512<4>(q, tt_.data(), n_, W_, j0_, h, thr);
       return offer_tile_avx512<0>(q, tt_.data(), n_, W_, j0_, h, thr);
+    }
+    if (mode_ == Mode::kAvx2) {
+      if (W_ == 4) return avx2::offer_tile<4>(q, tt_.data(), n_, W_, j0_, h, thr);
+      return avx2::offer_tile<0>(q, tt_.data(), n_, W_, j0_, h, thr);
     }
 #endif
     offer(h, thr, distances(q), n_, j0_);
@@ -301,7 +324,7 @@ class TileScanner {
  private:
   const uint64_t* base_;
   int64_t W_, rows_;
-  bool avx512_;
+  Mode mode_;
   int64_t j0_ = 0, n_ = 0;
   std::vector<int32_t> buf_;
   std::vector<uint64_t> tt_;
@@ -332,6 +355,65 @@ void topk_rows(const uint64_t* qp, const uint64_t* bp, int64_t W, int64_t q0, in
   }
   for (Heap& h : heaps) h.sort();
 }
+
+// Top-k of Q queries over M base rows with the base split between threads: range c (whole
+// tiles of `unit` rows) keeps the local k best of every query (run(jb, je, kk, d, i, stride)
+// writes sorted lists of kk entries at d / i + q * stride); the local lists are then merged:
+// a row of the global top-k is in its range's top-k, so the merge is exact. One range (no
+// merge) when there is one thread or one tile.
+template <class Run>
+void split_base(int64_t Q, int64_t M, int64_t k, int64_t unit, int64_t threads, int32_t* dp,
+                int64_t* ip, Run&& run) {
+  const int64_t tiles = (M + unit - 1) / unit;
+  const int64_t chunks = std::max<int64_t>(1, std::min(threads, tiles));
+  if (chunks == 1) {
+    run(0, M, k, dp, ip, k);
+    return;
+  }
+  const int64_t tiles_per = (tiles + chunks - 1) / chunks;
+  std::vector<int64_t> begin(chunks + 1), kc(chunks), off(chunks + 1, 0);
+  for (int64_t c = 0; c <= chunks; ++c) begin[c] = std::min(M, c * tiles_per * unit);
+  for (int64_t c = 0; c < chunks; ++c) {
+    kc[c] = std::min(k, begin[c + 1] - begin[c]);
+    off[c + 1] = off[c] + Q * kc[c];
+  }
+  std::vector<int32_t> ld(static_cast<size_t>(off[chunks]));
+  std::vector<int64_t> li(static_cast<size_t>(off[chunks]));
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c)
+      if (kc[c] > 0)
+        run(begin[c], begin[c + 1], kc[c], ld.data() + off[c], li.data() + off[c], kc[c]);
+  });
+  at::parallel_for(0, Q, 1, [&](int64_t q0, int64_t q1) {
+    std::vector<std::pair<int32_t, int64_t>> all;
+    for (int64_t q = q0; q < q1; ++q) {
+      all.clear();
+      for (int64_t c = 0; c < chunks; ++c)
+        for (int64_t t = 0; t < kc[c]; ++t)
+          all.emplace_back(ld[off[c] + q * kc[c] + t], li[off[c] + q * kc[c] + t]);
+      std::partial_sort(all.begin(), all.begin() + k, all.end());
+      for (int64_t t = 0; t < k; ++t) {
+        dp[q * k + t] = all[t].first;
+        ip[q * k + t] = all[t].second;
+      }
+    }
+  });
+}
+
+#ifdef AH_X86
+// The bit-sliced top-k runs where the Hamming kernels are AVX2 ones (AVX2 CPUs, and AVX-512
+// CPUs without VPOPCNTDQ), for rows of at most kSlicedMaxWords words and enough queries to
+// pay for transposing each tile. ACTIVATION_HASH_SLICED=0|1 forces it off / on (tests).
+inline bool use_sliced(int64_t W, int64_t Q) {
+  if (avx512_vpopcntdq() || isa() == Isa::kScalar || W > avx2::kSlicedMaxWords) return false;
+  static const int forced = [] {
+    const char* v = std::getenv("ACTIVATION_HASH_SLICED");
+    return v == nullptr ? -1 : std::atoi(v) != 0;
+  }();
+  if (forced >= 0) return forced == 1;
+  return Q >= avx2::kSlicedMinQueries;
+}
+#endif
 
 // ---- ops -------------------------------------------------------------------------------
 
@@ -393,48 +475,37 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cpu(const at::Tensor& queries,
   }
   const uint64_t* qp = words_of(qc);
   const uint64_t* bp = words_of(bc);
+  const int64_t threads = at::get_num_threads();
+#ifdef AH_X86
+  if (use_sliced(W, Q)) {
+    // Bit-sliced top-k (hamming_avx2.h): the queries' bit lists are built once; every
+    // thread then takes a range of 256-row tiles (each tile is transposed once) with all
+    // queries, and the local lists are merged.
+    avx2::SlicedQueries plan;
+    avx2::size_queries(qp, Q, W, plan);
+    at::parallel_for(0, Q, 64, [&](int64_t q0, int64_t q1) {
+      avx2::plan_queries(qp, q0, q1, W, plan);
+    });
+    split_base(Q, M, k, avx2::kSliceRows, threads, dp, ip,
+               [&](int64_t jb, int64_t je, int64_t kk, int32_t* d, int64_t* i, int64_t stride) {
+                 avx2::topk_sliced<Heap>(qp, bp, W, plan, Q, jb, je, kk, d, i, stride);
+               });
+    return {dist, idx};
+  }
+#endif
   const int64_t rows = tile_rows(W);
   const int64_t tiles = (M + rows - 1) / rows;
-  const int64_t threads = at::get_num_threads();
   if (Q >= 2 * threads || tiles < 2 * threads) {  // every thread: some queries, whole base
     at::parallel_for(0, Q, 1, [&](int64_t q0, int64_t q1) {
       topk_rows(qp, bp, W, q0, q1, 0, M, k, dp, ip, k);
     });
     return {dist, idx};
   }
-  // Few queries, long base: every thread takes a range of base tiles and keeps the local k
-  // best of every query; the local lists are then merged (a row of the global top-k is in its
-  // range's top-k, so the merge is exact).
-  const int64_t chunks = threads;
-  const int64_t tiles_per = (tiles + chunks - 1) / chunks;
-  std::vector<int64_t> begin(chunks + 1), kc(chunks), off(chunks + 1, 0);
-  for (int64_t c = 0; c <= chunks; ++c) begin[c] = std::min(M, c * tiles_per * rows);
-  for (int64_t c = 0; c < chunks; ++c) {
-    kc[c] = std::min(k, begin[c + 1] - begin[c]);
-    off[c + 1] = off[c] + Q * kc[c];
-  }
-  std::vector<int32_t> ld(static_cast<size_t>(off[chunks]));
-  std::vector<int64_t> li(static_cast<size_t>(off[chunks]));
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c)
-      if (kc[c] > 0)
-        topk_rows(qp, bp, W, 0, Q, begin[c], begin[c + 1], kc[c], ld.data() + off[c],
-                  li.data() + off[c], kc[c]);
-  });
-  at::parallel_for(0, Q, 1, [&](int64_t q0, int64_t q1) {
-    std::vector<std::pair<int32_t, int64_t>> all;
-    for (int64_t q = q0; q < q1; ++q) {
-      all.clear();
-      for (int64_t c = 0; c < chunks; ++c)
-        for (int64_t t = 0; t < kc[c]; ++t)
-          all.emplace_back(ld[off[c] + q * kc[c] + t], li[off[c] + q * kc[c] + t]);
-      std::partial_sort(all.begin(), all.begin() + k, all.end());
-      for (int64_t t = 0; t < k; ++t) {
-        dp[q * k + t] = all[t].first;
-        ip[q * k + t] = all[t].second;
-      }
-    }
-  });
+  // Few queries, long base: every thread takes a range of base tiles.
+  split_base(Q, M, k, rows, threads, dp, ip,
+             [&](int64_t jb, int64_t je, int64_t kk, int32_t* d, int64_t* i, int64_t stride) {
+               topk_rows(qp, bp, W, 0, Q, jb, je, kk, d, i, stride);
+             });
   return {dist, idx};
 }
 

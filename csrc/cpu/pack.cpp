@@ -2,7 +2,9 @@
 //
 // Work is split into "word tasks": task i = b * W + w covers units [64 w, 64 w + 64) of sample
 // b, and writes words[i]. Tasks run under at::parallel_for; float32 has AVX2 and AVX-512
-// versions picked at run time (isa.h), every dtype has a portable scalar version.
+// versions picked at run time (isa.h), every dtype has a portable scalar version. The AVX-512
+// kernels need F, BW, DQ and VL (the kAvx512 level, no VPOPCNTDQ: Skylake-SP runs them), the
+// AVX2 ones AVX2 and FMA, the float16 conversions F16C (all in the kAvx2 level).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -79,10 +81,8 @@ AH_F16C void scale_half_f16c(const c10::Half* x, const float* factor, c10::Half*
   for (; k < m; ++k) y[k] = c10::Half(static_cast<float>(x[k]) * factor[k]);
 }
 
-inline bool use_f16c() {
-  static const bool yes = isa() != Isa::kScalar && __builtin_cpu_supports("f16c");
-  return yes;
-}
+// F16C is part of the kAvx2 level (cpu/isa.h), as are AVX2 and FMA.
+inline bool use_f16c() { return isa() != Isa::kScalar; }
 #endif
 
 template <typename scalar_t, typename opmath_t>
@@ -225,10 +225,14 @@ AH_AVX512 void backward_tasks_f32_avx512(const float* gy, const int64_t* words, 
 
 // ---- AVX2 (float32) --------------------------------------------------------------------
 
+// Per 32 units: 4 compares whose int32 masks are narrowed to bytes by 2 vpackssdw and 1
+// vpacksswb (in-lane), put back in order by one vpermd and read by one vpmovmskb, so a word
+// costs 2 mask extractions instead of 8 movmskps with their shifts and ors.
 template <bool kWriteY, bool kLeaky>
 AH_AVX2 void pack_tasks_f32_avx2(const float* x, float* y, int64_t* words, Geometry g,
                                  float slope, int64_t begin, int64_t end) {
   const __m256 zero = _mm256_setzero_ps(), s = _mm256_set1_ps(slope);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   for (int64_t i = begin; i < end; ++i) {
     const int64_t m = g.units(i), off = g.offset(i);
     if (m < kWordBits) {  // the last, partial word of a sample
@@ -236,16 +240,25 @@ AH_AVX2 void pack_tasks_f32_avx2(const float* x, float* y, int64_t* words, Geome
       continue;
     }
     uint64_t word = 0;
-    for (int64_t lo = 0; lo < kWordBits; lo += 8) {
-      const __m256 v = _mm256_loadu_ps(x + off + lo);
-      const __m256 on = _mm256_cmp_ps(v, zero, _CMP_GT_OQ);
-      word |= uint64_t(uint32_t(_mm256_movemask_ps(on))) << lo;
-      if constexpr (kWriteY) {
-        __m256 out;
-        if constexpr (kLeaky) out = _mm256_blendv_ps(_mm256_mul_ps(v, s), v, on);
-        else out = _mm256_blendv_ps(v, zero, _mm256_cmp_ps(v, zero, _CMP_LT_OQ));
-        _mm256_storeu_ps(y + off + lo, out);
+    for (int64_t lo = 0; lo < kWordBits; lo += 32) {
+      __m256i on[4];
+      for (int k = 0; k < 4; ++k) {
+        const __m256 v = _mm256_loadu_ps(x + off + lo + 8 * k);
+        const __m256 gt = _mm256_cmp_ps(v, zero, _CMP_GT_OQ);
+        on[k] = _mm256_castps_si256(gt);
+        if constexpr (kWriteY) {
+          // max(0, v) returns its second operand when they compare equal or either is NaN:
+          // v itself for -0.0 and NaN, as the scalar kernel (1 op, not a compare and a blend)
+          const __m256 out = kLeaky ? _mm256_blendv_ps(_mm256_mul_ps(v, s), v, gt)
+                                    : _mm256_max_ps(zero, v);
+          _mm256_storeu_ps(y + off + lo + 8 * k, out);
+        }
       }
+      const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(on[0], on[1]),
+                                               _mm256_packs_epi32(on[2], on[3]));
+      const uint32_t bits = static_cast<uint32_t>(
+          _mm256_movemask_epi8(_mm256_permutevar8x32_epi32(bytes, order)));
+      word |= uint64_t(bits) << lo;
     }
     words[i] = static_cast<int64_t>(word);
   }
