@@ -29,7 +29,7 @@ from activation_hash.layout import Layout
 from activation_hash.record import record
 from activation_hash.validation import check_int
 
-__all__ = ["extract_codes", "model_fingerprint"]
+__all__ = ["extract_codes", "model_fingerprint", "data_len"]
 
 _TARGETS_HINT = ("; extract_codes keeps integer class labels [B] only: pass labels=False to "
                  "ignore the targets")
@@ -168,7 +168,7 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _data_len(data) -> int | None:
+def data_len(data) -> int | None:
     """Number of samples of ``data`` when it can be told cheaply (else None)."""
     from torch.utils.data import DataLoader, IterableDataset
 
@@ -254,7 +254,7 @@ def _data_fingerprint(data) -> str | None:
         root = getattr(ds, "root", None)
         if not isinstance(root, (str, os.PathLike)):
             return None
-        h.update(f"{type(ds).__qualname__}:{_data_len(ds)};".encode())
+        h.update(f"{type(ds).__qualname__}:{data_len(ds)};".encode())
         for t in prefix:
             _tensor_digest(h, t)
         return h.hexdigest() if _files_digest(h, root) else None
@@ -278,7 +278,7 @@ def model_fingerprint(model: nn.Module) -> str:
 
 
 def _extraction_record(model, data, layers) -> dict:
-    return {"n": _data_len(data), "layers": None if layers is None else [
+    return {"n": data_len(data), "layers": None if layers is None else [
                 v if isinstance(v, str) else int(v) for v in
                 ([layers] if isinstance(layers, (str, int)) else list(layers))],
             "model": model_fingerprint(model), "data": _data_fingerprint(data)}

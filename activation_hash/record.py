@@ -48,7 +48,8 @@ from activation_hash.validation import check_bool
 __all__ = ["record", "Recorder", "Site", "find_sites"]
 
 _TORCH_ACTIVATIONS = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.PReLU: "prelu"}
-_FUNCTIONAL = {
+# The functional ReLU-like calls and their op names (the exact walks reuse this table).
+RELU_LIKE_FUNCTIONS = {
     torch.relu: "relu", torch.relu_: "relu", F.relu: "relu", F.relu_: "relu",
     torch.Tensor.relu: "relu", torch.Tensor.relu_: "relu",
     F.leaky_relu: "leaky_relu", F.leaky_relu_: "leaky_relu",
@@ -194,7 +195,7 @@ class _FunctionalActivations(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        op = _FUNCTIONAL.get(func)
+        op = RELU_LIKE_FUNCTIONS.get(func)
         if op is not None:
             x = args[0] if args else kwargs.get("input", kwargs.get("self"))
             if isinstance(x, torch.Tensor):

@@ -22,6 +22,7 @@ from torch.overrides import TorchFunctionMode
 
 from activation_hash.nn import convert
 from activation_hash.ops import pack_signs
+from activation_hash.record import RELU_LIKE_FUNCTIONS
 
 __all__ = ["TOL", "NotPiecewiseLinearError", "SwitchMode", "walk_copy", "SAMPLED_HINT"]
 
@@ -34,13 +35,6 @@ class NotPiecewiseLinearError(ValueError):
     """The model computes something the exact walk cannot follow."""
 
 
-_RELU_LIKE = {
-    F.relu: "relu", torch.relu: "relu", torch.relu_: "relu", F.relu_: "relu",
-    torch.Tensor.relu: "relu", torch.Tensor.relu_: "relu",
-    F.leaky_relu: "leaky_relu", F.leaky_relu_: "leaky_relu",
-    torch._C._nn.leaky_relu: "leaky_relu", torch._C._nn.leaky_relu_: "leaky_relu",
-    F.prelu: "prelu", torch.prelu: "prelu",
-}
 _CLAMPS = {F.hardtanh: "hardtanh", F.hardtanh_: "hardtanh", torch._C._nn.hardtanh: "hardtanh",
            torch._C._nn.hardtanh_: "hardtanh", F.relu6: "relu6",
            torch.clamp: "clamp", torch.clip: "clamp", torch.Tensor.clamp: "clamp",
@@ -198,7 +192,7 @@ class SwitchMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        op = _RELU_LIKE.get(func)
+        op = RELU_LIKE_FUNCTIONS.get(func)
         if op is not None:
             return self._relu_like(op, func, args, kwargs)
         op = _CLAMPS.get(func)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-faiss = pytest.importorskip("faiss")
+import faiss  # noqa: E402  (a hard dependency: a broken install must fail, not skip)
 
 from activation_hash import hamming  # noqa: E402
 from activation_hash import reference as ref  # noqa: E402

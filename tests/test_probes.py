@@ -9,7 +9,7 @@ import torch
 from activation_hash import probes
 from activation_hash import reference as ref
 
-sklearn = pytest.importorskip("sklearn")
+import sklearn  # noqa: E402,F401  (a hard dependency: never skipped)
 
 
 def clustered(n, n_bits=128, classes=4, flip=0.25, seed=0):

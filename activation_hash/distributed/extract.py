@@ -43,17 +43,13 @@ def _slice_data(data, lo: int, hi: int):
 
 
 def _data_size(data) -> int:
-    from torch.utils.data import DataLoader, IterableDataset
+    from activation_hash.extract import data_len
 
-    if isinstance(data, torch.Tensor):
-        return data.shape[0]
-    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
-        return data[0].shape[0]
-    ds = data.dataset if isinstance(data, DataLoader) else data
-    if isinstance(ds, IterableDataset):
+    n = data_len(data)
+    if n is None:
         raise TypeError("extract_codes_distributed needs data of known length (a tensor, a "
                         "map-style Dataset or a DataLoader over one), not an IterableDataset")
-    return len(ds)
+    return n
 
 
 def extract_codes_distributed(model, data, *, store, rank: int | None = None,
