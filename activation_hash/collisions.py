@@ -7,7 +7,8 @@ verified against the full rows, and a group whose rows differ (a hash clash) is 
 exact lexicographic grouping of its rows. So a clash costs time, never correctness.
 Everything runs in torch ops on the codes' device (the sort is torch's on the GPU); no Python
 loop over groups. The per-layer profile fingerprints every layer prefix in the same pass
-(``fingerprint128`` with prefix ends).
+(``fingerprint128`` with prefix ends). The grouping itself lives in
+:mod:`activation_hash.grouping`; this module turns groups into statistics.
 
 The redundancy ratio is the paper's ``(N - U) / N`` with U distinct codes.
 :class:`CollisionCounter` keeps only the fingerprints (16 bytes per sample) for runs that need
@@ -27,305 +28,13 @@ import torch
 
 from activation_hash.codes import CodeBook, as_codes, as_labels
 from activation_hash.layout import Layout
-from activation_hash.ops import fingerprint128, fingerprint_key
+from activation_hash.grouping import (Groups, group_codes, group_rows, group_sorted,
+                                      layer_profile)
+from activation_hash.ops import fingerprint128
 from activation_hash.validation import check_int
 
 __all__ = ["CollisionReport", "count_collisions", "collisions", "CollisionCounter",
-           "group_codes", "Groups"]
-
-_VERIFY_WORDS = 1 << 24  # words compared per step of the verification (bounds its memory)
-
-
-class Groups:
-    """Samples grouped by equal code.
-
-    ``perm`` int64 ``[N]``: sample indices ordered so that each group is contiguous;
-    ``new`` bool ``[N]``: True where a group begins in ``perm``. Derived (computed on demand):
-    :meth:`shared`, where each group of 2 samples or more begins and its size (cheap: no
-    tensor of size U), and :meth:`group_ids`.
-    """
-
-    def __init__(self, perm: torch.Tensor, new: torch.Tensor):
-        self.perm, self.new = perm, new
-        self._shared = None
-
-    @property
-    def n(self) -> int:
-        return self.perm.shape[0]
-
-    def shared(self):
-        """``(starts, counts, dup, group)`` of the shared groups: where each begins in
-        ``perm`` and its size, the positions that are not a group's first, and the shared
-        group (index into starts) each of them belongs to."""
-        if self._shared is None:
-            new = self.new
-            head = new.clone()
-            if head.shape[0]:
-                head[:-1] &= ~new[1:]
-                head[-1] = False
-            starts = head.nonzero().squeeze(1)
-            dup = (~new).nonzero().squeeze(1)
-            group = torch.searchsorted(starts, dup, right=True) - 1
-            counts = torch.bincount(group, minlength=starts.shape[0]) + 1
-            self._shared = (starts, counts, dup, group)
-        return self._shared
-
-    @property
-    def n_groups(self) -> int:
-        return self.n - self.shared()[2].shape[0]
-
-    def group_ids(self) -> torch.Tensor:
-        """Group of each sample, int64 ``[N]`` (groups numbered in sorted order)."""
-        gid_sorted = torch.cumsum(self.new, 0) - 1
-        out = torch.empty_like(gid_sorted)
-        out[self.perm] = gid_sorted
-        return out
-
-
-_MAX_FALSE_PAIRS = 1e5  # expected pairs of distinct keys sharing their high bits (see below)
-
-
-def _index_bits(N: int) -> int | None:
-    """Low key bits that number N rows, or None when too few high bits would be left: the
-    expected number of distinct keys equal above those bits, N^2 / 2^(65 - b), must stay
-    small (each such pair is split by the exact verification, which costs time)."""
-    b = max(1, (N - 1).bit_length())
-    if b >= 48 or N * N / 2.0 ** (65 - b) > _MAX_FALSE_PAIRS:
-        return None
-    return b
-
-
-def _sort_packed(packed: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys whose low ``b`` bits hold the row index -> (sorted high bits, permutation), with a
-    single value sort (in place on the CPU: numpy's SIMD sort)."""
-    if packed.device.type == "cpu":
-        packed.numpy().sort(kind="quicksort")
-    else:
-        packed = torch.sort(packed)[0]
-    perm = packed & ((1 << b) - 1)
-    packed >>= b
-    return packed, perm
-
-
-def _sort_keys(key: torch.Tensor, exact: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(sorted key classes, perm)``: ``perm`` orders the samples so that equal keys are
-    adjacent, and ``sk[i] == sk[i + 1]`` marks a possibly-shared key there.
-
-    Fast path: the row index replaces the low ``b = bit_length(N - 1)`` bits of each
-    (uniformly random) key, and one value sort yields both the order and the permutation.
-    Keys equal in the high ``64 - b`` bits but different in the low ones become candidates
-    too; the caller's verification splits them. Otherwise (``exact``: no verification
-    follows; huge N): torch.sort of the key.
-    """
-    N = key.shape[0]
-    b = None if exact else _index_bits(N)
-    if b is None:
-        return torch.sort(key)
-    packed = torch.bitwise_and(key, -(1 << b))
-    packed |= torch.arange(N, dtype=torch.int64, device=key.device)
-    return _sort_packed(packed, b)
-
-
-def _group_sorted(key: torch.Tensor | None, verify: torch.Tensor | None,
-                  presorted: tuple[torch.Tensor, torch.Tensor] | None = None) -> Groups:
-    """Group rows by ``key`` (int64 [N]; or ``presorted`` = (sorted key classes, perm)), then
-    split groups whose ``verify`` rows ([N, K]) differ, exactly. Equal rows of ``verify``
-    with equal keys end up in one group."""
-    ref_t = key if key is not None else presorted[1]
-    N = ref_t.shape[0]
-    dev = ref_t.device
-    if N == 0:
-        return Groups(torch.zeros(0, dtype=torch.int64, device=dev),
-                      torch.zeros(0, dtype=torch.bool, device=dev))
-    sk, perm = presorted if presorted is not None else _sort_keys(key, exact=verify is None)
-    new = torch.ones(N, dtype=torch.bool, device=dev)
-    torch.ne(sk[1:], sk[:-1], out=new[1:])
-    del sk
-    g = Groups(perm, new)
-    if verify is not None and verify.shape[1] > 0:
-        starts, counts, dup, group = g.shared()
-        if dup.numel():
-            first = starts[group]
-            step = max(1, _VERIFY_WORDS // verify.shape[1])
-            mismatch = torch.zeros(dup.shape[0], dtype=torch.bool, device=dev)
-            for lo in range(0, dup.shape[0], step):
-                a = verify[perm[dup[lo:lo + step]]]
-                b = verify[perm[first[lo:lo + step]]]
-                mismatch[lo:lo + step] = (a != b).any(dim=1)
-            if bool(mismatch.any()):
-                _split_clashes(perm, new, starts, counts, group[mismatch], verify)
-                g = Groups(perm, new)
-    return g
-
-
-def _split_clashes(perm, new, starts, counts, bad_groups, verify) -> None:
-    """Exact regrouping (in place) of the shared groups ``bad_groups`` (indices into
-    ``starts``/``counts``) whose rows are not all equal.
-
-    Their members (contiguous runs of positions) are grouped by (run, full row) with
-    torch.unique; since the run number leads, each group's members stay in its own run.
-    """
-    dev = perm.device
-    bad = torch.unique(bad_groups)
-    g_start, lens = starts[bad], counts[bad]
-    run = torch.repeat_interleave(torch.arange(bad.shape[0], device=dev), lens)
-    offset = torch.arange(run.shape[0], device=dev) - (torch.cumsum(lens, 0) - lens)[run]
-    pos = g_start[run] + offset
-    rows = verify[perm[pos]]
-    keyed = torch.cat([run.unsqueeze(1), rows], dim=1)
-    _, inv = torch.unique(keyed, dim=0, return_inverse=True)
-    inv_sorted, order = torch.sort(inv, stable=True)
-    perm[pos] = perm[pos][order]
-    sub_new = torch.ones_like(inv_sorted, dtype=torch.bool)
-    sub_new[1:] = inv_sorted[1:] != inv_sorted[:-1]
-    new[pos] = sub_new
-
-
-def group_codes(codes: torch.Tensor, fingerprints: torch.Tensor | None = None) -> Groups:
-    """Exact grouping of the rows of ``codes`` (int64 ``[N, W]``) by equality.
-
-    ``fingerprints`` (int64 ``[N, 2]``, from ``fingerprint128``) may be given when already at
-    hand; any values are accepted (even constant ones): rows are always verified.
-    """
-    codes, _ = as_codes(codes)
-    return _group_codes(codes, fingerprints)
-
-
-def _group_codes(codes: torch.Tensor, fingerprints: torch.Tensor | None = None) -> Groups:
-    """:func:`group_codes` on checked int64 codes ``[N, W]``."""
-    W = codes.shape[1]
-    if W == 0:
-        key = torch.zeros(codes.shape[0], dtype=torch.int64, device=codes.device)
-        return _group_sorted(key, None)
-    if fingerprints is None:
-        b = _index_bits(codes.shape[0])
-        if b is not None:  # one kernel pass gives the packed sort key directly
-            return _group_sorted(None, codes, _sort_packed(fingerprint_key(codes, b), b))
-        fingerprints = fingerprint128(codes)
-    return _group_sorted(fingerprints[:, 0], codes)
-
-
-_PROFILE_CHUNK_ROWS = 1 << 16     # rows per fingerprint128 call of the profile
-_PROFILE_CHUNK_WORDS = 1 << 18    # words compared per step of its verification (2 MB)
-
-
-class _PrefixRows:
-    """Rows ``(group id, words [o, e))`` of the samples, gathered on indexing: what the
-    refinement of a layer verifies (an exact split of a hash clash needs nothing else)."""
-
-    def __init__(self, gid, codes, o, e):
-        self.gid, self.codes, self.o, self.e = gid, codes, o, e
-
-    def __getitem__(self, idx):
-        g = (torch.zeros(idx.shape[0], dtype=torch.int64, device=idx.device)
-             if self.gid is None else self.gid[idx])
-        return torch.cat([g.unsqueeze(1), self.codes[idx, self.o:self.e]], dim=1)
-
-
-def _refine(key: torch.Tensor, gid: torch.Tensor | None, codes: torch.Tensor, o: int,
-            e: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Split the groups ``gid`` (None: one group) of the samples by their words ``[o, e)``.
-
-    ``key`` (int64 ``[N]``, consumed: it becomes the returned group ids) is a hash of each
-    sample's whole prefix ``[0, e)``, so one value sort by it makes equal prefixes adjacent;
-    each sample is then verified against its neighbour in the sorted order on (group id,
-    words ``[o, e)``) only, never on the whole prefix, and a hash clash is split exactly.
-    Returns ``(perm, new, gid_sorted)``: the order, where a group begins in it, and the new
-    group id at each sorted position (in ``key``'s memory)."""
-    N = key.shape[0]
-    dev = key.device
-    b = _index_bits(N)
-    if b is None:  # huge N: a (value, index) sort
-        sk, perm = torch.sort(key)
-        key.copy_(sk)
-        del sk
-    else:
-        key &= -(1 << b)
-        for lo in range(0, N, _PROFILE_CHUNK_ROWS):  # the row index in the low bits
-            hi = min(N, lo + _PROFILE_CHUNK_ROWS)
-            key[lo:hi] |= torch.arange(lo, hi, dtype=torch.int64, device=dev)
-        key, perm = _sort_packed(key, b)
-    new = torch.ones(N, dtype=torch.bool, device=dev)
-    torch.ne(key[1:], key[:-1], out=new[1:])
-    step = max(1, _PROFILE_CHUNK_WORDS // (e - o))
-    bad = []  # sorted positions equal in hash to their neighbour, not in (group, words)
-    for lo in range(1, N, step):
-        hi = min(N, lo + step)
-        pos = (~new[lo:hi]).nonzero().squeeze(1) + lo
-        if pos.numel():
-            a, z = perm[pos], perm[pos - 1]
-            diff = (codes[a, o:e] != codes[z, o:e]).any(dim=1)
-            if gid is not None:
-                diff |= gid[a] != gid[z]
-            if bool(diff.any()):
-                bad.append(pos[diff])
-    _number_groups(new, key)
-    if bad:  # hash clashes: split the groups holding them exactly, then renumber
-        bad_groups = torch.unique(key[torch.cat(bad)])
-        starts = torch.searchsorted(key, bad_groups)
-        counts = torch.searchsorted(key, bad_groups, right=True) - starts
-        _split_clashes(perm, new, starts, counts,
-                       torch.arange(bad_groups.shape[0], device=dev),
-                       _PrefixRows(gid, codes, o, e))
-        _number_groups(new, key)
-    return perm, new, key
-
-
-def _number_groups(new: torch.Tensor, out: torch.Tensor) -> None:
-    """out <- cumsum(new) - 1, in place (cumsum of a bool tensor into an int64 out= would
-    first make an int64 copy of it)."""
-    out.copy_(new)
-    out.cumsum_(0)
-    out -= 1
-
-
-def layer_profile(codes: torch.Tensor, layout: Layout) -> tuple[list[tuple[str, float]], Groups]:
-    """Redundancy of the codes truncated after each layer, and the exact grouping of the full
-    codes (``layout.total_words`` must equal the codes' width).
-
-    One pass of ``fingerprint128`` (in chunks of rows) hashes every layer prefix; the groups
-    are then refined layer by layer: layer l splits the groups of layers ``< l`` by its own
-    words (``_refine``). Peak extra memory per sample (CPU): 8 bytes per layer with new words
-    for the prefix hashes, each freed once its layer is done (it becomes that layer's group
-    ids), plus 8 (group ids of the previous layer) + 8 (the permutation) + 1 (the group
-    starts) bytes: at most 17 + 8 L; the codes are never copied.
-    """
-    N, W = codes.shape
-    dev = codes.device
-    ends = [o + w for o, w in zip(layout.word_offsets, layout.words_per_layer)]
-    if N == 0:
-        empty = torch.zeros(0, dtype=torch.int64, device=dev)
-        return [(name, 0.0) for name in layout.names], Groups(empty, empty.bool())
-    cuts = sorted({e for e in ends if e > 0})
-    keys = {e: torch.empty(N, dtype=torch.int64, device=dev) for e in cuts}
-    for lo in range(0, N, _PROFILE_CHUNK_ROWS):
-        hi = min(N, lo + _PROFILE_CHUNK_ROWS)
-        fp = fingerprint128(codes[lo:hi], cuts)
-        for p, e in enumerate(cuts):
-            keys[e][lo:hi] = fp[:, p, 0]
-        del fp
-    gid = None  # group of each sample for the prefix so far (None: all in one)
-    perm = new = None
-    n_groups, done, profile = 1, 0, []
-    for name, e in zip(layout.names, ends):
-        if e > done:
-            perm = new = None  # free the previous layer's order first
-            perm, new, gid_sorted = _refine(keys.pop(e), gid, codes, done, e)
-            n_groups = int(gid_sorted[-1]) + 1
-            if gid is None:
-                gid = torch.empty(N, dtype=torch.int64, device=dev)
-            gid.index_copy_(0, perm, gid_sorted)
-            del gid_sorted
-            done = e
-        profile.append((name, (N - n_groups) / N))
-    del gid
-    if done < W:  # the layout does not reach the last word (cannot happen for a CodeBook)
-        return profile, _group_codes(codes)
-    if perm is None:  # no layer has words: every code is the same
-        perm = torch.arange(N, dtype=torch.int64, device=dev)
-        new = torch.zeros(N, dtype=torch.bool, device=dev)
-        new[0] = True
-    return profile, Groups(perm, new)
+           "make_report", "group_codes", "Groups", "layer_profile"]
 
 
 @dataclass
@@ -374,7 +83,10 @@ class CollisionReport:
         }
 
 
-def _report(g: Groups, labels: torch.Tensor | None, top: int, exact: bool) -> CollisionReport:
+def make_report(g: Groups, labels: torch.Tensor | None, top: int, exact: bool) -> CollisionReport:
+    """The statistics of a grouping ``g`` of N samples (``labels``: int64 ``[N]`` or None;
+    ``top``: how many of the largest groups to list; ``exact``: whether ``g`` was verified
+    against the full codes, or groups equal fingerprints only)."""
     n = g.n
     starts, counts, dup, group = g.shared()
     U = n - dup.shape[0]
@@ -442,14 +154,14 @@ def count_collisions(codes_or_codebook, labels=None, *, per_layer: bool = False,
         labels = as_labels(labels, codes.shape[0], "labels")
     top = check_int(top, "top", min=0)
     if not per_layer:
-        return _report(_group_codes(codes), labels, top, exact=True)
+        return make_report(group_rows(codes), labels, top, exact=True)
     if layout is None:
         raise ValueError("per_layer=True needs the layer layout: pass a CodeBook or layout=")
     if layout.total_words != codes.shape[1]:
         raise ValueError(f"layout has {layout.total_words} words per code, codes have "
                          f"{codes.shape[1]}")
     profile, full = layer_profile(codes, layout)
-    rep = _report(full, labels, top, exact=True)
+    rep = make_report(full, labels, top, exact=True)
     rep.per_layer = profile
     return rep
 
@@ -594,12 +306,12 @@ class CollisionCounter:
 
     def compute(self) -> CollisionReport:
         if not self._fps:
-            return _report(_group_sorted(torch.zeros(0, dtype=torch.int64), None), None,
+            return make_report(group_sorted(torch.zeros(0, dtype=torch.int64), None), None,
                            self.top, exact=False)
         if len(self._fps) > 1:  # compact the state (same bytes, fewer tensors)
             self._fps = [torch.cat(self._fps)]
             if self._labels:
                 self._labels = [torch.cat(self._labels)]
         fp = self._fps[0]
-        g = _group_sorted(fp[:, 0], fp)
-        return _report(g, self._labels[0] if self._labels else None, self.top, exact=False)
+        g = group_sorted(fp[:, 0], fp)
+        return make_report(g, self._labels[0] if self._labels else None, self.top, exact=False)

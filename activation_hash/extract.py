@@ -347,8 +347,6 @@ def extract_codes(model: nn.Module, data, *, layers: Iterable[int | str] | None 
     Returns:
         a :class:`CodeBook` (codes on the CPU) with labels when the data has them.
     """
-    from tqdm.auto import tqdm
-
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     batch_size = check_int(batch_size, "batch_size", min=1)

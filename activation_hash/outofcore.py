@@ -36,8 +36,8 @@ import torch
 from activation_hash import store as _store
 from activation_hash.fileio import atomic_write_json
 from activation_hash.codes import as_codes
-from activation_hash.collisions import CollisionReport, Groups, _group_sorted, _report, \
-    _split_clashes
+from activation_hash.collisions import CollisionReport, make_report
+from activation_hash.grouping import Groups, group_sorted, split_clashes
 from activation_hash.layout import Layout
 from activation_hash.ops import fingerprint128, hamming_topk
 from activation_hash.validation import check_int
@@ -153,7 +153,7 @@ def _verified_groups(rec: np.ndarray, rows: _StoreRows, width: int, step_rows: i
     compared with the group's first row (read from the store, ``step_rows`` rows at a time),
     clashes split exactly."""
     fp = torch.from_numpy(np.ascontiguousarray(rec[:, 0:2]))
-    g = _group_sorted(fp[:, 0].contiguous(), fp)
+    g = group_sorted(fp[:, 0].contiguous(), fp)
     if width == 0 or g.n == 0:
         return g
     starts, counts, dup, group = g.shared()
@@ -168,7 +168,7 @@ def _verified_groups(rec: np.ndarray, rows: _StoreRows, width: int, step_rows: i
         mismatch[lo:lo + step_rows] = (a != b).any(dim=1)
         rows.release()
     if bool(mismatch.any()):
-        _split_clashes(g.perm, g.new, starts, counts, group[mismatch], lazy)
+        split_clashes(g.perm, g.new, starts, counts, group[mismatch], lazy)
         rows.release()
         g = Groups(g.perm, g.new)
     return g
@@ -289,7 +289,7 @@ def count_collisions_out_of_core(store, *, memory_budget="2GB", per_layer: bool 
                 part = {"u": g.n_groups}
             else:
                 lab = torch.from_numpy(np.ascontiguousarray(rec[:, 3])) if cols == 4 else None
-                r = _report(g, lab, top, exact=True)
+                r = make_report(g, lab, top, exact=True)
                 gidx = rec[:, 2]
                 part = {"u": r.n_distinct, "occ": {str(k): v for k, v in r.occupancy.items()},
                         "mixed": [r.mixed_regions or 0, r.mixed_samples or 0],

@@ -29,8 +29,6 @@ Example::
 """
 from __future__ import annotations
 
-import threading
-import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -43,11 +41,11 @@ from activation_hash.codes import unpack_codes
 from activation_hash.layout import Layout
 from activation_hash.nn import ACTIVE_RECORDERS, ReLU
 from activation_hash.ops import pack_signs
+from activation_hash.taps import TORCH_ACTIVATIONS, ModelFacts, Tap, model_facts, tap, untap
 from activation_hash.validation import check_bool
 
 __all__ = ["record", "Recorder", "Site", "find_sites"]
 
-_TORCH_ACTIVATIONS = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.PReLU: "prelu"}
 # The functional ReLU-like calls and their op names (the exact walks reuse this table).
 RELU_LIKE_FUNCTIONS = {
     torch.relu: "relu", torch.relu_: "relu", F.relu: "relu", F.relu_: "relu",
@@ -81,109 +79,7 @@ class Site:
 def _op_of(module: nn.Module) -> str | None:
     if isinstance(module, ReLU):
         return "leaky_relu" if module.negative_slope else "relu"
-    return _TORCH_ACTIVATIONS.get(type(module))
-
-
-class _Tap:
-    """Stands in for ``module.forward`` (an instance attribute, so torch's fast call path
-    stays: no hooks) while some recorder needs it, in any thread; it calls the recorders that
-    this thread entered (``ACTIVE_RECORDERS``). ``kind``: ``"model"`` marks the start and
-    end of a batch, ``"activation"`` records the input of a torch activation module."""
-
-    def __init__(self, module: nn.Module, kind: str):
-        self.module, self.kind, self.users = module, kind, 0
-        self.inner = module.__dict__.get("forward")  # an earlier instance attribute, if any
-        self.forward = module.forward
-
-    def __call__(self, *args, **kwargs):
-        recorders = ACTIVE_RECORDERS.get()
-        if not recorders:
-            return self.forward(*args, **kwargs)
-        if self.kind == "activation":
-            x = args[0] if args else kwargs.get("input")
-            if isinstance(x, torch.Tensor):
-                for rec in recorders:
-                    rec._add_module_input(self.module, x)
-            return self.forward(*args, **kwargs)
-        if len(recorders) == 1:  # the common case, without building a list
-            mine = recorders if recorders[0].model is self.module else ()
-        else:
-            mine = [rec for rec in recorders if rec.model is self.module]
-        if not mine:  # another model's recorder (this one runs inside it)
-            return self.forward(*args, **kwargs)
-        for rec in mine:
-            rec._begin()
-        try:
-            out = self.forward(*args, **kwargs)
-        except BaseException:
-            for rec in mine:
-                rec._abort()
-            raise
-        for rec in mine:
-            rec._end()
-        return out
-
-
-_TAP_LOCK = threading.Lock()
-
-
-def _tap(module: nn.Module, kind: str) -> _Tap:
-    with _TAP_LOCK:
-        tap = module.__dict__.get("forward")
-        if not isinstance(tap, _Tap):
-            tap = _Tap(module, kind)
-            module.__dict__["forward"] = tap  # not nn.Module.__setattr__: a plain attribute
-        tap.users += 1
-        return tap
-
-
-def _untap(tap: _Tap) -> None:
-    with _TAP_LOCK:
-        tap.users -= 1
-        if tap.users == 0:
-            if tap.inner is None:
-                del tap.module.__dict__["forward"]
-            else:
-                tap.module.__dict__["forward"] = tap.inner
-
-
-# Bumped whenever any module anywhere registers a submodule (torch's global registration
-# hook): the facts of a model computed at an older generation are computed again.
-_GENERATION = [0]
-
-
-def _bump(module, name, submodule):
-    _GENERATION[0] += 1
-
-
-nn.modules.module.register_module_module_registration_hook(_bump)
-
-
-class _ModelFacts:
-    """What one model's structure tells, computed once per model (and again after any module
-    registration): module names, torch activation modules, DataParallel, functional owners,
-    and the sites of the first batch recorded (reused by later recorders of the same model
-    when their first batch calls the same sites)."""
-
-    def __init__(self, model: nn.Module):
-        named = list(model.named_modules())
-        self.generation = _GENERATION[0]
-        self.names = {id(m): name for name, m in named}
-        self.modules = {id(m): m for _, m in named}
-        self.torch_activations = [m for _, m in named if type(m) in _TORCH_ACTIVATIONS]
-        self.data_parallel = any(isinstance(m, nn.DataParallel) for _, m in named)
-        self.owners: set[int] | None = None  # modules that make functional calls (discovered)
-        self.first: tuple | None = None      # (signature, sites, full layout) of a first batch
-
-
-_FACTS: "weakref.WeakKeyDictionary[nn.Module, _ModelFacts]" = weakref.WeakKeyDictionary()
-
-
-def _facts(model: nn.Module) -> _ModelFacts:
-    facts = _FACTS.get(model)
-    if facts is None or facts.generation != _GENERATION[0]:
-        facts = _FACTS[model] = _ModelFacts(model)
-    return facts
+    return TORCH_ACTIVATIONS.get(type(module))
 
 
 class _FunctionalActivations(TorchFunctionMode):
@@ -232,11 +128,11 @@ class Recorder:
         self.batches: list[torch.Tensor] = []
         self._selected: list[int] | None = None    # site indices of `layout`
         self._signature: tuple | None = None        # ((key, shape), ...) of the first batch
-        self._facts: _ModelFacts | None = None
+        self._facts: ModelFacts | None = None
         self._depth = 0                             # model forward calls in progress
         self._stack: list[nn.Module] = []           # modules whose forward is running
         self._pending: list[tuple[tuple, tuple[int, ...], torch.Tensor]] = []
-        self._taps: list[_Tap] = []
+        self._taps: list[Tap] = []
         self._handles: list = []
         self._mode: _FunctionalActivations | None = None
         self._mode_on = False
@@ -424,12 +320,12 @@ class Recorder:
     def __enter__(self) -> "Recorder":
         if self._token is not None:
             raise RuntimeError("this recorder is already in use; make a new record(model)")
-        facts = self._facts = _facts(self.model)
+        facts = self._facts = model_facts(self.model)
         if facts.data_parallel:
             raise TypeError("record() cannot see the replicas nn.DataParallel runs in its worker "
                             "threads: record model.module on one device, or use "
                             "DistributedDataParallel (one process per device)")
-        self._taps = [_tap(self.model, "model")] + [_tap(m, "activation")
+        self._taps = [tap(self.model, "model")] + [tap(m, "activation")
                                                     for m in facts.torch_activations]
         if self.functional is not None:
             self._install(self.functional)
@@ -447,8 +343,8 @@ class Recorder:
         for h in self._handles:
             h.remove()
         self._handles.clear()
-        for tap in self._taps:
-            _untap(tap)
+        for t in self._taps:
+            untap(t)
         self._taps = []
         self._depth = 0
 

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from activation_hash.codes import CodeBook
-from activation_hash.collisions import _group_codes
+from activation_hash.grouping import group_rows
 from activation_hash.layout import Layout
 from activation_hash.nn import ReLU
 from activation_hash.ops import pack_signs
@@ -381,7 +381,7 @@ def segment_regions(model: nn.Module, x0: torch.Tensor, x1: torch.Tensor, *,
     offsets = torch.zeros(S + 1, dtype=torch.int64)
     offsets[1:] = torch.cumsum(counts, 0)
     # distinct codes per segment: exact grouping of (segment, code) rows
-    g = _group_codes(torch.cat([seg[:, None], words], 1))
+    g = group_rows(torch.cat([seg[:, None], words], 1))
     heads = g.perm[g.new]
     n_distinct = torch.bincount(seg[heads], minlength=S)
     cb = CodeBook(words, layout, ids=seg, meta={"kind": "segment pieces"})
@@ -433,5 +433,5 @@ def sampled_segment_regions(model: nn.Module, x0: torch.Tensor, x1: torch.Tensor
             with record(wm) as rec:
                 for lo in range(0, n, chunk):
                     wm(x0[i:i + 1] + ts[lo:lo + chunk].view(view) * d)
-            out[i] = _group_codes(rec.codes).n_groups
+            out[i] = group_rows(rec.codes).n_groups
     return out

@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import activation_hash.collisions as col
+import activation_hash.grouping as grp
 from activation_hash import reference as ref
 from activation_hash.codes import CodeBook
 from activation_hash.collisions import CollisionCounter, collisions, group_codes
@@ -110,11 +111,12 @@ def test_forced_fingerprint_clash_never_merges(monkeypatch, fake):
             return (c[:, :1] % 3).expand(-1, 2).clone() if ends is None else fp * 0 + 7
         return c[:, :1].expand(-1, 2).clone() if ends is None else fp * 0
     monkeypatch.setattr(col, "fingerprint128", clashing)
+    monkeypatch.setattr(grp, "fingerprint128", clashing)
 
     def clashing_key(c, b):
         rows = torch.arange(c.shape[0], dtype=torch.int64)
         return (clashing(c)[:, 0] & -(1 << b)) | rows
-    monkeypatch.setattr(col, "fingerprint_key", clashing_key)
+    monkeypatch.setattr(grp, "fingerprint_key", clashing_key)
     check_against_oracle(codes)
     # per layer too: all prefixes clash
     layout = Layout(("a", "b", "c"), ((64,), (1,), (65,)))
@@ -429,13 +431,14 @@ def test_counter_sync_across_ranks():
 def test_torch_sort_clash_path_matches_np_unique(monkeypatch):
     """The path of huge N (and of exact keys): torch.sort of the fingerprint instead of the
     packed value sort, with forced clashes so that the exact split runs too."""
-    monkeypatch.setattr(col, "_index_bits", lambda n: None)
-    monkeypatch.setattr(col, "fingerprint128",
-                        lambda c, ends=None: (c[:, :1] % 5).expand(-1, 2).clone())
+    monkeypatch.setattr(grp, "index_bits", lambda n: None)
+    for mod in (col, grp):
+        monkeypatch.setattr(mod, "fingerprint128",
+                            lambda c, ends=None: (c[:, :1] % 5).expand(-1, 2).clone())
 
     def no_key(*a):
         raise AssertionError("the packed-key path must not run")
-    monkeypatch.setattr(col, "fingerprint_key", no_key)
+    monkeypatch.setattr(grp, "fingerprint_key", no_key)
     for seed, (n, bits) in enumerate([(300, 130), (257, 64), (40, 1)]):
         codes = planted(n, bits, seed=seed)
         rep = check_against_oracle(codes)

@@ -295,7 +295,7 @@ def test_overwrite_is_crash_safe(tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise OSError("disk full")
-    monkeypatch.setattr(store, "_write_npy", boom)
+    monkeypatch.setattr(store, "write_npy", boom)
     with pytest.raises(OSError, match="disk full"):
         new.save(tmp_path / "s", overwrite=True)
     monkeypatch.undo()

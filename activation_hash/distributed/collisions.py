@@ -7,8 +7,8 @@ import numpy as np
 import torch
 
 from activation_hash.codes import CodeBook, as_codes, as_labels
-from activation_hash.collisions import (_MAX_FALSE_PAIRS, CollisionReport, _group_sorted,
-                                        _sort_packed)
+from activation_hash.collisions import CollisionReport
+from activation_hash.grouping import MAX_FALSE_PAIRS, group_sorted, sort_packed
 from activation_hash.layout import Layout
 from activation_hash.ops import fingerprint128, fingerprint_key
 from activation_hash.validation import check_int
@@ -40,11 +40,11 @@ class _LocalGroups:
         dev = rows.device
         verify = rows if rows.shape[1] else None
         if b is not None:
-            sk, perm = _sort_packed(fingerprint_key(rows, b), b)
-            g = _group_sorted(None, verify, (sk, perm))
+            sk, perm = sort_packed(fingerprint_key(rows, b), b)
+            g = group_sorted(None, verify, (sk, perm))
         else:
             sk = None
-            g = _group_sorted(fp[:, 0].contiguous(), verify)
+            g = group_sorted(fp[:, 0].contiguous(), verify)
         self.g, self.offset = g, offset
         starts = g.new.nonzero().squeeze(1)
         U = starts.shape[0]
@@ -155,7 +155,7 @@ def _merge_level(comm: _Comm, local: _LocalGroups, rows: torch.Tensor, offsets: 
     answer = rows[req - local.offset] if req.numel() else rows[:0]
     fetched = comm.all_to_all(answer, recv_from, "rows")[0].to(dev)
     if rows.shape[1] and run_idx.numel():
-        mg = _group_sorted(got[run_idx, 0].contiguous(), fetched.contiguous()).group_ids()
+        mg = group_sorted(got[run_idx, 0].contiguous(), fetched.contiguous()).group_ids()
     else:  # rows of no words are all equal
         mg = torch.zeros(run_idx.shape[0], dtype=torch.int64, device=dev)
     M = int(mg.max()) + 1 if mg.numel() else 0
@@ -179,10 +179,10 @@ def _merge_level(comm: _Comm, local: _LocalGroups, rows: torch.Tensor, offsets: 
 
 
 def _fast_bits(sizes: torch.Tensor, N: int) -> int | None:
-    """The index bits of the fast path shared by every rank, or None (see _index_bits): keys
+    """The index bits of the fast path shared by every rank, or None (see index_bits): keys
     of ``64 - b`` bits must keep the expected pairs of distinct codes with equal keys small."""
     b = max(1, (int(sizes.max()) - 1).bit_length())
-    if b >= 48 or N * N / 2.0 ** (65 - b) > _MAX_FALSE_PAIRS:
+    if b >= 48 or N * N / 2.0 ** (65 - b) > MAX_FALSE_PAIRS:
         return None
     return b
 

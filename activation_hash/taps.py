@@ -1,0 +1,124 @@
+"""How a recorder sees a forward pass without hooks: *taps* and per-model facts.
+
+A :class:`Tap` stands in for a module's ``forward`` (an instance attribute, so torch's fast
+call path stays) and calls the recorders this thread entered (``nn.ACTIVE_RECORDERS``);
+:func:`tap` / :func:`untap` install and remove it, counting users across threads.
+:func:`model_facts` caches what a model's structure tells (module names, torch activation
+modules, DataParallel, ...) until any module anywhere registers a submodule.
+"""
+from __future__ import annotations
+
+import threading
+import weakref
+
+import torch
+from torch import nn
+
+from activation_hash.nn import ACTIVE_RECORDERS
+
+__all__ = ["TORCH_ACTIVATIONS", "Tap", "tap", "untap", "ModelFacts", "model_facts"]
+
+# torch's activation modules that are sites, and their op names
+TORCH_ACTIVATIONS = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.PReLU: "prelu"}
+
+
+class Tap:
+    """Stands in for ``module.forward`` (an instance attribute, so torch's fast call path
+    stays: no hooks) while some recorder needs it, in any thread; it calls the recorders that
+    this thread entered (``ACTIVE_RECORDERS``). ``kind``: ``"model"`` marks the start and
+    end of a batch, ``"activation"`` records the input of a torch activation module."""
+
+    def __init__(self, module: nn.Module, kind: str):
+        self.module, self.kind, self.users = module, kind, 0
+        self.inner = module.__dict__.get("forward")  # an earlier instance attribute, if any
+        self.forward = module.forward
+
+    def __call__(self, *args, **kwargs):
+        recorders = ACTIVE_RECORDERS.get()
+        if not recorders:
+            return self.forward(*args, **kwargs)
+        if self.kind == "activation":
+            x = args[0] if args else kwargs.get("input")
+            if isinstance(x, torch.Tensor):
+                for rec in recorders:
+                    rec._add_module_input(self.module, x)
+            return self.forward(*args, **kwargs)
+        if len(recorders) == 1:  # the common case, without building a list
+            mine = recorders if recorders[0].model is self.module else ()
+        else:
+            mine = [rec for rec in recorders if rec.model is self.module]
+        if not mine:  # another model's recorder (this one runs inside it)
+            return self.forward(*args, **kwargs)
+        for rec in mine:
+            rec._begin()
+        try:
+            out = self.forward(*args, **kwargs)
+        except BaseException:
+            for rec in mine:
+                rec._abort()
+            raise
+        for rec in mine:
+            rec._end()
+        return out
+
+
+_TAP_LOCK = threading.Lock()
+
+
+def tap(module: nn.Module, kind: str) -> Tap:
+    with _TAP_LOCK:
+        tap = module.__dict__.get("forward")
+        if not isinstance(tap, Tap):
+            tap = Tap(module, kind)
+            module.__dict__["forward"] = tap  # not nn.Module.__setattr__: a plain attribute
+        tap.users += 1
+        return tap
+
+
+def untap(tap: Tap) -> None:
+    with _TAP_LOCK:
+        tap.users -= 1
+        if tap.users == 0:
+            if tap.inner is None:
+                del tap.module.__dict__["forward"]
+            else:
+                tap.module.__dict__["forward"] = tap.inner
+
+
+# Bumped whenever any module anywhere registers a submodule (torch's global registration
+# hook): the facts of a model computed at an older generation are computed again.
+_GENERATION = [0]
+
+
+def _bump(module, name, submodule):
+    _GENERATION[0] += 1
+
+
+nn.modules.module.register_module_module_registration_hook(_bump)
+
+
+class ModelFacts:
+    """What one model's structure tells, computed once per model (and again after any module
+    registration): module names, torch activation modules, DataParallel, functional owners,
+    and the sites of the first batch recorded (reused by later recorders of the same model
+    when their first batch calls the same sites)."""
+
+    def __init__(self, model: nn.Module):
+        named = list(model.named_modules())
+        self.generation = _GENERATION[0]
+        self.names = {id(m): name for name, m in named}
+        self.modules = {id(m): m for _, m in named}
+        self.torch_activations = [m for _, m in named if type(m) in TORCH_ACTIVATIONS]
+        self.data_parallel = any(isinstance(m, nn.DataParallel) for _, m in named)
+        self.owners: set[int] | None = None  # modules that make functional calls (discovered)
+        self.first: tuple | None = None      # (signature, sites, full layout) of a first batch
+
+
+_FACTS: "weakref.WeakKeyDictionary[nn.Module, ModelFacts]" = weakref.WeakKeyDictionary()
+
+
+def model_facts(model: nn.Module) -> ModelFacts:
+    facts = _FACTS.get(model)
+    if facts is None or facts.generation != _GENERATION[0]:
+        facts = _FACTS[model] = ModelFacts(model)
+    return facts
