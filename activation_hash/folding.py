@@ -40,7 +40,7 @@ from activation_hash.codes import as_labels
 from activation_hash.layout import Layout
 from activation_hash.ops import hamming_consecutive, pack_signs
 from activation_hash.record import record
-from activation_hash.regions import _as_pairs, segment_regions
+from activation_hash.regions import as_segment_pairs, segment_regions
 from activation_hash.validation import check_choice, check_float, check_int
 
 __all__ = ["folding", "folding_pairs", "Folding", "FoldingReport", "chi_of_walks"]
@@ -170,7 +170,7 @@ def folding(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, method: str =
     """Folding ``chi`` of the paths from ``x`` to ``y`` (``[S, *in_shape]`` pairs; see the
     module docstring for the methods). The model is not changed."""
     check_choice(method, "method", ("exact", "sampled", "adaptive"))
-    x0, x1 = _as_pairs(x, y)
+    x0, x1 = as_segment_pairs(x, y)
     S = x0.shape[0]
     if method == "exact":
         r = segment_regions(model, x0, x1, batch=batch)

@@ -108,7 +108,9 @@ class SegmentRegions:
 
 # ---- the walk ---------------------------------------------------------------------------
 
-def _as_pairs(x0, x1) -> tuple[torch.Tensor, torch.Tensor]:
+def as_segment_pairs(x0, x1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Checked segment end points ``x0``, ``x1`` (finite float tensors ``[S, ...]`` of one
+    shape), detached, as float64."""
     for name, v in (("x0", x0), ("x1", x1)):
         if not isinstance(v, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(v).__name__}")
@@ -347,7 +349,7 @@ def segment_regions(model: nn.Module, x0: torch.Tensor, x1: torch.Tensor, *,
     check_choice(method, "method", ("auto", "walk", "layers"))
     batch = check_int(batch, "batch", min=1)
     max_pieces = check_int(max_pieces, "max_pieces", min=1)
-    x0, x1 = _as_pairs(x0, x1)
+    x0, x1 = as_segment_pairs(x0, x1)
     wm = walk_copy(model)
     if x0.shape[0] == 0:
         raise ValueError("x0 and x1 hold no segment")
@@ -421,7 +423,7 @@ def sampled_segment_regions(model: nn.Module, x0: torch.Tensor, x1: torch.Tensor
     ``chunk`` at a time (memory: one chunk's activations)."""
     n = check_int(n, "n", min=2)
     chunk = check_int(chunk, "chunk", min=1)
-    x0, x1 = _as_pairs(x0, x1)
+    x0, x1 = as_segment_pairs(x0, x1)
     S = x0.shape[0]
     ts = torch.linspace(0, 1, n, dtype=torch.float64)
     wm = copy.deepcopy(model).double().eval()

@@ -30,15 +30,15 @@ def model_and_data(model=None, *, arch: dict | None = None, data: dict | None = 
     :func:`~activation_hash.experiments.models.build_model` spec) at initialization on
     ``data`` (default digits)."""
     from activation_hash.experiments.models import build_model
-    from activation_hash.experiments.runs import _load_data, load_trained
+    from activation_hash.experiments.runs import load_data, load_trained
 
     seed = check_int(seed, "seed")
     if (model is None) == (arch is None):
         raise ValueError("give either a trained model (model=) or an architecture (arch=)")
     if model is not None:
         net, ck = load_trained(model)
-        return net, _load_data(ck["data"], data_root, ck["seed"]), f"trained model {model}"
-    ds = _load_data(data or {"name": "digits"}, data_root, seed)
+        return net, load_data(ck["data"], data_root, ck["seed"]), f"trained model {model}"
+    ds = load_data(data or {"name": "digits"}, data_root, seed)
     torch.manual_seed(seed)
     net = build_model(arch, ds.x_train.shape[1:], ds.n_classes).eval()
     return net, ds, f"{arch} at initialization (seed {seed})"

@@ -136,7 +136,8 @@ def write_train_metrics(out, result, data) -> dict:
     return metrics
 
 
-def _load_data(data_cfg: dict, root, seed: int):
+def load_data(data_cfg: dict, root, seed: int):
+    """The dataset split that ``data_cfg`` (a ``data`` settings dict) names, read from ``root``."""
     from activation_hash.experiments.datasets import load_dataset
 
     opts = dict(data_cfg)
@@ -171,7 +172,7 @@ def run_train(out, data: dict, model: dict, train: dict, *, data_root=None,
     seed = check_int(train.setdefault("seed", 0), "seed")
     tcfg = TrainConfig.from_dict(train)
     write_settings(out, settings, data_cfg=data, model_cfg=model, train_cfg=train)
-    split = _load_data(data, data_root, seed)
+    split = load_data(data, data_root, seed)
     torch.manual_seed(seed)
     net = build_model(model, split.input_shape, split.n_classes)
     on_ckpt = None
@@ -223,7 +224,7 @@ def run_extract(out, model_path, *, data_root=None, layers=None, trained_only: b
     out = new_run_dir("extract", out)
     model, ck = load_trained(model_path)
     write_settings(out, settings, trained=ck["model"], data_cfg=ck["data"])
-    data = _load_data(ck["data"], data_root, ck["seed"])
+    data = load_data(ck["data"], data_root, ck["seed"])
     x_tr, y_tr = data.x_train, data.y_train
     if trained_only and ck.get("train_idx") is not None:
         x_tr, y_tr = x_tr[ck["train_idx"]], y_tr[ck["train_idx"]]
