@@ -325,14 +325,13 @@ class Recorder:
             raise TypeError("record() cannot see the replicas nn.DataParallel runs in its worker "
                             "threads: record model.module on one device, or use "
                             "DistributedDataParallel (one process per device)")
-        self._taps = [tap(self.model, "model")] + [tap(m, "activation")
-                                                    for m in facts.torch_activations]
-        if self.functional is not None:
-            self._install(self.functional)
-        elif facts.owners is None:
-            self._install("discover")
-        else:
-            self._install(bool(facts.owners))
+        self._taps = [tap(self.model, "model", facts.taps)]
+        if facts.torch_activations:
+            self._taps += [tap(m, "activation", facts.taps) for m in facts.torch_activations]
+        functional = (self.functional if self.functional is not None else
+                      "discover" if facts.owners is None else bool(facts.owners))
+        if functional is not False:
+            self._install(functional)
         self._token = ACTIVE_RECORDERS.set(ACTIVE_RECORDERS.get() + (self,))
         return self
 
@@ -340,12 +339,14 @@ class Recorder:
         ACTIVE_RECORDERS.reset(self._token)
         self._token = None
         self._mode_off()
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+        if self._handles:
+            for h in self._handles:
+                h.remove()
+            self._handles.clear()
         for t in self._taps:
             untap(t)
         self._taps = []
+        self._mode = None
         self._depth = 0
 
 

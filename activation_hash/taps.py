@@ -9,7 +9,6 @@ modules, DataParallel, ...) until any module anywhere registers a submodule.
 from __future__ import annotations
 
 import threading
-import weakref
 
 import torch
 from torch import nn
@@ -65,11 +64,19 @@ class Tap:
 _TAP_LOCK = threading.Lock()
 
 
-def tap(module: nn.Module, kind: str) -> Tap:
+def tap(module: nn.Module, kind: str, cache: dict | None = None) -> Tap:
+    """Install (or share) the tap of ``module``; ``cache`` (id -> Tap, e.g. a model's facts)
+    keeps taps between recorders, so that entering one costs a dict lookup."""
     with _TAP_LOCK:
         tap = module.__dict__.get("forward")
         if not isinstance(tap, Tap):
-            tap = Tap(module, kind)
+            cached = cache.get(id(module)) if cache is not None else None
+            if cached is not None and cached.module is module and cached.inner is tap:
+                tap = cached
+            else:
+                tap = Tap(module, kind)
+                if cache is not None:
+                    cache[id(module)] = tap
             module.__dict__["forward"] = tap  # not nn.Module.__setattr__: a plain attribute
         tap.users += 1
         return tap
@@ -100,12 +107,18 @@ nn.modules.module.register_module_module_registration_hook(_bump)
 class ModelFacts:
     """What one model's structure tells, computed once per model (and again after any module
     registration): module names, torch activation modules, DataParallel, functional owners,
-    and the sites of the first batch recorded (reused by later recorders of the same model
-    when their first batch calls the same sites)."""
+    the sites of the first batch recorded (reused by later recorders of the same model
+    when their first batch calls the same sites), and the model's taps.
+
+    Kept in the model's own ``__dict__`` (so they die with it: a global table of models
+    would keep every recorded model alive); a copy or a pickle of the model gets stale facts,
+    computed again on its first recording."""
 
     def __init__(self, model: nn.Module):
         named = list(model.named_modules())
         self.generation = _GENERATION[0]
+        self.model_id = id(model)
+        self.taps: dict[int, Tap] = {}
         self.names = {id(m): name for name, m in named}
         self.modules = {id(m): m for _, m in named}
         self.torch_activations = [m for _, m in named if type(m) in TORCH_ACTIVATIONS]
@@ -114,11 +127,22 @@ class ModelFacts:
         self.first: tuple | None = None      # (signature, sites, full layout) of a first batch
 
 
-_FACTS: "weakref.WeakKeyDictionary[nn.Module, ModelFacts]" = weakref.WeakKeyDictionary()
+    def __reduce__(self):  # copy.deepcopy / pickle of a model: facts computed again
+        return (_stale, ())
+
+
+def _stale() -> None:
+    return None
+
+
+_FACTS_KEY = "_activation_hash_facts"
 
 
 def model_facts(model: nn.Module) -> ModelFacts:
-    facts = _FACTS.get(model)
-    if facts is None or facts.generation != _GENERATION[0]:
-        facts = _FACTS[model] = ModelFacts(model)
+    """The facts of ``model``, computed again when stale (any module registration since,
+    or a copy of another model's)."""
+    facts = model.__dict__.get(_FACTS_KEY)
+    if facts is None or facts.generation != _GENERATION[0] or facts.model_id != id(model):
+        facts = ModelFacts(model)
+        model.__dict__[_FACTS_KEY] = facts  # a plain attribute: not a module, not state
     return facts

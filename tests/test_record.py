@@ -147,3 +147,35 @@ def test_data_parallel_is_refused():
 def test_functional_must_be_a_bool():
     with pytest.raises(TypeError, match="functional must be True or False"):
         record(nn.ReLU(), functional="no")
+
+
+def test_a_recorded_model_is_freed_and_its_copies_record_themselves():
+    """The per-model facts live on the model: deleting a recorded model frees it (no global
+    table keeps it), and a deep copy or a pickled copy records its own modules."""
+    import copy
+    import gc
+    import weakref
+
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    x = torch.randn(5, 3)
+    with record(net) as rec:
+        net(x)
+    want = ref.pack_signs(net[0](x))
+    for clone in (copy.deepcopy(net), torch.load(_saved(net), weights_only=False)):
+        with record(clone) as rec2:
+            clone(x)
+        assert rec2.sites[0].module is clone[1]
+        assert torch.equal(rec2.codes, want)
+    alive = weakref.ref(net)
+    del net, rec
+    gc.collect()
+    assert alive() is None
+
+
+def _saved(model):
+    import io
+
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    return buf
