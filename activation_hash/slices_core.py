@@ -394,6 +394,8 @@ def _plane(a, b, c, box, margin):
                 _check_box(box), torch.zeros(0, 2, dtype=torch.float64), (2,))
     if b is None or c is None:
         raise TypeError("a plane through inputs needs three of them: a, b and c")
+    eps = 64 * max(torch.finfo(x.dtype).eps if isinstance(x, torch.Tensor) and
+                   x.dtype.is_floating_point else 0.0 for x in (a, b, c))
     a, b, c = _as_input(a, "a"), _as_input(b, "b"), _as_input(c, "c")
     if not (a.shape == b.shape == c.shape):
         raise ValueError(f"a, b and c must have one shape (the model's per-sample input), got "
@@ -408,7 +410,7 @@ def _plane(a, b, c, box, margin):
         raise ValueError("a and b are the same point: the three inputs span no plane")
     e0 = e0 / n0
     e1 = e1 - (e1 @ e0) * e0
-    if e1.norm() <= 1e-9 * max(float(n0), float((c - a).norm())):
+    if e1.norm() <= eps * max(float(n0), float((c - a).norm())):  # collinear to rounding
         raise ValueError("a, b and c are collinear: they span no plane")
     e1 = e1 / e1.norm()
     basis = torch.stack([e0, e1])

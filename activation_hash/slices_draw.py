@@ -45,6 +45,7 @@ def region_map(regions, path, *, fmt: str | None = None, title: str | None = Non
         raise TypeError(f"title must be a string, got {type(title).__name__}")
     colors = code_colors(regions.codes.codes).numpy()
     u0, u1, v0, v1 = regions.window
+    matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text in SVGs
     fig, ax = plt.subplots(figsize=(6, 6 * (v1 - v0) / (u1 - u0) if u1 > u0 else 6), dpi=150)
     try:
         if regions.sampled and regions.grid is not None:

@@ -295,3 +295,103 @@ def test_one_output_decision_boundary_is_its_zero_line():
     assert seg.shape[0] == 1
     torch.testing.assert_close(seg[0] @ w + b, torch.zeros(2, dtype=torch.float64),
                                rtol=0, atol=1e-12)
+
+
+# ---- bad input -------------------------------------------------------------------------------
+
+def test_bad_input_gives_clear_errors():
+    from activation_hash.slices import NotPiecewiseLinearError
+    model = one_hidden(d=3)
+    x = torch.randn(3)
+    with pytest.raises(ValueError, match="one shape"):
+        plane_regions(model, x, x + 1, torch.randn(4))
+    with pytest.raises(ValueError, match="collinear"):
+        plane_regions(model, x, x + 1, x + 2)
+    with pytest.raises(ValueError, match="same point"):
+        plane_regions(model, x, x, x + 1)
+    with pytest.raises(TypeError, match="three"):
+        plane_regions(model, x, x + 1)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        plane_regions(model, [0.0, 1.0, 2.0], x, x + 1)
+    m2 = one_hidden()
+    with pytest.raises(ValueError, match="x_min < x_max"):
+        plane_regions(m2, box=(1.0, 1.0, 0.0, 1.0))
+    with pytest.raises(ValueError, match="x_min < x_max"):
+        plane_regions(m2, box=(0.0, 1.0, 2.0, 1.0))
+    with pytest.raises(TypeError, match="box"):
+        plane_regions(m2, box=(0.0, 1.0))
+    with pytest.raises(TypeError, match="box"):
+        plane_regions(m2)
+    gelu = nn.Sequential(nn.Linear(2, 4), nn.GELU(), nn.Linear(4, 2)).eval()
+    with pytest.raises(NotPiecewiseLinearError, match="gelu.*sampled_plane_regions"):
+        plane_regions(gelu, box=(0.0, 1.0, 0.0, 1.0))
+    with pytest.raises(NotPiecewiseLinearError, match="train mode"):
+        plane_regions(one_hidden().train(), box=(0.0, 1.0, 0.0, 1.0))
+    with pytest.raises(ValueError, match=r"reached \d+ faces.*max_faces=5"):
+        plane_regions(m2, box=(-2.0, 2.0, -2.0, 2.0), max_faces=5)
+    with pytest.raises(ValueError, match="layers"):
+        plane_regions(m2, box=(-2.0, 2.0, -2.0, 2.0), layers=2)
+    with pytest.raises(TypeError, match="max_faces"):
+        plane_regions(m2, box=(-2.0, 2.0, -2.0, 2.0), max_faces=2.5)
+
+
+# ---- sampled mode, regions_in_box, region maps ----------------------------------------------
+
+def test_sampled_mode_finds_a_subset_of_the_faces_and_works_for_any_model():
+    from activation_hash.slices import sampled_plane_regions
+    model = deep_mlp(d=2, seed=9)
+    box = (-2.0, 2.0, -2.0, 2.0)
+    exact = plane_regions(model, box=box)
+    s = sampled_plane_regions(model, box=box, resolution=96)
+    assert s.sampled and not exact.sampled and s.grid.shape == (96, 96)
+    exact_codes = {tuple(c) for c in exact.codes.codes.tolist()}
+    sampled_codes = {tuple(c) for c in s.codes.codes.tolist()}
+    assert sampled_codes <= exact_codes and 0.5 * len(exact) < len(s) <= len(exact)
+    pts, owner = interior_points(exact, 1)   # locate goes through the raster's cells
+    hit = s.locate(pts)
+    assert (hit >= 0).all()
+    gelu = nn.Sequential(nn.Linear(2, 8), nn.GELU(), nn.Linear(8, 8), nn.ReLU(),
+                         nn.Linear(8, 2)).eval()
+    g = sampled_plane_regions(gelu, box=box, resolution=32)
+    assert 1 <= len(g) <= 32 * 32 and g.codes.layout.names == ("3",)
+
+
+def test_regions_in_box_counts_cells_of_the_data_box_and_hull():
+    from activation_hash.slices import regions_in_box
+    model = one_hidden(n=10, seed=4)
+    W, b = model[0].weight.double(), model[0].bias.double()
+    tri = torch.tensor([[-1.5, -1.0], [1.5, -1.0], [0.0, 1.5]], dtype=torch.float64)
+    data = torch.cat([tri, (torch.rand(50, 3, dtype=torch.float64).softmax(1)) @ tri])
+    out = regions_in_box(model, data)
+    assert out["bounds"] == (-1.5, 1.5, -1.0, 1.5)
+    assert out["box"] == arrangement_cells(W, b, out["bounds"])
+    # cells of the arrangement inside the triangle: 1 + lines meeting it + crossings inside
+    z = tri @ W.T + b
+    meets = int(((z > 0).any(0) & (z < 0).any(0)).sum())
+    inner = 0
+    for i, j in itertools.combinations(range(W.shape[0]), 2):
+        p = torch.linalg.solve(W[[i, j]], -b[[i, j]])
+        lam = torch.linalg.solve(torch.cat([tri.T, torch.ones(1, 3, dtype=torch.float64)]),
+                                 torch.cat([p, torch.ones(1, dtype=torch.float64)]))
+        inner += int((lam > 0).all())
+    assert out["hull"] == 1 + meets + inner < out["box"]
+    assert regions_in_box(model, data, hull=False)["hull"] is None
+    with pytest.raises(ValueError, match=r"\[N, 2\]"):
+        regions_in_box(model, torch.randn(5, 3))
+
+
+def test_region_map_writes_png_and_svg_atomically(tmp_path):
+    from activation_hash.slices import region_map, sampled_plane_regions
+    model = deep_mlp(d=2, seed=10)
+    r = plane_regions(model, box=(-2.0, 2.0, -2.0, 2.0))
+    png = region_map(r, tmp_path / "map.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    svg = region_map(r, tmp_path / "map.svg", title="mlp")
+    text = svg.read_text()
+    assert text.lstrip().startswith("<?xml") and "<svg" in text and f"{len(r)} faces" in text
+    s = sampled_plane_regions(model, box=(-2.0, 2.0, -2.0, 2.0), resolution=32)
+    assert "sampled" in region_map(s, tmp_path / "s.svg").read_text()
+    assert region_map(r, tmp_path / "x.bin", fmt="png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="fmt"):
+        region_map(r, tmp_path / "map.jpg")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.png", "map.svg", "s.svg", "x.bin"]
