@@ -108,19 +108,30 @@ class PlaneRegions:
 
 # ---- the split at one switch ------------------------------------------------------------
 
+def _winner(verts, g):
+    """Winner at each vertex: verts ``[P, K, 2]``, g ``[P, E, 3]`` (a kink: max(0, z), 1 where
+    z > 0) or ``[P, E, kw, 3]`` (argmax) -> ``[P, K, E]`` (bool for kinks, else int64)."""
+    if g.dim() == 3:
+        z = torch.baddbmm(g[:, None, :, 0], verts, g[..., 1:].transpose(1, 2))
+        return z > 0
+    val = torch.einsum("pkd,pead->pkea", verts, g[..., 1:]) + g[:, None, :, :, 0]
+    return val.argmax(-1)
+
+
 def _split(verts, nv, G, R, min_area, max_faces, what):
-    """Cut every piece by one switch: G float64 ``[P, E, kw, 3]``: E events (a unit, a window)
-    each choosing the largest of kw affine functions of (u, v). Returns the new pieces, the
-    piece each came from ``[P']`` and the winner of each event at each new piece ``[P', E]``."""
+    """Cut every piece by one switch: E events (a unit, a window), each choosing the largest
+    of kw affine functions of (u, v): G float64 ``[P, E, kw, 3]``, or ``[P, E, 3]`` for kinks
+    (max(0, z)). Returns the new pieces, the piece each came from ``[P']`` and the winner of
+    each event at each new piece ``[P', E]``."""
     P, K, _ = verts.shape
-    E, kw = G.shape[1], G.shape[2]
+    E = G.shape[1]
+    kink = G.dim() == 3
+    per = 1 if kink else G.shape[2]
     valid = torch.arange(K) < nv[:, None]
     pairs_p, pairs_e = [], []
-    chunk = max(1, 2 ** 22 // max(1, K * E * kw))
+    chunk = max(1, 2 ** 22 // max(1, K * E * per))
     for s in range(0, P, chunk):  # which events are not constant on which pieces
-        g = G[s:s + chunk]
-        val = torch.einsum("pkd,pead->pkea", verts[s:s + chunk], g[..., 1:]) + g[:, None, :, :, 0]
-        am = val.argmax(-1)
+        am = _winner(verts[s:s + chunk], G[s:s + chunk])
         mixed = ((am != am[:, :1]) & valid[s:s + chunk, :, None]).any(1)
         p, e = mixed.nonzero(as_tuple=True)
         pairs_p.append(p + s)
@@ -134,14 +145,15 @@ def _split(verts, nv, G, R, min_area, max_faces, what):
     av, an, ao, ptr = verts[act], nv[act], act, start[act]
     n_done = int(done_o[0].numel())
     while ao.numel():
-        e = pe[ptr]
-        g = G[ao, e]                                    # [A, kw, 3]
-        val = torch.einsum("akd,amd->akm", av, g[..., 1:]) + g[:, None, :, 0]
-        am = val.argmax(-1)
+        g = G[ao, pe[ptr]]                              # [A, 3] or [A, kw, 3]
+        am = _winner(av, g[:, None])[..., 0]
         mix = ((am != am[:, :1]) & (torch.arange(av.shape[1]) < an[:, None])).any(1)
         stay = (~mix).nonzero()[:, 0]
         go = mix.nonzero()[:, 0]
-        cv, cn, src, _ = pg.argmax_cells(av[go], an[go], g[go], R, min_area)
+        gg = g[go]
+        if kink:
+            gg = torch.stack([torch.zeros_like(gg), gg], 1)
+        cv, cn, src, _ = pg.argmax_cells(av[go], an[go], gg, R, min_area)
         nv_, nn_ = pg.cat_polys([(av[stay], an[stay]), (cv, cn)])
         no = torch.cat([ao[stay], ao[go][src]])
         nptr = torch.cat([ptr[stay], ptr[go][src]]) + 1
@@ -157,15 +169,12 @@ def _split(verts, nv, G, R, min_area, max_faces, what):
     verts, nv = pg.cat_polys(done_v)
     origin = torch.cat(done_o)
     c = pg.centroid(verts, nv)
-    g = G[origin]
-    val = torch.einsum("pd,pead->pea", c, g[..., 1:]) + g[..., 0]
-    return verts, nv, origin, val.argmax(-1)
+    return verts, nv, origin, _winner(c[:, None], G[origin])[:, 0]
 
 
 def _kinks(Z: torch.Tensor) -> torch.Tensor:
-    """Units' affine inputs ``[P, 3, n]`` -> events ``[P, n, 2, 3]``: max(0, z) (index 1: on)."""
-    z = Z.transpose(1, 2)
-    return torch.stack([torch.zeros_like(z), z], 2)
+    """Units' affine inputs ``[P, 3, n]`` -> kink events ``[P, n, 3]`` (c0, cu, cv)."""
+    return Z.transpose(1, 2)
 
 
 def _roll(Z: torch.Tensor) -> torch.Tensor:
@@ -348,7 +357,6 @@ def _general_slice(wm, plane, verts, nv, R, min_area, max_faces, n_sites, layout
             G = _affine_rows(z, c).view(c.shape[0], -1, kw, 3)
         else:
             G = _affine_rows(z, c)
-            G = torch.stack([torch.zeros_like(G), G], 2)
         verts, nv, parent, win = _split(verts, nv, G, R, min_area, max_faces, f"switch {k} ({op})")
         shape = z.shape[1:-1] + (1,) if pool else z.shape[1:]
         fixed = {j: f[parent] for j, f in fixed.items()}
