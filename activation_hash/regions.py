@@ -197,24 +197,24 @@ def _walk(wm: nn.Module, x0: torch.Tensor, x1: torch.Tensor, layout: Layout,
 
 # ---- layer by layer (chains) ------------------------------------------------------------
 
-_PASS = (nn.Flatten, nn.Dropout, nn.Identity, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+PASS_MODULES = (nn.Flatten, nn.Dropout, nn.Identity, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
          nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
-_AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+AFFINE_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
            nn.ConvTranspose3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def _chain(model: nn.Module) -> list[nn.Module] | None:
+def plain_chain(model: nn.Module) -> list[nn.Module] | None:
     """The modules of a plain chain (nested Sequentials flattened), or None."""
     if not isinstance(model, nn.Sequential):
         return None
     out = []
     for m in model:
         if isinstance(m, nn.Sequential):
-            sub = _chain(m)
+            sub = plain_chain(m)
             if sub is None:
                 return None
             out += sub
-        elif isinstance(m, (nn.ReLU, nn.LeakyReLU, ReLU)) or isinstance(m, _PASS + _AFFINE):
+        elif isinstance(m, (nn.ReLU, nn.LeakyReLU, ReLU)) or isinstance(m, PASS_MODULES + AFFINE_MODULES):
             out.append(m)
         else:
             return None
@@ -236,10 +236,10 @@ def _layers(chain: list[nn.Module], x0: torch.Tensor, x1: torch.Tensor, max_piec
     k = 0
     with torch.no_grad():
         for m in chain:
-            if isinstance(m, _PASS):
+            if isinstance(m, PASS_MODULES):
                 a, b = m(a), m(b)  # linear, no offset
                 continue
-            if isinstance(m, _AFFINE):
+            if isinstance(m, AFFINE_MODULES):
                 a, b = _affine(m, a, b, lo, seg)
                 continue
             slope = float(getattr(m, "negative_slope", 0.0) or 0.0)
@@ -355,7 +355,7 @@ def segment_regions(model: nn.Module, x0: torch.Tensor, x1: torch.Tensor, *,
         raise ValueError("x0 and x1 hold no segment")
     sites = find_sites(wm, x0[:1])
     layout = Layout(tuple(s.name for s in sites), tuple(s.shape for s in sites))
-    chain = _chain(wm)
+    chain = plain_chain(wm)
     if method == "layers" and chain is None:
         raise ValueError("method='layers' needs a plain nn.Sequential chain of Linear/Conv/"
                          "BatchNorm/ReLU/LeakyReLU/Flatten/Dropout/AvgPool modules; use "

@@ -38,7 +38,7 @@ from torch import nn
 from activation_hash import polygons as pg
 from activation_hash.layout import Layout
 from activation_hash.record import find_sites
-from activation_hash.regions import _chain
+from activation_hash.regions import plain_chain
 from activation_hash.slices_core import (_MIN_AREA, NotPiecewiseLinearError, PlaneRegions,
                                          _as_input, _chain_slice, _codes, _general_slice,
                                          _hint, _outputs, _plane)
@@ -83,7 +83,7 @@ def plane_regions(model: nn.Module, a=None, b=None, c=None, *, box=None, margin:
     verts, nv = pg.rect(window)
     R = max(abs(w) for w in window)
     min_area = _MIN_AREA * (window[1] - window[0]) * (window[3] - window[2])
-    chain = _chain(wm)
+    chain = plain_chain(wm)
     n_sites = -1 if layers is None or layers == len(find_sites(wm, H[0, :1])) else layers
     with torch.no_grad():
         if chain is not None:

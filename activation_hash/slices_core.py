@@ -13,7 +13,7 @@ from activation_hash import polygons as pg
 from activation_hash.codes import CodeBook
 from activation_hash.layout import Layout
 from activation_hash.ops import pack_signs
-from activation_hash.regions import _AFFINE, _PASS
+from activation_hash.regions import AFFINE_MODULES, PASS_MODULES
 from activation_hash.switches import NotPiecewiseLinearError, SwitchMode
 from activation_hash.validation import check_float
 
@@ -212,10 +212,10 @@ def _chain_slice(chain, H, verts, nv, R, min_area, max_faces, n_sites):
     for m in chain:
         if k == n_sites:
             return verts, nv, stages, None
-        if isinstance(m, _PASS):
+        if isinstance(m, PASS_MODULES):
             H = m(H.flatten(0, 1)).view((H.shape[0], 3) + m(H[:1, 0]).shape[1:])
             continue
-        if isinstance(m, _AFFINE):
+        if isinstance(m, AFFINE_MODULES):
             H = _affine(m, H)
             continue
         slope = float(getattr(m, "negative_slope", 0.0) or 0.0)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from activation_hash.codes import CodeBook
-from activation_hash.collisions import _group_codes
+from activation_hash.grouping import group_rows
 from activation_hash.record import record
 from activation_hash.slices_core import PlaneRegions, _plane
 from activation_hash.validation import check_float, check_int
@@ -65,7 +65,7 @@ def sampled_plane_regions(model: nn.Module, a=None, b=None, c=None, *, box=None,
             outs.append(wm(x).reshape(x.shape[0], -1))
     y = torch.cat(outs)
     lab = (y[:, 0] > 0).long() if y.shape[1] == 1 else y.argmax(1)
-    g = _group_codes(rec.codes)
+    g = group_rows(rec.codes)
     gid = torch.empty_like(g.perm)
     gid[g.perm] = torch.cumsum(g.new.long(), 0) - 1
     n = int(g.new.sum())

@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from activation_hash import reference as ref
 from activation_hash.nn import convert
 from activation_hash.record import record
 from activation_hash.regions import (NotPiecewiseLinearError, regions_in_interval,
@@ -131,7 +130,7 @@ def test_dense_sampling_agrees_with_every_piece(make):
         ts = ts[keep]
         pts = x0[i:i + 1].double() + ts.view(-1, 1, 1, 1) * (x1[i:i + 1] - x0[i:i + 1]).double()
         with record(wm) as rec, torch.no_grad():
-            out = wm(pts)
+            wm(pts)
         piece = torch.searchsorted(bp, ts, right=True) - 1
         assert torch.equal(rec.codes, r.segment(i).codes[piece])  # no pattern the walk missed
         # the output is affine on each piece (no missed switch: max-pool included) ...

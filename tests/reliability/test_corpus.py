@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from activation_hash import store
 from activation_hash.codes import CodeBook
 from activation_hash.experiments.datasets import load_cifar_batch, read_idx
 from activation_hash.layout import Layout

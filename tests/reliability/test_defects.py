@@ -242,7 +242,7 @@ def test_second_writer_gets_one_line_naming_the_holder(tmp_path):
 
 
 def test_second_sweep_into_one_directory_is_refused(tmp_path):
-    from activation_hash.fileio import LockedError, exclusive_lock
+    from activation_hash.fileio import LockedError
     from activation_hash.experiments.sweep import run_sweep
 
     out = tmp_path / "sw"
