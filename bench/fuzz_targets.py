@@ -441,11 +441,15 @@ TARGETS = {t.name: t for t in (Idx, IdxGz, CifarBin, CifarPy, StoreManifest, Sto
 
 
 def first_line(err: BaseException, root: str) -> str:
-    """``Type: first line`` of an error, the temporary directory and numbers elided."""
-    text = str(err).replace(root, "<dir>").strip().splitlines()
+    """``Type: first line`` of an error, its kind only: the directory, quoted values, numbers
+    and names taken from the input elided, at most 90 characters."""
     import re
-    line = re.sub(r"\d+", "N", text[0] if text else "")[:160]
-    return f"{type(err).__name__}: {line}"
+    text = str(err).replace(root + os.sep + "case" + os.sep, "").strip().splitlines()
+    line = text[0] if text else ""
+    line = re.sub(r"b?'(?:[^'\\]|\\.)*'|b?\"(?:[^\"\\]|\\.)*\"", "<v>", line)
+    line = re.sub(r"(global|key|dtype|code|name) \S+", r"\1 <v>", line)
+    line = re.sub(r"\d+", "N", line)
+    return f"{type(err).__name__}: {line[:90]}"
 
 
 def one(target: Target, data: bytes, errors: dict) -> None:
