@@ -448,7 +448,7 @@ def first_line(err: BaseException, root: str) -> str:
     line = text[0] if text else ""
     line = re.sub(r"b?'(?:[^'\\]|\\.)*'|b?\"(?:[^\"\\]|\\.)*\"", "<v>", line)
     line = re.sub(r"(global|key|dtype|code|name) \S+", r"\1 <v>", line)
-    line = re.sub(r"\d+", "N", line)
+    line = re.sub(r"\b(0x)?[0-9a-f]*\d[0-9a-f]*\b", "N", line)
     return f"{type(err).__name__}: {line[:90]}"
 
 
