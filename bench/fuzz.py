@@ -34,20 +34,16 @@ _CHILD = "ACTIVATION_HASH_FUZZ_CHILD"
 
 def child(name: str, seconds: int, work: str) -> None:
     """Fuzz one reader in this process (never returns: libFuzzer exits)."""
-    import atheris
-    import numpy  # noqa: F401  (not instrumented: only our code is)
-    import torch  # noqa: F401
+    import importlib
 
+    import atheris
+    for m in ("numpy", "torch"):  # not instrumented: only our code is
+        importlib.import_module(m)
     sys.path.insert(0, HERE)
     with atheris.instrument_imports(include=["activation_hash"]):
-        import activation_hash.codes  # noqa: F401
-        import activation_hash.experiments.config  # noqa: F401
-        import activation_hash.experiments.readers  # noqa: F401
-        import activation_hash.experiments.report  # noqa: F401
-        import activation_hash.experiments.sweep  # noqa: F401
-        import activation_hash.index  # noqa: F401
-        import activation_hash.manifest  # noqa: F401
-        import activation_hash.store  # noqa: F401
+        for m in ("codes", "store", "manifest", "index", "experiments.readers",
+                  "experiments.config", "experiments.report", "experiments.sweep", "cli"):
+            importlib.import_module(f"activation_hash.{m}")
     import fuzz_targets as ft
 
     target = ft.TARGETS[name](os.path.join(work, "target"))

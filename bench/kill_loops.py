@@ -121,8 +121,6 @@ def _finish(target: str, d: str) -> float:
 
 def _expected(target: str, tmp: str):
     if target == "extract":
-        import torch
-
         from activation_hash.collisions import count_collisions
         from activation_hash.extract import extract_codes
         model, x, y = _model_and_data()
