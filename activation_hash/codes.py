@@ -26,6 +26,7 @@ import torch
 
 from activation_hash import store as _store
 from activation_hash.layout import Layout
+from activation_hash.memory import check_fits
 from activation_hash.ops import unpack_bits
 from activation_hash.validation import check_int
 
@@ -65,7 +66,11 @@ def as_labels(y, n: int | None, name: str = "labels", kind: str = "class labels"
 
 def unpack_codes(codes: torch.Tensor, layout: Layout) -> torch.Tensor:
     """int64 ``[N, layout.total_words]`` -> bool ``[N, layout.total_bits]`` (layer after layer,
-    padding dropped)."""
+    padding dropped). Refused (MemoryLimitError) when the bools would not fit in memory."""
+    check_fits(2 * codes.shape[0] * layout.total_bits,
+               f"unpacking {codes.shape[0]} codes x {layout.total_bits} bits into bools",
+               "unpack a slice of rows at a time (unpack_codes(cb.codes[i:j], cb.layout)), or "
+               "work on the packed words (hamming_*, count_collisions take them)", codes.device)
     parts = [unpack_bits(codes[:, o:o + w], n)
              for o, w, n in zip(layout.word_offsets, layout.words_per_layer, layout.units)]
     if not parts:

@@ -28,6 +28,7 @@ import torch
 
 from activation_hash.codes import CodeBook, as_codes, as_labels
 from activation_hash.layout import Layout
+from activation_hash.memory import check_fits
 from activation_hash.grouping import (Groups, group_codes, group_rows, group_sorted,
                                       layer_profile)
 from activation_hash.ops import fingerprint128
@@ -153,6 +154,11 @@ def count_collisions(codes_or_codebook, labels=None, *, per_layer: bool = False,
     else:
         labels = as_labels(labels, codes.shape[0], "labels")
     top = check_int(top, "top", min=0)
+    L = len(layout) if per_layer and layout is not None else 0
+    check_fits((48 + 8 * L) * codes.shape[0], f"grouping {codes.shape[0]} codes (sort keys, "
+               f"permutation, group ids{', per layer' if L else ''})", "count in batches with "
+               "CollisionCounter (add() per batch), or count_collisions_out_of_core(store, "
+               "memory_budget=...) over a store", codes.device)
     if not per_layer:
         return make_report(group_rows(codes), labels, top, exact=True)
     if layout is None:

@@ -26,6 +26,7 @@ from torch import nn
 from activation_hash import store as _store
 from activation_hash.codes import CodeBook, as_labels
 from activation_hash.layout import Layout
+from activation_hash.memory import check_fits
 from activation_hash.record import record
 from activation_hash.validation import check_int
 
@@ -33,6 +34,7 @@ __all__ = ["extract_codes", "model_fingerprint", "data_len"]
 
 _TARGETS_HINT = ("; extract_codes keeps integer class labels [B] only: pass labels=False to "
                  "ignore the targets")
+_STORE_HINT = "pass store=DIR to extract_codes(...): chunks on disk, returned memory-mapped"
 
 
 def _split_batch(batch, labels: bool = True) -> tuple[Any, torch.Tensor | None]:
@@ -424,6 +426,9 @@ def _extract(model, data, layers, batch_size, device, progress, store, resume, o
                         arrays["labels"] = lab.numpy()
                     writer.append(arrays, layout=rec.layout.to_dict())
                 else:
+                    if not codes_out:  # 2 copies: the batches and their concatenation
+                        check_fits(16 * (data_len(data) or 0) * code.shape[1], f"the codes of "
+                                   f"{data_len(data)} samples x {code.shape[1]} words", _STORE_HINT)
                     codes_out.append(code)
                     if lab is not None:
                         labels_out.append(lab)

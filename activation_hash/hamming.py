@@ -7,10 +7,13 @@ or a ``(codes, labels)`` tuple. Distances are int32, indices int64 (rows of the 
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from activation_hash import ops
 from activation_hash.codes import as_codes
+from activation_hash.memory import check_fits
 
 __all__ = ["hamming_distance", "hamming_topk", "hamming_consecutive"]
 
@@ -33,6 +36,9 @@ def hamming_distance(a, b, *, device=None) -> torch.Tensor:
     a, _ = as_codes(a, "a")
     b, _ = as_codes(b, "b")
     a, b = _same_device(a, b, device, "a", "b")
+    check_fits(4 * a.shape[0] * b.shape[0], f"the int32 distance matrix {a.shape[0]} x "
+               f"{b.shape[0]}", "use hamming_topk(a, b, k) for the nearest rows (it streams the "
+               "base: no matrix), or pass a in row blocks", a.device)
     return ops.hamming_distance(a, b)
 
 
@@ -53,6 +59,11 @@ def hamming_topk(queries, base, k: int, *, device=None, chunk: int | None = None
         chunk = 65536 if q.is_cuda else max(1, q.shape[0])
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
+    if isinstance(k, numbers.Integral) and 0 < k <= b.shape[0]:  # k is checked by the op
+        check_fits(24 * q.shape[0] * int(k), f"the top-{k} of {q.shape[0]} queries (int32 distances "
+                   f"+ int64 indices, and their concatenation)", "pass the queries in batches "
+                   "(hamming_topk(queries[i:j], base, k)), or hamming_topk_out_of_core("
+                   "queries, store, k) for a base on disk", q.device)
     if q.shape[0] <= chunk:
         return ops.hamming_topk(q, b, k)
     starts = range(0, q.shape[0], chunk)

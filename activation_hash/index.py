@@ -354,7 +354,18 @@ class CodeIndex:
         if verify and _sha256(path) != meta["sha256"]:
             raise ValueError(f"{path} is corrupt: its sha256 differs from the sidecar's "
                              f"(verify=False skips the check)")
-        cpu = _faiss().read_index_binary(path)
+        faiss = _faiss()
+        limit = faiss.get_deserialization_vector_byte_limit()
+        # every vector FAISS reads is stored in the file: none can be larger than it (a
+        # hostile size field would otherwise allocate without bound)
+        faiss.set_deserialization_vector_byte_limit(min(limit, 2 * meta["bytes"] + 4096))
+        try:
+            cpu = faiss.read_index_binary(path)
+        except (RuntimeError, MemoryError) as err:  # FAISS's checks; a huge declared size
+            raise ValueError(f"{path} is not a binary index FAISS can read "
+                             f"({type(err).__name__}: {_first_line(err)})") from None
+        finally:
+            faiss.set_deserialization_vector_byte_limit(limit)
         if type(cpu).__name__ != _CLASSES[meta["kind"]]:
             raise ValueError(f"{path} holds a {type(cpu).__name__}, its sidecar says kind="
                              f"{meta['kind']!r} ({_CLASSES[meta['kind']]})")
@@ -373,3 +384,9 @@ class CodeIndex:
 
     def __repr__(self) -> str:
         return f"CodeIndex(kind={self.kind!r}, device={self.device!r}, n={len(self)}, d={self.d})"
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[-1 if lines and lines[0].startswith("Error in") and len(lines) > 1 else 0][:300] \
+        if lines else type(err).__name__

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import tokenize
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -238,8 +239,10 @@ def check_npy_header(path: str, e: dict) -> None:
             read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
                            np.lib.format.read_array_header_2_0)
             shape, fortran, dtype = read_header(f)
-        except (ValueError, OSError, SyntaxError, TypeError) as err:
-            raise ValueError(f"{path}: not a valid .npy file ({err})") from None
+        except (ValueError, OSError, SyntaxError, TypeError, tokenize.TokenError, RecursionError,
+                MemoryError) as err:  # numpy parses the header dict with the tokenizer
+            raise ValueError(f"{path}: not a valid .npy file ({type(err).__name__}: "
+                             f"{err})") from None
         offset = f.tell()
     if list(shape) != e["shape"] or dtype.str != e["dtype"] or fortran or \
             offset + math.prod(shape) * dtype.itemsize != e["bytes"]:

@@ -45,6 +45,7 @@ import torch
 from activation_hash import ops
 from activation_hash.codes import as_codes, as_labels
 from activation_hash.hamming import hamming_topk
+from activation_hash.memory import check_fits
 from activation_hash.validation import check_choice, check_int
 
 __all__ = ["CategorizationReport", "MAX_DENSE_BYTES", "categorize", "kmeans_accuracy",
@@ -129,6 +130,8 @@ def _features(codes: torch.Tensor, features: str, max_bytes: int | None, what: s
             f"(dense: {_gib(dense)}, sparse CSR of the {nnz} 1-bits: {_gib(sparse)}), more than "
             f"max_dense_bytes={max_bytes} ({_gib(max_bytes)}). Subsample the codes (e.g. "
             "cb[torch.randperm(len(cb))[:n]]) or raise max_dense_bytes.")
+    check_fits(need, f"{what} on {n} codes x {d} bits ({features} float32 features)",
+               "subsample the codes (cb[torch.randperm(len(cb))[:n]]) or use features='sparse'")
     return _bits(codes) if features == "dense" else _csr_bits(codes, nnz)
 
 
@@ -216,6 +219,8 @@ def _kmeans_assign(codes: torch.Tensor, n_clusters: int, seed: int, backend: str
                 f"FAISS K-Means trains on {n_train} codes x {64 * codes.shape[1]} bits: a dense "
                 f"float32 sample of {_gib(need)}, more than max_dense_bytes={max_bytes} "
                 f"({_gib(max_bytes)}). Lower points_per_centroid or raise max_dense_bytes.")
+        check_fits(need, f"FAISS K-Means on a sample of {n_train} codes x {64 * codes.shape[1]} "
+                   "bits (dense float32)", "lower points_per_centroid")
         rng = np.random.default_rng(seed)
         sample = np.sort(rng.choice(n, n_train, replace=False)) if n_train < n else np.arange(n)
         x = _bits(codes[torch.from_numpy(sample).to(codes.device)])

@@ -11,7 +11,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "activation_hash"
 
 # lowest first; a new module gets a line here (and in docs/design.md)
 LAYERS = {
-    0: ["validation", "layout", "fileio"],
+    0: ["validation", "layout", "fileio", "memory"],
     1: ["reference"],
     2: ["ops"],
     3: ["manifest", "store"],

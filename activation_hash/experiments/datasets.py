@@ -13,22 +13,19 @@ standardized with statistics of the training part; labels int64). :func:`stratif
 """
 from __future__ import annotations
 
-import gzip
-import io
-import math
 import os
-import pickle
-import struct
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from activation_hash.experiments.readers import (RefusedPickleError, check_labels,
+                                                 load_cifar_batch, read_idx)
 from activation_hash.validation import check_float, check_int
 
-__all__ = ["DataSplit", "DATASETS", "load_dataset", "read_idx", "load_cifar_batch",
-           "stratified_subset", "add_label_noise", "stratified_split", "data_root", "idx_names"]
+__all__ = ["DataSplit", "DATASETS", "RefusedPickleError", "load_dataset", "read_idx",
+           "load_cifar_batch", "stratified_subset", "add_label_noise", "stratified_split", "data_root", "idx_names"]
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "moons", "circles", "spirals", "random")
 
@@ -180,31 +177,8 @@ def load_digits(test_fraction: float = 0.25) -> DataSplit:
 
 # ---- IDX (MNIST, Fashion-MNIST) -------------------------------------------------------------
 
-_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
 IDX_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
              "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
-
-
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read one IDX file (raw, or gzip when the name ends in ``.gz``) into a numpy array."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
-        raise ValueError(f"{path} is not an IDX file (magic bytes {raw[:4]!r}; expected "
-                         f"00 00 <type in {sorted(_IDX_TYPES)}> <ndim>)")
-    dtype, ndim = np.dtype(_IDX_TYPES[raw[2]]), raw[3]
-    head = 4 + 4 * ndim
-    if len(raw) < head:
-        raise ValueError(f"{path}: truncated IDX header ({len(raw)} bytes, need {head})")
-    shape = struct.unpack(f">{ndim}I", raw[4:head])
-    need = math.prod(shape) * dtype.itemsize  # Python ints: no int64 overflow
-    if len(raw) - head != need:
-        raise ValueError(f"{path}: IDX header says shape {shape} ({need} data bytes), "
-                         f"file has {len(raw) - head}")
-    return np.frombuffer(raw, dtype=dtype, offset=head).reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def idx_names(stem: str) -> list[str]:
@@ -241,99 +215,13 @@ def load_idx_dataset(name: str, root=None) -> DataSplit:
         if xi.ndim != 3 or yi.ndim != 1 or len(xi) != len(yi):
             raise ValueError(f"{name} {part}: images {xi.shape} and labels {yi.shape} do not match "
                              f"(expected [N, H, W] and [N])")
-        _check_labels(yi, 10, found[f"{part}_labels"])
+        check_labels(yi, 10, found[f"{part}_labels"])
     xtr = torch.tensor(arrays["train_images"], dtype=torch.float32).unsqueeze(1) / 255.0
     xte = torch.tensor(arrays["test_images"], dtype=torch.float32).unsqueeze(1) / 255.0
     xtr, xte = _standardize(xtr, xte)
     ytr = torch.tensor(arrays["train_labels"], dtype=torch.int64)
     yte = torch.tensor(arrays["test_labels"], dtype=torch.int64)
     return DataSplit(name, xtr, ytr, xte, yte, 10, {"files": {k: str(p) for k, p in found.items()}})
-
-
-def _check_labels(y: np.ndarray, n_classes: int, path) -> None:
-    """ValueError naming the file when a label is outside ``[0, n_classes)``."""
-    if y.dtype.kind not in "iu":
-        raise ValueError(f"{path}: labels must be integers, got dtype {y.dtype}")
-    if y.size and (int(y.min()) < 0 or int(y.max()) >= n_classes):
-        bad = int(np.flatnonzero((y < 0) | (y >= n_classes))[0])
-        raise ValueError(f"{path}: label {int(y[bad])} at index {bad} is outside [0, "
-                         f"{n_classes}) (a corrupt or foreign label file)")
-
-
-# ---- CIFAR-10 -------------------------------------------------------------------------------
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Admits only what numpy arrays need; every other global (a function, a class) raises."""
-
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy", "ndarray"), ("numpy", "dtype"),
-                ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
-
-    def find_class(self, module, name):
-        if (module, name) == ("_codecs", "encode"):
-            return _latin1_encode  # how protocol-2 pickles written by Python 3 store bytes
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load global {module}.{name}: a CIFAR batch "
-                                     f"holds only dicts, lists, bytes, str, int and numpy arrays")
-
-
-def _latin1_encode(text, encoding="latin1"):
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise pickle.UnpicklingError(f"refusing _codecs.encode({type(text).__name__}, {encoding!r})")
-    return text.encode("latin1")
-
-
-def _check_plain(obj, depth: int = 0) -> None:
-    if depth > 4:
-        raise pickle.UnpicklingError("CIFAR batch nested too deeply")
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            _check_plain(k, depth + 1)
-            _check_plain(v, depth + 1)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            _check_plain(v, depth + 1)
-    elif isinstance(obj, np.ndarray):
-        if obj.dtype.kind not in "biuf":
-            raise pickle.UnpicklingError(f"CIFAR batch holds an array of dtype {obj.dtype}")
-    elif not isinstance(obj, (bytes, str, int, float)):
-        raise pickle.UnpicklingError(f"CIFAR batch holds a {type(obj).__name__}")
-
-
-def load_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """One CIFAR-10 batch: python pickle (restricted) or binary ``.bin``.
-
-    Returns ``(images uint8 [n, 3, 32, 32], labels int64 [n])``.
-    """
-    path = Path(path)
-    raw = path.read_bytes()
-    if path.suffix == ".bin":
-        rec = 1 + 3072
-        if len(raw) % rec:
-            raise ValueError(f"{path}: {len(raw)} bytes is not a multiple of the {rec}-byte "
-                             f"CIFAR-10 binary record (1 label byte + 3072 pixel bytes)")
-        a = np.frombuffer(raw, dtype=np.uint8).reshape(-1, rec)
-        _check_labels(a[:, 0], 10, path)
-        return a[:, 1:].reshape(-1, 3, 32, 32).copy(), a[:, 0].astype(np.int64)
-    obj = _RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
-    _check_plain(obj)
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: a CIFAR python batch is a dict, got {type(obj).__name__}")
-    d = {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
-    if "data" not in d or "labels" not in d:
-        raise ValueError(f"{path}: CIFAR batch needs keys 'data' and 'labels', has {sorted(d)}")
-    try:
-        data, labels = np.asarray(d["data"]), np.asarray(d["labels"], dtype=np.int64)
-    except (TypeError, ValueError, OverflowError) as err:
-        raise ValueError(f"{path}: CIFAR batch 'data'/'labels' are not arrays ({err})") from None
-    if labels.ndim != 1:
-        raise ValueError(f"{path}: CIFAR labels must be 1-D, got shape {labels.shape}")
-    _check_labels(labels, 10, path)
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
-        raise ValueError(f"{path}: data {data.dtype} {data.shape} / labels {labels.shape}; "
-                         f"expected uint8 [n, 3072] and [n]")
-    return data.reshape(-1, 3, 32, 32), labels
 
 
 CIFAR_PY = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]

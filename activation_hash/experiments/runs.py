@@ -308,11 +308,11 @@ def run_phase_chart(results, out, *, x: str = "epochs", y: str = "width", thresh
     (cells per regime) and ``"report"``."""
     from activation_hash.experiments.phase import regime_counts, write_phase
     from activation_hash.experiments.report import write_report
-    from activation_hash.experiments.sweep import load_results
+    from activation_hash.experiments.sweep import load_results, result_rows
 
     src = Path(results)
     if src.is_file():
-        rows = json.loads(src.read_text())["rows"]
+        rows = result_rows(src.read_bytes(), src)
     elif src.is_dir():
         rows = load_results(src)
     else:

@@ -224,8 +224,32 @@ def load_results(out_dir: str | os.PathLike) -> list[dict]:
     """Rows of a sweep directory (``results.json``), or of its point files when that is missing."""
     out = Path(out_dir)
     if (out / "results.json").is_file():
-        return json.loads((out / "results.json").read_text())["rows"]
-    return [json.loads(p.read_text()) for p in sorted((out / "points").glob("*.json"))]
+        return result_rows((out / "results.json").read_bytes(), out / "results.json")
+    return [r for p in sorted((out / "points").glob("*.json")) if (r := _point(p)) is not None]
+
+
+def result_rows(raw: bytes, path) -> list[dict]:
+    """The ``rows`` of a ``results.json`` (its bytes): ValueError naming the file unless it is
+    a JSON object whose ``rows`` is a list of objects."""
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{path} is not valid JSON ({err})") from None
+    rows = doc.get("rows") if isinstance(doc, dict) else None
+    if not (isinstance(rows, list) and all(isinstance(r, dict) for r in rows)):
+        raise ValueError(f"{path} is not the results.json of a sweep (expected an object whose "
+                         f"'rows' is a list of objects)")
+    return rows
+
+
+def _point(f: Path) -> dict | None:
+    """A finished point's row, or None when its file is unreadable or not a JSON object (such
+    a point is computed again)."""
+    try:
+        row = json.loads(f.read_bytes().decode("utf-8"))
+    except (ValueError, RecursionError, OSError):
+        return None
+    return row if isinstance(row, dict) else None
 
 
 def _write_tables(out: Path, rows: list[dict], config: SweepConfig) -> None:
@@ -249,11 +273,11 @@ def _check_threads(out: Path, threads: int, force: bool) -> None:
     if not f.is_file() or not any((out / "points").glob("*.json")):
         return
     try:
-        before = json.loads(f.read_text()).get("torch_threads")
-    except (json.JSONDecodeError, AttributeError):
+        before = json.loads(f.read_bytes().decode("utf-8")).get("torch_threads")
+    except (ValueError, RecursionError, AttributeError):  # not JSON, or not an object
         return
-    if before is None or int(before) == threads:
-        return
+    if not isinstance(before, int) or isinstance(before, bool) or before == threads:
+        return  # none recorded (or not a count: nothing to compare with)
     msg = (f"sweep {str(out)!r} was run with {before} torch thread(s), this run uses {threads}; "
            f"training is deterministic only for a given thread count, so new points may not "
            f"match a run with {before}")
@@ -286,11 +310,8 @@ def _load_done(out: Path, runs: list[_Run]) -> dict[str, dict]:
     for run in runs:
         for key, _, _ in run.points:
             f = out / "points" / f"{key}.json"
-            if f.is_file():
-                try:
-                    done[key] = json.loads(f.read_text())
-                except json.JSONDecodeError:
-                    pass  # a torn file cannot exist (atomic writes), but never trust it
+            if f.is_file() and (row := _point(f)) is not None:
+                done[key] = row  # a torn file cannot exist (atomic writes), but never trust it
     return done
 
 
