@@ -40,6 +40,7 @@ _LAZY = {
     "CodeIndex": "index",
     "categorize": "probes", "CategorizationReport": "probes", "knn_accuracy": "probes",
     "kmeans_accuracy": "probes", "logreg_accuracy": "probes",
+    "PlaneRegions": "slices", "plane_regions": "slices",
 }
 
 __all__ = ["backend", "ops", "record", "pack_signs", "relu_pack", "relu_mask_backward", "unpack_bits",

@@ -19,7 +19,8 @@ LAYERS = {
     5: ["nn"],
     6: ["record"],
     7: ["extract", "collisions", "hamming", "index", "probes"],
-    8: ["distributed", "outofcore", "regions", "switches", "folding", "slices"],
+    8: ["distributed", "outofcore", "regions", "switches", "folding", "slices",
+        "polygons"],
     9: ["experiments"],
     10: ["cli", "__main__"],
 }
