@@ -40,7 +40,8 @@ _LAZY = {
     "CodeIndex": "index",
     "categorize": "probes", "CategorizationReport": "probes", "knn_accuracy": "probes",
     "kmeans_accuracy": "probes", "logreg_accuracy": "probes",
-    "PlaneRegions": "slices", "plane_regions": "slices",
+    "PlaneRegions": "slices", "plane_regions": "slices", "sampled_plane_regions": "slices",
+    "regions_in_box": "slices", "region_map": "slices",
 }
 
 __all__ = ["backend", "ops", "record", "pack_signs", "relu_pack", "relu_mask_backward", "unpack_bits",

@@ -68,15 +68,20 @@ class SwitchMode(TorchFunctionMode):
     """One step of the walk: the model runs on ``cat([p, q])`` (S rows each); every switch
     decides on ``p``'s right-hand limit and applies the same decision to ``q``."""
 
-    def __init__(self, S: int, flags: dict[int, torch.Tensor]):
+    def __init__(self, S: int, flags: dict[int, torch.Tensor], copies: int = 2):
         super().__init__()
         self.S = S
+        self.copies = copies          # row blocks of S: the point, then its direction(s)
         self.flags = flags            # switch index -> bool [S, n]: units at 0 at this t
         self.k = 0                    # switches seen so far in this forward (call order)
         self.steps: list[torch.Tensor] = []   # per switch: float64 [S, n] distance ahead
         self.kinds: list[tuple[str, bool]] = []  # per switch: (op, in_code)
         self.words: list[torch.Tensor] = []   # per code site: int64 [S, w]
         self.shapes: list[tuple[int, ...]] = []
+
+    def _rep(self, t: torch.Tensor) -> torch.Tensor:
+        """A decision of the S points [S, ...] for every row block."""
+        return torch.cat([t] * self.copies)
 
     # -- the rules
     def _decide(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,7 +106,7 @@ class SwitchMode(TorchFunctionMode):
         self.kinds.append((op, True))
         self.shapes.append(tuple(x.shape[1:]))
         self.words.append(pack_signs(torch.where(on, 1.0, -1.0).to(torch.float64)))
-        both = torch.cat([on, on])
+        both = self._rep(on)
         if op == "relu":
             return x * both
         if op == "leaky_relu":
@@ -118,7 +123,7 @@ class SwitchMode(TorchFunctionMode):
         if op == "abs":
             on, _ = self._decide(x)
             self.kinds.append(("abs", False))
-            return x * torch.where(torch.cat([on, on]), 1.0, -1.0).to(x.dtype)
+            return x * torch.where(self._rep(on), 1.0, -1.0).to(x.dtype)
         if op == "relu6":
             lo, hi = 0.0, 6.0
         elif op == "hardtanh":
@@ -135,11 +140,11 @@ class SwitchMode(TorchFunctionMode):
         if lo is not None:
             above, _ = self._decide(x - float(lo))
             self.kinds.append((f"{op}_min", False))
-            both_above_lo = torch.cat([above, above])
+            both_above_lo = self._rep(above)
         if hi is not None:
             above, _ = self._decide(x - float(hi))
             self.kinds.append((f"{op}_max", False))
-            both_above_hi = torch.cat([above, above])
+            both_above_hi = self._rep(above)
         if both_above_lo is not None:
             out = torch.where(both_above_lo, out, torch.full_like(x, float(lo)))
         if both_above_hi is not None:
@@ -174,6 +179,13 @@ class SwitchMode(TorchFunctionMode):
                 w = w[..., ::dil[d]]
         # w [2S, *lead, *out, k0, k1, ...]: the windows; flatten the window dims
         w = w.flatten(-dims)
+        win = self._pool_decide(w)
+        self.kinds.append((f"max_pool{dims}d", False))
+        return w.gather(-1, self._rep(win)).squeeze(-1)
+
+    def _pool_decide(self, w: torch.Tensor) -> torch.Tensor:
+        """The winner [S, ..., 1] of each window w [2S, ..., k] just after p (and the step
+        ahead to the next change)."""
         wp, wq = w[:self.S], w[self.S:]
         dw = wq - wp
         key = wp + TOL * dw
@@ -185,10 +197,8 @@ class SwitchMode(TorchFunctionMode):
         s = torch.where(ok, gap / torch.where(ok, faster, torch.ones_like(faster)),
                         torch.full_like(gap, math.inf)).clamp_min(0.0).amin(-1)
         self.steps.append(s.reshape(self.S, -1))
-        self.kinds.append((f"max_pool{dims}d", False))
         self.k += 1
-        both = torch.cat([win, win])
-        return w.gather(-1, both).squeeze(-1)
+        return win
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

@@ -20,7 +20,7 @@ LAYERS = {
     6: ["record"],
     7: ["extract", "collisions", "hamming", "index", "probes"],
     8: ["distributed", "outofcore", "regions", "switches", "folding", "slices",
-        "polygons"],
+        "slices_core", "slices_sampled", "slices_draw", "polygons"],
     9: ["experiments"],
     10: ["cli", "__main__"],
 }
