@@ -185,13 +185,11 @@ def evolve(dataset: str, out, *, epochs: int = 100, snapshots: Sequence[float] =
     decision boundary), ``seconds`` (measuring), ``map`` (PNG path relative to ``out``)."""
     from activation_hash.experiments.models import MLP
     from activation_hash.experiments.slicing import box_counts, draw_map
-    from activation_hash.slices import plane_regions
 
     widths = [check_int(w, "width", min=1) for w in widths]
     x, y = toy_data(dataset, n_samples, seed)
     torch.manual_seed(seed)
     model = MLP((2,), 2, width=widths)
-    box = (-1.0, 1.0, -1.0, 1.0)
     out = Path(out)
     mapdir = out / "evolution" / dataset
     if maps:
@@ -206,7 +204,7 @@ def evolve(dataset: str, out, *, epochs: int = 100, snapshots: Sequence[float] =
         row = {"dataset": dataset, "accuracy": acc, "regions_box": int(counts["box"]),
                "regions_hull": int(counts["hull"])}
         if maps:
-            pr = plane_regions(net, box=box)
+            pr = counts["regions"]  # the exact faces of the data's box = [-1, 1]^2
             path = mapdir / f"epoch_{epoch_tag(epoch)}.png"
             draw_map(pr, path, title=f"{dataset}, epoch {epoch:g}: {row['regions_box']} "
                                        f"regions (hull {row['regions_hull']}), acc {acc:.2f}")

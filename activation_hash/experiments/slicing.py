@@ -9,8 +9,6 @@
   (:func:`activation_hash.slices.regions_in_box`).
 - :func:`draw_map`: the region map PNG / SVG (:func:`activation_hash.slices.region_map`).
 
-Both helpers call :mod:`activation_hash.slices`; where an early version of it lacks one of
-those functions, a plain implementation here stands in (same outputs).
 """
 from __future__ import annotations
 
@@ -20,8 +18,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from activation_hash.fileio import atomic_path, atomic_write_json
-from activation_hash.validation import check_choice, check_int
+from activation_hash.fileio import atomic_write_json
+from activation_hash.validation import check_int
 
 __all__ = ["run_slice", "box_counts", "draw_map", "pick_samples", "parse_ids"]
 
@@ -62,93 +60,24 @@ def pick_samples(x: torch.Tensor, y: torch.Tensor, *, samples=None, classes=None
     return x[idx], idx
 
 
-# ---- regions in the box and hull of 2-D data -------------------------------------------------
+# ---- regions in the box and hull of 2-D data, region maps -------------------------------------
 
 def box_counts(model, x: torch.Tensor) -> dict:
-    """``{"box": int, "hull": int}``: exact linear regions of a 2-D-input ``model`` meeting the
-    bounding box / the convex hull of the points ``x [N, 2]`` (with positive area)."""
-    from activation_hash import slices
+    """``{"box": int, "hull": int, "regions": PlaneRegions of the box}``: exact linear regions
+    of a 2-D-input ``model`` in the bounding box / the convex hull of the points ``x [N, 2]``
+    (:func:`activation_hash.slices.regions_in_box`)."""
+    from activation_hash.slices import regions_in_box
 
-    if hasattr(slices, "regions_in_box"):
-        r = slices.regions_in_box(model, x)
-        return {"box": int(r["box"]), "hull": int(r["hull"])}
-    return _box_counts(model, x)
+    r = regions_in_box(model, x)
+    return {"box": int(r["box"]), "hull": int(r["hull"]), "regions": r["regions"]}
 
-
-def _box_counts(model, x):
-    from scipy.spatial import ConvexHull
-
-    from activation_hash import polygons as pg
-    from activation_hash.slices import plane_regions
-
-    pts = x.detach().double()
-    lo, hi = pts.amin(0), pts.amax(0)
-    window = (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))
-    pr = plane_regions(model, box=window)
-    verts, nv = pg.cat_polys([(f[None], torch.tensor([f.shape[0]])) for f in pr.faces])
-    hull = torch.from_numpy(pts.numpy()[ConvexHull(pts.numpy()).vertices])  # CCW
-    R = max(abs(w) for w in window)
-    for i in range(len(hull)):
-        p, q = hull[i], hull[(i + 1) % len(hull)]
-        d = q - p  # left of p -> q is inside: -d_v (u - p_u) + d_u (v - p_v) >= 0
-        c = torch.tensor([float(d[1] * p[0] - d[0] * p[1]), float(-d[1]), float(d[0])],
-                         dtype=torch.float64).expand(len(verts), 3)
-        verts, nv = pg.clip(verts, nv, c, R, True)
-    keep = nv > 0
-    area = pg.area(verts).abs()
-    tiny = 1e-18 * (window[1] - window[0]) * (window[3] - window[2])
-    return {"box": len(pr), "hull": int((keep & (area > tiny)).sum())}
-
-
-# ---- region maps ----------------------------------------------------------------------------
 
 def draw_map(pr, path, *, title: str | None = None, fmt: str | None = None) -> Path:
-    """The region map of ``pr`` (a ``PlaneRegions``) at ``path`` (PNG or SVG by suffix or
-    ``fmt``): faces coloured by a hash of their code, edges thin, decision boundary bold,
-    anchors marked."""
-    from activation_hash import slices
+    """The region map of ``pr`` (a ``PlaneRegions``) at ``path``, PNG or SVG
+    (:func:`activation_hash.slices.region_map`)."""
+    from activation_hash.slices import region_map
 
-    if hasattr(slices, "region_map"):
-        return Path(slices.region_map(pr, path, fmt=fmt, title=title))
-    return _draw_map(pr, path, title=title, fmt=fmt)
-
-
-def _draw_map(pr, path, *, title=None, fmt=None):
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.collections import LineCollection, PolyCollection
-    from matplotlib.figure import Figure
-
-    path = Path(path)
-    fmt = check_choice(fmt or path.suffix.lstrip(".").lower(), "fmt", ("png", "svg"))
-    words = pr.codes.codes.numpy().astype(np.uint64) if len(pr) else np.zeros((0, 1), np.uint64)
-    h = np.full(len(words), 1469598103934665603, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for j in range(words.shape[1]):
-            h = (h ^ words[:, j]) * np.uint64(1099511628211)
-            h ^= h >> np.uint64(29)
-    rgb = np.stack([(h >> np.uint64(s)) % np.uint64(256) for s in (8, 24, 40)], 1) / 255.0
-    fig = Figure(figsize=(5, 5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.add_collection(PolyCollection([f.numpy() for f in pr.faces], facecolors=0.35 + 0.6 * rgb,
-                                     edgecolors="0.25", linewidths=0.3))
-    if pr.decision_boundary.shape[0]:
-        ax.add_collection(LineCollection(pr.decision_boundary.numpy(), colors="k",
-                                         linewidths=2.2))
-    if pr.anchors.shape[0]:
-        a = pr.anchors.numpy()
-        ax.scatter(a[:, 0], a[:, 1], marker="*", s=140, c="w", edgecolors="k", zorder=3)
-    u0, u1, v0, v1 = pr.window
-    ax.set_xlim(u0, u1)
-    ax.set_ylim(v0, v1)
-    ax.set_aspect("equal")
-    ax.set_title(title or f"{len(pr)} regions" + (" (sampled)" if pr.sampled else ""),
-                 fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=fmt)
-    return path
+    return Path(region_map(pr, path, fmt=fmt, title=title))
 
 
 # ---- the command ----------------------------------------------------------------------------
