@@ -8,7 +8,9 @@ to ``q``, so ``q - p`` is the derivative along the segment through every layer (
 cancel). Rules: ReLU / LeakyReLU / PReLU (in the code), ``abs``, ``hardtanh`` / ``clamp`` /
 ``relu6`` (two kinks), max-pooling (the argmax of a window changes). Linear ops pass through;
 known non-piecewise-linear ops raise :class:`NotPiecewiseLinearError`. Used by
-:mod:`activation_hash.regions` (segments).
+:mod:`activation_hash.regions` (segments) and :mod:`activation_hash.slices` (planes: a
+subclass with ``copies=3``, rows ``[x, x + e0, x + e1]``, that overrides ``_decide`` and
+``_pool_decide`` to apply each face's fixed decisions).
 """
 from __future__ import annotations
 
