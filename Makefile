@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.14.1
 CSRC   := $(shell find csrc -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' \))
 
-.PHONY: all venv build demo test pytest pytest-reference emu-test bench clean
+.PHONY: all venv build demo test pytest pytest-reference emu-test bench clean report-check
 
 all: build
 
@@ -58,6 +58,12 @@ bench: build
 	for b in $(filter-out bench/common.py,$(wildcard bench/*.py)); do \
 	  $(PY) $$b --quick $(if $(ISA),--isa $(ISA)) --json bench/results/$$(basename $$b .py).json \
 	  || exit 1; done
+
+# Open a report in headless Chromium and check that its images rendered (not a dependency:
+# install it for this check, e.g. `sudo apt-get install -y chromium`).
+REPORT ?= $(lastword $(sort $(wildcard runs/*/report.html)))
+report-check:
+	$(PY) tools/check_report.py $(REPORT)
 
 clean:
 	rm -rf build activation_hash/*.so $(VENV)/.stamp-build

@@ -1,6 +1,6 @@
 """The ``activation-hash`` command line (``activation-hash <cmd> --help``): ``demo``, ``train``,
-``extract``, ``collisions``, ``categorize``, ``sweep``, ``regions``, ``folding``,
-``phase-chart``, ``report``. Every command writes a run directory (``--out DIR``; default a new
+``extract``, ``collisions``, ``categorize``, ``sweep``, ``regions``, ``folding``, ``slice``,
+``evolution``, ``phase-chart``, ``report``. Every command writes a run directory (``--out DIR``; default a new
 folder under ``runs/``). Options can come from a TOML (or YAML) file (``--config FILE``; long
 option names, tables flattened), type- and range-checked like the flags; flags win.
 Every user error prints one line ``activation-hash <command>: error: ...`` on stderr and exits
@@ -18,11 +18,13 @@ import time
 from activation_hash.experiments.config import OptionParser as _Parser
 from activation_hash.experiments.config import UsageError, scan_argv as _scan
 from activation_hash.experiments.config import check_option as _config_value
-from activation_hash.experiments.config import factor_option as _factor
-from activation_hash.experiments.config import number_list as _floats
 from activation_hash.experiments.config import float_option as _float
 from activation_hash.experiments.config import int_option as _int
-from activation_hash.validation import check_int
+from activation_hash.experiments.config import number_list as _floats
+from activation_hash.experiments.config import phase_options as _phase_opts
+from activation_hash.experiments.config import thresholds_of as _thresholds
+from activation_hash.experiments.config import seed_list as _seed_list
+from activation_hash.experiments.config import sweep_factors as _sweep_factors
 
 __all__ = ["main", "build_parser", "UsageError"]
 
@@ -148,12 +150,9 @@ def _args_settings(args) -> dict:
     return {k: v for k, v in vars(args).items() if k != "func" and not callable(v)}
 
 
-def _thresholds(args):
-    from activation_hash.experiments.phase import Thresholds
-
-    return Thresholds(r_hi=args.r_hi, r_lo=args.r_lo, acc_eps=args.acc_eps,
-                      saturation=args.saturation, redundancy=args.redundancy_col,
-                      accuracy=args.accuracy_col)
+def _csv(v) -> list:
+    """A comma-separated option (or a config file's list) as a list."""
+    return [x.strip() for x in v.split(",") if x.strip()] if isinstance(v, str) else list(v)
 
 
 def cmd_train(args) -> None:
@@ -187,37 +186,29 @@ def cmd_categorize(args) -> None:
 
 
 def cmd_geometry(args) -> None:
-    """``regions`` / ``folding``: a trained model (--model) or an architecture at init."""
-    from activation_hash.experiments import geometry
+    """``regions`` / ``folding`` / ``slice``: a trained model (--model) or an architecture at init."""
+    from activation_hash.experiments import geometry, slicing
 
-    run = geometry.run_regions if args.command == "regions" else geometry.run_folding
+    run = {"regions": geometry.run_regions, "folding": geometry.run_folding,
+           "slice": slicing.run_slice}[args.command]
+    extra = {"n_pairs": args.pairs} if args.command != "slice" else {
+        k: getattr(args, k) for k in ("samples", "classes", "margin", "max_faces", "sampled",
+                                      "resolution")}
     model = args.model
     run(args.out, model, arch=None if model else _model_cfg(args),
-        data=None if model else _data_cfg(args), data_root=args.data_root,
-        n_pairs=args.pairs, seed=args.seed, settings=_args_settings(args), say=_sayer(args))
+        data=None if model else _data_cfg(args), data_root=args.data_root, seed=args.seed,
+        settings=_args_settings(args), say=_sayer(args), **extra)
 
 
-def _sweep_factors(args) -> dict:
-    spec = args.factor
-    if isinstance(spec, dict):  # a config file's [factor] table
-        return {k: list(v) for k, v in spec.items()}
-    if not spec:
-        raise UsageError("give at least one --factor NAME=V1,V2,... (e.g. --factor "
-                         "width=2,4,8,16)")
-    return dict(_factor(item) if isinstance(item, str) else item for item in spec)
+def cmd_evolution(args) -> None:
+    from activation_hash.experiments.evolution import run_evolution
 
-
-def _seed_list(seeds) -> list[int]:
-    if isinstance(seeds, str):
-        seeds = _floats(seeds)
-    elif isinstance(seeds, int):
-        seeds = [seeds]
-    try:
-        if not seeds:
-            raise ValueError("no seeds")
-        return [check_int(s, "seed") for s in seeds]
-    except (TypeError, ValueError):
-        raise UsageError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
+    run_evolution(args.out, datasets=_csv(args.datasets), epochs=args.epochs,
+                  snapshots=_floats(",".join(map(str, _csv(args.snapshots)))),
+                  widths=_floats(",".join(map(str, _csv(args.widths)))), n_samples=args.n_samples,
+                  seed=args.seed, quick=args.quick, minwidth=args.minwidth,
+                  minwidth_options={"tol": args.tol}, settings=_args_settings(args),
+                  say=_sayer(args))
 
 
 def cmd_sweep(args) -> None:
@@ -227,7 +218,7 @@ def cmd_sweep(args) -> None:
     train_cfg = _train_cfg(args)
     train_cfg.pop("seed")
     measures = args.measures.split(",") if isinstance(args.measures, str) else args.measures
-    cfg = SweepConfig(factors=_sweep_factors(args), data=_data_cfg(args), model=_model_cfg(args),
+    cfg = SweepConfig(factors=_sweep_factors(args.factor), data=_data_cfg(args), model=_model_cfg(args),
                       train=train_cfg, seeds=_seed_list(args.seeds), k=args.k,
                       probes=True if measures else args.probes, measures=measures or None)
     run_sweep_report(cfg, args.out, thresholds=_thresholds(args), progress=not args.quiet,
@@ -261,21 +252,6 @@ def cmd_demo(args) -> None:
 
 
 # ---- parser ---------------------------------------------------------------------------------
-
-def _phase_opts(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("phase-chart regimes (see activation_hash.experiments.phase)")
-    g.add_argument("--r-hi", type=_float(), default=0.1,
-                   help="under-expressive when redundancy R >= r_hi (default 0.1)")
-    g.add_argument("--r-lo", type=_float(), default=0.01,
-                   help="sufficiently-expressive needs R <= r_lo (default 0.01) ...")
-    g.add_argument("--acc-eps", type=_float(), default=0.02,
-                   help="... and accuracy >= saturated accuracy - acc_eps (default 0.02); "
-                        "otherwise critically-expressive")
-    g.add_argument("--saturation", choices=["global", "row", "column"], default="global",
-                   help="saturated accuracy = max over the chart / the model-size row / the column")
-    g.add_argument("--redundancy-col", default="redundancy_train", help="redundancy column")
-    g.add_argument("--accuracy-col", default="knn_test", help="accuracy column (e.g. acc_test)")
-
 
 def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
     """The parser of every command; ``defaults``: ``{command: {option dest: value}}`` option
@@ -360,16 +336,43 @@ def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sweep, **opts('sweep'))
 
     for name, pairs, what in (("regions", 32, "exact linear regions between test pairs"),
-                              ("folding", 64, "exact space folding of test paths, vs depth")):
+                              ("folding", 64, "exact space folding of test paths, vs depth"),
+                              ("slice", 0, "exact region map of a plane through 3 samples")):
         s = sub.add_parser(name, help=what, description=f"{what}: a trained model (--model) or "
                            "--arch/--width/--depth at initialization on --dataset")
         _common(s)
         s.add_argument("--model", metavar="PATH", help="a train run directory or its model.pt")
-        s.add_argument("--pairs", type=int, default=pairs, help=f"test pairs (default {pairs})")
+        if pairs:
+            s.add_argument("--pairs", type=int, default=pairs, help=f"test pairs (default {pairs})")
+        else:
+            s.add_argument("--samples", metavar="I,J,K", help="three test sample indices")
+            s.add_argument("--classes", metavar="A,B,C", help="the first test sample of 3 classes")
+            s.add_argument("--margin", type=_float(0), default=0.25, help="window margin")
+            s.add_argument("--max-faces", type=_int(1), default=1_000_000)
+            s.add_argument("--sampled", action="store_true", help="a raster (not exact)")
+            s.add_argument("--resolution", type=_int(2), default=256, help="raster size")
         s.add_argument("--seed", type=int, default=0, help="pairs and initialization seed")
         _data_opts(s)
         _model_opts(s)
         s.set_defaults(func=cmd_geometry, **opts(name))
+
+    from activation_hash.experiments import evolution as ev
+    s = sub.add_parser("evolution", help="region maps and counts through training (Qi & Wei)",
+                       description=ev.__doc__.split("\n\n")[0])
+    _common(s)
+    for flag, default, what in (("datasets", ",".join(ev.TOY_DATASETS), "comma-separated"),
+                                ("snapshots", ",".join(map(str, ev.SNAPSHOTS)), "epochs"),
+                                ("widths", "16,16,16", "hidden widths")):
+        s.add_argument(f"--{flag}", default=default, help=f"{what} (default {default})")
+    s.add_argument("--epochs", type=_int(0), default=100)
+    s.add_argument("--n-samples", type=_int(4), default=1000)
+    s.add_argument("--seed", type=_int(0), default=0)
+    s.add_argument("--quick", action="store_true", help="2 epochs, 2 data sets, small net")
+    s.add_argument("--minwidth", action=argparse.BooleanOptionalAction, default=True,
+                   help="also the 1-D minimum-width experiment")
+    s.add_argument("--tol", type=_float(0, lo_open=True), default=0.01,
+                   help="max abs error of a min-width fit (default 0.01)")
+    s.set_defaults(func=cmd_evolution, **opts("evolution"))
 
     s = sub.add_parser("phase-chart", help="label (size x time/samples) cells; PNG + CSV")
     _common(s)

@@ -11,7 +11,8 @@ import torch
 
 from activation_hash.cli import build_parser, main
 
-COMMANDS = ["demo", "train", "extract", "collisions", "categorize", "sweep", "regions", "folding", "phase-chart", "report"]
+COMMANDS = ["demo", "train", "extract", "collisions", "categorize", "sweep", "regions", "folding",
+            "slice", "evolution", "phase-chart", "report"]
 ROOT = Path(__file__).resolve().parents[1]
 
 

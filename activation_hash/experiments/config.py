@@ -16,7 +16,8 @@ from pathlib import Path
 from activation_hash.validation import check_bool, check_float, check_int
 
 __all__ = ["load_config", "flatten_config", "check_option", "int_option", "float_option",
-           "OptionParser", "UsageError", "scan_argv", "number_list", "factor_option"]
+           "OptionParser", "UsageError", "scan_argv", "number_list", "factor_option", "sweep_factors",
+           "seed_list", "phase_options", "thresholds_of"]
 
 
 class UsageError(ValueError):
@@ -199,3 +200,53 @@ def flatten_config(cfg: dict) -> dict:
             flat[key], where[key] = v, here
     walk(cfg, "")
     return flat
+
+
+def sweep_factors(spec) -> dict:
+    """A sweep's ``--factor`` items (``NAME=V1,V2`` strings or a config file's table) as
+    ``{name: values}``; UsageError when there are none."""
+    if isinstance(spec, dict):  # a config file's [factor] table
+        return {k: list(v) for k, v in spec.items()}
+    if not spec:
+        raise UsageError("give at least one --factor NAME=V1,V2,... (e.g. --factor "
+                         "width=2,4,8,16)")
+    return dict(factor_option(item) if isinstance(item, str) else item for item in spec)
+
+
+def seed_list(seeds) -> list[int]:
+    """``--seeds`` (text ``"0,1"``, an int or a list) as a list of ints; UsageError otherwise."""
+    if isinstance(seeds, str):
+        seeds = number_list(seeds)
+    elif isinstance(seeds, int):
+        seeds = [seeds]
+    try:
+        if not seeds:
+            raise ValueError("no seeds")
+        return [check_int(s, "seed") for s in seeds]
+    except (TypeError, ValueError):
+        raise UsageError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
+
+
+def phase_options(p: argparse.ArgumentParser) -> None:
+    """The phase-chart regime options of a command (``--r-hi``, ``--r-lo``, ...)."""
+    g = p.add_argument_group("phase-chart regimes (see activation_hash.experiments.phase)")
+    g.add_argument("--r-hi", type=float_option(), default=0.1,
+                   help="under-expressive when redundancy R >= r_hi (default 0.1)")
+    g.add_argument("--r-lo", type=float_option(), default=0.01,
+                   help="sufficiently-expressive needs R <= r_lo (default 0.01) ...")
+    g.add_argument("--acc-eps", type=float_option(), default=0.02,
+                   help="... and accuracy >= saturated accuracy - acc_eps (default 0.02); "
+                        "otherwise critically-expressive")
+    g.add_argument("--saturation", choices=["global", "row", "column"], default="global",
+                   help="saturated accuracy = max over the chart / the model-size row / the column")
+    g.add_argument("--redundancy-col", default="redundancy_train", help="redundancy column")
+    g.add_argument("--accuracy-col", default="knn_test", help="accuracy column (e.g. acc_test)")
+
+
+def thresholds_of(args):
+    """The :class:`~activation_hash.experiments.phase.Thresholds` of parsed phase options."""
+    from activation_hash.experiments.phase import Thresholds
+
+    return Thresholds(r_hi=args.r_hi, r_lo=args.r_lo, acc_eps=args.acc_eps,
+                      saturation=args.saturation, redundancy=args.redundancy_col,
+                      accuracy=args.accuracy_col)
