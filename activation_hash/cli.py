@@ -1,7 +1,7 @@
 """The ``activation-hash`` command line (``activation-hash <cmd> --help``): ``demo``, ``train``,
 ``extract``, ``collisions``, ``categorize``, ``sweep``, ``regions``, ``folding``, ``slice``,
-``evolution``, ``phase-chart``, ``report``. Every command writes a run directory (``--out DIR``; default a new
-folder under ``runs/``). Options can come from a TOML (or YAML) file (``--config FILE``; long
+``evolution``, ``phase-chart``, ``report``. Every command writes a run directory (``--out
+DIR``; default a new folder under ``runs/``). Options can come from a TOML (or YAML) file (``--config FILE``; long
 option names, tables flattened), type- and range-checked like the flags; flags win.
 Every user error prints one line ``activation-hash <command>: error: ...`` on stderr and exits
 with status 2; ``--debug`` (anywhere on the command line) shows the traceback instead.
@@ -15,16 +15,14 @@ import argparse
 import sys
 import time
 
-from activation_hash.experiments.config import OptionParser as _Parser
-from activation_hash.experiments.config import UsageError, scan_argv as _scan
-from activation_hash.experiments.config import check_option as _config_value
-from activation_hash.experiments.config import float_option as _float
-from activation_hash.experiments.config import int_option as _int
-from activation_hash.experiments.config import number_list as _floats
-from activation_hash.experiments.config import phase_options as _phase_opts
-from activation_hash.experiments.config import thresholds_of as _thresholds
-from activation_hash.experiments.config import seed_list as _seed_list
-from activation_hash.experiments.config import sweep_factors as _sweep_factors
+from activation_hash.experiments.config import (OptionParser as _Parser, UsageError,
+                                                check_option as _config_value,
+                                                float_option as _float, int_option as _int,
+                                                number_list as _floats,
+                                                phase_options as _phase_opts,
+                                                scan_argv as _scan, seed_list as _seed_list,
+                                                sweep_factors as _sweep_factors,
+                                                thresholds_of as _thresholds)
 
 __all__ = ["main", "build_parser", "UsageError"]
 
