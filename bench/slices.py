@@ -15,18 +15,7 @@ from torch import nn
 
 from activation_hash.slices import plane_regions
 from common import median, parse_args, timeit_interleaved, write_json
-
-
-def he_mlp(width, depth=3, d_in=784, n_out=10, seed=0):
-    torch.manual_seed(seed)
-    layers, d = [], d_in
-    for _ in range(depth):
-        lin = nn.Linear(d, width)
-        nn.init.kaiming_normal_(lin.weight, nonlinearity="relu")
-        nn.init.zeros_(lin.bias)
-        layers += [lin, nn.ReLU()]
-        d = width
-    return nn.Sequential(*layers, nn.Linear(d, n_out)).eval()
+from regions import he_mlp  # bench/regions.py: the same He-init MLPs
 
 
 def cnn(seed=1):
@@ -47,7 +36,7 @@ def main():
     repeat = 3 if args.quick else 5
     results, ratios = [], {}
     for width in widths:
-        model = he_mlp(width)
+        model = he_mlp(width=width, depth=3)
         torch.manual_seed(3)
         pts = torch.randn(3, 784)
         net = rc.nn.convert(model)

@@ -21,3 +21,21 @@ if os.environ.get("ACTIVATION_HASH_REQUIRE_GPU") == "1" and "cuda" not in DEVICE
 def device(request):
     """Every op test runs on the CPU, and on the GPU where one is visible."""
     return request.param
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (small models: a second thread only adds noise and
+    contention on a shared CI machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def keep_threads():
+    """torch's thread count restored after the test (the CLI's --threads changes it)."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)

@@ -62,3 +62,17 @@ def run_with_isa(script: str, isa: str, env: dict | None = None, timeout: int = 
         pytest.skip(f"this CPU has no {isa} (its kernels run {out.stdout.split()[1]})")
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout + out.stderr
     return out.stdout
+
+
+def cli_user_error(main, argv, capsys) -> str:
+    """Run the CLI's ``main(argv)``, which must fail as a user error: exit status 2 and one
+    line on stderr, no traceback. Returns that line."""
+    import pytest
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err

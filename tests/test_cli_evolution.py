@@ -2,25 +2,15 @@
 import json
 
 import pytest
-import torch
 
 from activation_hash.cli import main
+from helpers import cli_user_error
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("keep_threads")  # --threads sets torch's threads
 
 
 def user_error(argv, capsys) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    err = capsys.readouterr().err
-    assert e.value.code == 2, err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
+    err = cli_user_error(main, argv, capsys)
     assert err.startswith(f"activation-hash {argv[0]}: error: "), err
     return err
 

@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 from activation_hash.cli import build_parser, main
 from activation_hash.experiments import demo, runs
@@ -16,12 +15,7 @@ from activation_hash.experiments.sweep import SweepConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 DATA = {"name": "digits", "n_train": 150, "n_test": 60}

@@ -15,12 +15,7 @@ from activation_hash.experiments.plots import factor_figure, save_png
 from activation_hash.experiments.report import write_report
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 SMALL = {"name": "digits", "n_train": 150, "n_test": 60}

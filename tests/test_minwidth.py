@@ -10,12 +10,7 @@ from activation_hash.experiments import minwidth as mw
 from activation_hash.regions import regions_in_interval
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _hand_net(kinks, coefs, left: int, bias: float):
