@@ -76,3 +76,18 @@ def cli_user_error(main, argv, capsys) -> str:
     assert e.value.code == 2, err
     assert err.count("\n") == 1 and "Traceback" not in err, err
     return err
+
+
+class ResidualBlock(torch.nn.Module):
+    """conv-BN-ReLU-conv plus the identity, then ReLU (functional calls: the walks and slices
+    see them through the function mode), c channels in and out."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(c, c, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(c)
+        self.conv2 = torch.nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        F = torch.nn.functional
+        return F.relu(x + self.conv2(F.relu(self.bn(self.conv1(x)))))

@@ -10,6 +10,7 @@ from activation_hash.nn import convert
 from activation_hash.record import record
 from activation_hash.regions import (NotPiecewiseLinearError, regions_in_interval,
                                      sampled_segment_regions, segment_regions)
+from helpers import ResidualBlock
 
 
 def one_hidden(d=10, n=40, seed=0):
@@ -87,19 +88,9 @@ def cnn_maxpool():
                          nn.Flatten(), nn.Linear(6, 3)).eval()
 
 
-class Block(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.conv1, self.bn = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
-        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
-
-    def forward(self, x):
-        return F.relu(x + self.conv2(F.relu(self.bn(self.conv1(x)))))
-
-
 def resnet():
     torch.manual_seed(5)
-    m = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), Block(4), Block(4),
+    m = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), ResidualBlock(4), ResidualBlock(4),
                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
     for mod in m.modules():  # non-trivial running statistics
         if isinstance(mod, nn.BatchNorm2d):

@@ -4,11 +4,11 @@ import itertools
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from activation_hash.record import record
 from activation_hash.slices import plane_regions
+from helpers import ResidualBlock
 
 
 def one_hidden(d=2, n=12, out=3, seed=0):
@@ -197,19 +197,9 @@ def cnn_maxpool():
                          nn.MaxPool2d(2, 1), nn.Flatten(), nn.Linear(4, 3)).eval()
 
 
-class Block(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.conv1, self.bn = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
-        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
-
-    def forward(self, x):
-        return F.relu(x + self.conv2(F.relu(self.bn(self.conv1(x)))))
-
-
 def resnet():
     torch.manual_seed(5)
-    m = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), Block(2),
+    m = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), ResidualBlock(2),
                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 3))
     for mod in m.modules():
         if isinstance(mod, nn.BatchNorm2d):
