@@ -157,7 +157,7 @@ def count_collisions(codes_or_codebook, labels=None, *, per_layer: bool = False,
     L = len(layout) if per_layer and layout is not None else 0
     check_fits((48 + 8 * L) * codes.shape[0], f"grouping {codes.shape[0]} codes (sort keys, "
                f"permutation, group ids{', per layer' if L else ''})", "count in batches with "
-               "CollisionCounter (add() per batch), or count_collisions_out_of_core(store, "
+               "CollisionCounter (update() per batch), or count_collisions_out_of_core(store, "
                "memory_budget=...) over a store", codes.device)
     if not per_layer:
         return make_report(group_rows(codes), labels, top, exact=True)

@@ -355,17 +355,21 @@ class CodeIndex:
             raise ValueError(f"{path} is corrupt: its sha256 differs from the sidecar's "
                              f"(verify=False skips the check)")
         faiss = _faiss()
-        limit = faiss.get_deserialization_vector_byte_limit()
         # every vector FAISS reads is stored in the file: none can be larger than it (a
-        # hostile size field would otherwise allocate without bound)
-        faiss.set_deserialization_vector_byte_limit(min(limit, 2 * meta["bytes"] + 4096))
+        # hostile size field would otherwise allocate without bound); FAISS releases before
+        # 2026 lack the cap (then only their own checks apply)
+        capped = hasattr(faiss, "set_deserialization_vector_byte_limit")
+        if capped:
+            limit = faiss.get_deserialization_vector_byte_limit()
+            faiss.set_deserialization_vector_byte_limit(min(limit, 2 * meta["bytes"] + 4096))
         try:
             cpu = faiss.read_index_binary(path)
         except (RuntimeError, MemoryError) as err:  # FAISS's checks; a huge declared size
             raise ValueError(f"{path} is not a binary index FAISS can read "
                              f"({type(err).__name__}: {_first_line(err)})") from None
         finally:
-            faiss.set_deserialization_vector_byte_limit(limit)
+            if capped:
+                faiss.set_deserialization_vector_byte_limit(limit)
         if type(cpu).__name__ != _CLASSES[meta["kind"]]:
             raise ValueError(f"{path} holds a {type(cpu).__name__}, its sidecar says kind="
                              f"{meta['kind']!r} ({_CLASSES[meta['kind']]})")

@@ -60,6 +60,11 @@ def _cgroup_left() -> int | None:
             return None
         with open(os.path.join(base, "memory.current")) as f:
             used = int(f.read().strip())
+        try:  # page cache the kernel reclaims on demand is not used memory
+            with open(os.path.join(base, "memory.stat")) as f:
+                used -= next((int(ln.split()[1]) for ln in f if ln.startswith("inactive_file ")), 0)
+        except (OSError, ValueError, IndexError):
+            pass
         return max(0, int(limit) - used)
     except (OSError, ValueError, IndexError, StopIteration):
         return None
@@ -73,7 +78,10 @@ def available_bytes(device=None) -> int | None:
         import torch
 
         try:
-            return int(torch.cuda.mem_get_info(device)[0])
+            free = int(torch.cuda.mem_get_info(device)[0])
+            # what torch's caching allocator holds but does not use is free for torch too
+            return free + int(torch.cuda.memory_reserved(device) -
+                              torch.cuda.memory_allocated(device))
         except (RuntimeError, AssertionError, ValueError):
             return None
     if dev != "cpu":

@@ -131,7 +131,8 @@ def _features(codes: torch.Tensor, features: str, max_bytes: int | None, what: s
             f"max_dense_bytes={max_bytes} ({_gib(max_bytes)}). Subsample the codes (e.g. "
             "cb[torch.randperm(len(cb))[:n]]) or raise max_dense_bytes.")
     check_fits(need, f"{what} on {n} codes x {d} bits ({features} float32 features)",
-               "subsample the codes (cb[torch.randperm(len(cb))[:n]]) or use features='sparse'")
+               "subsample the codes (cb[torch.randperm(len(cb))[:n]])" +
+               (" or use features='sparse'" if features == "dense" else ""))
     return _bits(codes) if features == "dense" else _csr_bits(codes, nnz)
 
 

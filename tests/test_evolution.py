@@ -137,3 +137,15 @@ def test_report_renders_in_a_browser(tmp_path):
                        timeout=240)
     got = json.loads(r.stdout)
     assert r.returncode == 1 and got["images_loaded"] == got["images_total"] - 1
+
+
+def test_report_skips_malformed_evolution_rows(tmp_path):
+    """A hand-edited evolution.json with rows that are not snapshot objects is skipped, not a
+    crash of the whole report."""
+    from activation_hash.experiments.report import write_report
+
+    (tmp_path / "evolution.json").write_text(json.dumps(
+        {"rows": [1, {"epoch": 0}, {"dataset": "moons", "epoch": 0, "steps": 0, "box": 3,
+                                     "hull": 2, "acc": 0.5}]}))
+    page = write_report(tmp_path).read_text()
+    assert "Training evolution" in page and "moons" in page

@@ -165,9 +165,10 @@ def train_with_snapshots(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
 
 
 def epoch_tag(epoch: float) -> str:
-    """File-name tag of a snapshot epoch: ``0.1 -> '000.1'``, ``15 -> '015'``."""
+    """File-name tag of a snapshot epoch: ``0.1 -> '000.1'``, ``15 -> '015'`` (6 decimals:
+    snapshots closer than 1e-6 epoch would share a file)."""
     whole = int(math.floor(epoch))
-    frac = f"{epoch - whole:.3f}".rstrip("0").rstrip(".")[1:] if epoch != whole else ""
+    frac = f"{epoch - whole:.6f}".rstrip("0").rstrip(".")[1:] if epoch != whole else ""
     return f"{whole:03d}{frac}"
 
 

@@ -107,6 +107,8 @@ def _evolution(run: Path) -> list[str]:
         return []
     parts = ["<h2>Training evolution</h2>"]
     rows = d.get("rows", []) if isinstance(d, dict) else []
+    rows = [r for r in rows if isinstance(r, dict) and "dataset" in r and "epoch" in r] \
+        if isinstance(rows, list) else []
     if rows:
         names = list(dict.fromkeys(r["dataset"] for r in rows))
         epochs = list(dict.fromkeys(r["epoch"] for r in rows))

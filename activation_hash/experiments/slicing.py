@@ -120,7 +120,7 @@ def run_slice(out=None, model=None, *, arch: dict | None = None, data: dict | No
     write_settings(out, settings, model=what, samples=idx, slice=tag)
     args = (net,) if anchors is None else (net, anchors[0], anchors[1], anchors[2])
     if sampled:
-        pr = slices.sampled_plane_regions(*args, box=box, resolution=resolution)
+        pr = slices.sampled_plane_regions(*args, box=box, resolution=resolution, margin=margin)
     elif anchors is None:
         pr = slices.plane_regions(net, box=box, max_faces=max_faces)
     else:

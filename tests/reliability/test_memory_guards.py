@@ -116,12 +116,12 @@ def test_count_collisions(small):
     cb = CodeBook(codes(), LAYOUT)
     refused(lambda: count_collisions(cb),
             f"grouping {N} codes (sort keys, permutation, group ids) needs 9.38 KiB but only "
-            "1000 B of memory are available; count in batches with CollisionCounter (add() per "
+            "1000 B of memory are available; count in batches with CollisionCounter (update() per "
             "batch), or count_collisions_out_of_core(store, memory_budget=...) over a store")
     refused(lambda: count_collisions(cb, per_layer=True),
             f"grouping {N} codes (sort keys, permutation, group ids, per layer) needs 10.94 KiB "
             "but only 1000 B of memory are available; count in batches with CollisionCounter "
-            "(add() per batch), or count_collisions_out_of_core(store, memory_budget=...) over "
+            "(update() per batch), or count_collisions_out_of_core(store, memory_budget=...) over "
             "a store")
     assert count_collisions(cb[:10]).n_distinct == 10
 
