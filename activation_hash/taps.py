@@ -126,13 +126,10 @@ class ModelFacts:
         self.owners: set[int] | None = None  # modules that make functional calls (discovered)
         self.first: tuple | None = None      # (signature, sites, full layout) of a first batch
 
-
-    def __reduce__(self):  # copy.deepcopy / pickle of a model: facts computed again
-        return (_stale, ())
-
-
-def _stale() -> None:
-    return None
+    def __reduce__(self):
+        # copy.deepcopy / pickle of a model: None, computed again on its first recording (a
+        # pickle then names no activation_hash object: it loads where the package is absent)
+        return (type(None), ())
 
 
 _FACTS_KEY = "_activation_hash_facts"

@@ -166,6 +166,9 @@ def test_a_recorded_model_is_freed_and_its_copies_record_themselves():
             clone(x)
         assert rec2.sites[0].module is clone[1]
         assert torch.equal(rec2.codes, want)
+    import pickle
+
+    assert b"activation_hash.taps" not in pickle.dumps(net)  # loads without the package
     alive = weakref.ref(net)
     del net, rec
     gc.collect()
