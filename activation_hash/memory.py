@@ -11,6 +11,7 @@ lowered to the cgroup's remaining ``memory.max`` (cgroup v2) where that is small
 system without ``/proc/meminfo`` (not Linux) nothing is checked. CUDA tensors:
 ``torch.cuda.mem_get_info`` of their device. ``ACTIVATION_HASH_MEMORY_BYTES=<bytes>``
 overrides the host figure (tests; ``0`` or a negative value switches the guards off).
+Without it, requests under :data:`UNCHECKED_BELOW` (64 MiB) are not checked (no file read).
 """
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ import os
 __all__ = ["MemoryLimitError", "ENV", "available_bytes", "check_fits", "format_bytes"]
 
 ENV = "ACTIVATION_HASH_MEMORY_BYTES"
+# Requests below this size are not checked against the system's figure: reading it costs
+# about 25 us (/proc/meminfo, the cgroup files), more than many small calls of the guarded
+# ops themselves. With ENV set, every request is checked (tests use tiny limits).
+UNCHECKED_BELOW = 64 << 20
 
 
 class MemoryLimitError(MemoryError, ValueError):
@@ -104,7 +109,7 @@ def check_fits(nbytes: int, what: str, hint: str, device=None) -> None:
     """:class:`MemoryLimitError` when ``nbytes`` (about to be allocated on ``device``) exceed
     the available memory: ``"<what> needs X but only Y are available; <hint>"``."""
     nbytes = int(nbytes)
-    if nbytes <= 0:
+    if nbytes <= 0 or (nbytes < UNCHECKED_BELOW and not os.environ.get(ENV, "").strip()):
         return
     avail = available_bytes(device)
     if avail is None or nbytes <= avail:

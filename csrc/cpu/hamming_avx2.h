@@ -262,22 +262,22 @@ AH_AVX2 void count_slices(const uint8_t* slices, const uint16_t* offs, int64_t m
   alignas(32) __m256i carries[16];  // of weight 32, waiting for the second stage
   int nc = 0;
   auto second_stage = [&]() AH_AVX2_LAMBDA {
-    __m256i o = lv[5], tw = lv[6], fo = lv[7], ei = lv[8], a2, b2, a4, b4, a8, b8, c16;
+    __m256i o = lv[5], tw = lv[6], fo = lv[7], ei = lv[8], a8, b8, c16;
     auto Y = [&carries](int j) AH_AVX2_LAMBDA { return _mm256_load_si256(carries + j); };
-    csa(a2, o, Y(0), Y(1), o);
-    csa(b2, o, Y(2), Y(3), o);
-    csa(a4, tw, a2, b2, tw);
-    csa(a2, o, Y(4), Y(5), o);
-    csa(b2, o, Y(6), Y(7), o);
-    csa(b4, tw, a2, b2, tw);
-    csa(a8, fo, a4, b4, fo);
-    csa(a2, o, Y(8), Y(9), o);
-    csa(b2, o, Y(10), Y(11), o);
-    csa(a4, tw, a2, b2, tw);
-    csa(a2, o, Y(12), Y(13), o);
-    csa(b2, o, Y(14), Y(15), o);
-    csa(b4, tw, a2, b2, tw);
-    csa(b8, fo, a4, b4, fo);
+    // carries j .. j + 7 into the ones/twos/fours accumulators; returns their eights carry
+    auto eight = [&](int j) AH_AVX2_LAMBDA {
+      __m256i a2, b2, a4, b4, e;
+      csa(a2, o, Y(j), Y(j + 1), o);
+      csa(b2, o, Y(j + 2), Y(j + 3), o);
+      csa(a4, tw, a2, b2, tw);
+      csa(a2, o, Y(j + 4), Y(j + 5), o);
+      csa(b2, o, Y(j + 6), Y(j + 7), o);
+      csa(b4, tw, a2, b2, tw);
+      csa(e, fo, a4, b4, fo);
+      return e;
+    };
+    a8 = eight(0);
+    b8 = eight(8);
     csa(c16, ei, a8, b8, ei);
     lv[5] = o;
     lv[6] = tw;
