@@ -173,12 +173,8 @@ def _split(verts, nv, G, R, min_area, max_faces, what):
 
 
 def _kinks(Z: torch.Tensor) -> torch.Tensor:
-    """Units' affine inputs ``[P, 3, n]`` -> kink events ``[P, n, 3]`` (c0, cu, cv)."""
-    return Z.transpose(1, 2)
-
-
-def _roll(Z: torch.Tensor) -> torch.Tensor:
-    """Rows (const, du, dv) ``[P, 3, n]`` -> (c0, cu, cv) per unit ``[P, n, 3]``."""
+    """Units' affine inputs, rows (const, du, dv) ``[P, 3, n]`` -> (c0, cu, cv) per unit
+    ``[P, n, 3]`` (kink events, or the outputs' affine maps)."""
     return Z.transpose(1, 2)
 
 
@@ -248,7 +244,7 @@ def _codes(stages, n_final: int, layout: Layout) -> CodeBook:
 def _outputs(verts, nv, Y, R, min_area):
     """Labels ``[F]`` at the centroids and decision-boundary segments ``[E, 2, 2]`` from the
     final affine outputs Y ``[F, 3, C]``."""
-    g = _roll(Y)                                          # [F, C, 3]
+    g = _kinks(Y)                                          # [F, C, 3]
     if g.shape[1] == 1:
         g = torch.cat([torch.zeros_like(g), g], 1)        # sign: class 1 where y > 0
     c = pg.centroid(verts, nv)
