@@ -6,6 +6,12 @@ the baseline's name. ``config`` records the machine: torch, threads, the CPU mod
 the kernels were capped at (``isa``, from ``--isa``) and the one they ran (``cpu_isa``,
 ``cpu_kernels``).
 
+``--device cpu|cuda`` runs a bench's device suite (benches of the CUDA kernels: relu_pack,
+hamming_knn, collisions, record) on that device: every timing synchronizes the device, and
+``copy_bandwidth`` ratios compare the bytes an op moves with a device-to-device copy measured
+in the same run. ``--smoke``: the smallest sizes and one timing round, to test the plumbing
+(tests/gpu/run.sh --device cpu); its figures are not results.
+
 ``--isa scalar|avx2|avx512`` (or several, comma-separated, or ``all``: every ISA this CPU has)
 runs the bench once per ISA, each in a subprocess with ``ACTIVATION_HASH_ISA`` set (the
 kernels are chosen once per process). With one ISA the JSON is that run's; with several it is
@@ -41,7 +47,24 @@ def parse_args(description: str) -> argparse.Namespace:
     p.add_argument("--isa", metavar="ISA",
                    help="cap the CPU kernels at this ISA: scalar, avx2 or avx512; several "
                         "(comma-separated) or 'all' run one subprocess each")
+    p.add_argument("--device", metavar="DEV",
+                   help="run the device suite on this device (cpu, cuda, cuda:1)")
+    p.add_argument("--smoke", action="store_true",
+                   help="smallest sizes, one round: tests the plumbing, figures are not results")
     args = p.parse_args()
+    if args.smoke:
+        args.quick = True
+    if args.device is not None:
+        try:
+            dev = torch.device(args.device)
+        except RuntimeError:
+            p.error(f"--device takes cpu, cuda or cuda:N, got {args.device!r}")
+        if dev.type not in ("cpu", "cuda"):
+            p.error(f"--device takes cpu, cuda or cuda:N, got {args.device!r}")
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            p.error(f"--device {args.device}: torch sees no CUDA device "
+                    f"(torch {torch.__version__}, built for CUDA {torch.version.cuda})")
+        args.device = dev
     if args.isa:
         isas = _isa_list(args.isa, p)
         if os.environ.get(_CHILD) != "1":
@@ -119,6 +142,35 @@ def _run_per_isa(isas: list[str], json_path: str | None) -> int:
         with open(json_path, "w") as f:
             json.dump(doc, f, indent=2)
     return 0
+
+
+def cpu_only(args: argparse.Namespace, name: str, why: str) -> None:
+    """Exit with a clear line when a CPU-only bench is given ``--device`` other than cpu."""
+    if args.device is not None and args.device.type != "cpu":
+        sys.exit(f"bench {name} runs on the CPU only ({why}); --device {args.device} is for "
+                 f"relu_pack, hamming_knn, collisions and record")
+
+
+def synced(fn: Callable[[], object], device: torch.device | None) -> Callable[[], object]:
+    """``fn`` followed by a synchronization of ``device`` (CUDA kernels run asynchronously:
+    a timing must wait for them)."""
+    if device is None or device.type != "cuda":
+        return fn
+
+    def run():
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out
+    return run
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 1 << 28, repeat: int = 9) -> float:
+    """Bytes per second of a device-to-device copy on ``device``: ``nbytes`` read and
+    ``nbytes`` written per copy (so the figure counts both), median of ``repeat``."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device).fill_(1)
+    dst = torch.empty_like(src)
+    t = median(timeit(synced(lambda: dst.copy_(src), device), repeat=repeat, warmup=2))
+    return 2 * nbytes / t
 
 
 def timeit(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> list[float]:

@@ -33,7 +33,7 @@ import torch
 import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import median, parse_args, timeit_interleaved, write_json  # noqa: E402
+from common import cpu_only, median, parse_args, timeit_interleaved, write_json  # noqa: E402
 
 
 def planted(n, words, seed=0, cross=True):
@@ -130,6 +130,7 @@ def run_world(cfg):
 
 def main():
     args = parse_args(__doc__.splitlines()[0])
+    cpu_only(args, "distributed", "gloo processes on this machine's cores")
     from activation_hash import outofcore as ooc
     from activation_hash.codes import CodeBook
     from activation_hash.collisions import count_collisions

@@ -21,7 +21,7 @@ from activation_hash.experiments.models import MLP
 from activation_hash.experiments.training import TrainConfig, train
 from activation_hash.folding import folding
 from activation_hash.regions import segment_regions
-from common import median, parse_args, timeit_interleaved, write_json
+from common import cpu_only, median, parse_args, timeit_interleaved, write_json
 
 
 def trained_mlp(split, epochs: int):
@@ -48,6 +48,7 @@ def check_exact_covers_samples(net, x0, x1, n: int = 8) -> None:
 
 def main():
     args = parse_args(__doc__.splitlines()[0])
+    cpu_only(args, "folding", "the exact walk is measured against CPU samplers")
     n_pairs = 100 if args.quick else 1000
     split = load_dataset("digits", seed=0)
     net = trained_mlp(split, epochs=10 if args.quick else 30)

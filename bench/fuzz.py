@@ -127,12 +127,13 @@ def main() -> int:
         return 0
     sys.argv = [sys.argv[0]] + rest
     sys.path.insert(0, HERE)
-    from common import parse_args, write_json
+    from common import cpu_only, parse_args, write_json
 
     import fuzz_targets as ft
 
     args = parse_args(__doc__.split("\n\n")[0] + "\n--seconds N: per reader (default 20); "
                       "--readers a,b: a subset of " + ", ".join(ft.TARGETS))
+    cpu_only(args, "fuzz", "it fuzzes the file readers")
     seconds = extra.seconds or (3 if args.quick else 20)
     names = extra.readers.split(",") if extra.readers else list(ft.TARGETS)
     bad = [n for n in names if n not in ft.TARGETS]

@@ -14,6 +14,18 @@ Baselines, same process, same codes:
                  0/1 bits, timed on a subset (sklearn_base rows x sklearn_queries queries,
                  recorded in the config) and scaled linearly to the full base x queries; its
                  distances on the subset are checked against ours
+
+--device DEV runs the device suite instead (bench/common.py), everything on that device:
+  hamming_topk, k = 10, 1M base x 10k queries x 256 bit (--quick: 200k x 2k; --smoke: 2k x 50)
+    torch_matmul_topk  the cdist-style torch baseline: bits unpacked to +-1 in float16 (float32
+                       on the CPU), distance = (n - q . b) / 2 by matmul, torch.topk per query
+                       chunk; distances checked equal to ours (ties may pick other indices)
+    faiss_gpu_flat     faiss.GpuIndexBinaryFlat, when FAISS has GPUs (faiss.get_num_gpus())
+    popcount_limit     (CUDA) seconds the popcounts alone take at the device's peak integer
+                       popcount rate (SMs x clock x 16 32-bit popcounts per clock; sm_70+)
+                       / ours: the fraction of that bound we reach
+  hamming_distance 4096 x 4096 x 256 bit: bytes moved (the int32 output dominates) as a fraction
+    of a device-to-device copy (copy_bandwidth/hamming_distance) and against the matmul baseline
 """
 import os
 
@@ -28,7 +40,8 @@ import torch  # noqa: E402
 
 import activation_hash.ops as ops  # noqa: E402
 from activation_hash import reference as ref  # noqa: E402
-from common import median, parse_args, timeit, timeit_interleaved, write_json  # noqa: E402
+from common import (copy_bandwidth, median, parse_args, synced, timeit,  # noqa: E402
+                    timeit_interleaved, write_json)
 
 K = 10
 
@@ -84,8 +97,102 @@ def bench_width(n_bits, M, Q, sk_M, sk_Q, repeat, sk_repeat, threads):
     return results, ratios
 
 
+def signs(codes, n_bits, dtype):
+    """Packed codes [N, W] -> +-1 [N, n_bits] in ``dtype`` (on the codes' device)."""
+    bits = ops.unpack_bits(codes, n_bits)
+    return bits.to(dtype) * 2 - 1
+
+
+def matmul_topk(queries, base_pm, n_bits, k, dtype, chunk):
+    """Top-k Hamming distances by a +-1 matmul: d = (n - q . b) / 2, per chunk of queries."""
+    out = []
+    for q0 in range(0, queries.shape[0], chunk):
+        dots = signs(queries[q0:q0 + chunk], n_bits, dtype) @ base_pm.T
+        out.append(torch.topk(dots, k, dim=1).values)
+    return ((n_bits - torch.cat(out).float()) / 2).round().int()
+
+
+def popcount_seconds(device, M, Q, W):
+    """Seconds of M * Q * W 64-bit popcounts at the device's peak rate, or None."""
+    if device.type != "cuda":
+        return None
+    p = torch.cuda.get_device_properties(device)
+    clock_hz = getattr(p, "clock_rate", 0) * 1e3  # kHz in the CUDA device properties
+    if not clock_hz or p.major < 7:
+        return None
+    return 2 * M * Q * W / (p.multi_processor_count * clock_hz * 16)
+
+
+def device_main(args):
+    dev = args.device
+    M, Q = (2_000, 50) if args.smoke else (200_000, 2_000) if args.quick else (1_000_000, 10_000)
+    n_bits, W, repeat = 256, 4, 1 if args.smoke else 5
+    dtype = torch.float16 if dev.type == "cuda" else torch.float32
+    base, queries = random_codes(M, n_bits, 1).to(dev), random_codes(Q, n_bits, 2).to(dev)
+    base_pm = signs(base, n_bits, dtype)
+    chunk = max(1, min(Q, (1 << 28) // (2 * M)))  # [chunk, M] dot products near 512 MiB
+    d, idx = ops.hamming_topk(queries, base, K)
+    want = matmul_topk(queries, base_pm, n_bits, K, dtype, chunk)
+    assert torch.equal(d, want), "hamming_topk distances differ from the matmul baseline"
+    full = ops.hamming_distance(queries[:50], base)
+    assert torch.equal(torch.gather(full, 1, idx[:50]), d[:50])
+    fns = {"ours": lambda: ops.hamming_topk(queries, base, K),
+           "torch_matmul_topk": lambda: matmul_topk(queries, base_pm, n_bits, K, dtype, chunk)}
+    try:
+        import faiss
+    except ImportError:  # a GPU machine without FAISS: the matmul baseline and the bound
+        faiss = None
+    gpus = faiss.get_num_gpus() if faiss is not None and hasattr(faiss, "get_num_gpus") else 0
+    if dev.type == "cuda" and gpus > 0:
+        res = faiss.StandardGpuResources()
+        index = faiss.GpuIndexBinaryFlat(res, n_bits)
+        index.add(base.cpu().numpy().view(np.uint8))
+        q_u8 = queries.cpu().numpy().view(np.uint8)
+        D, _ = index.search(q_u8, K)
+        assert np.array_equal(D, d.cpu().numpy()), "distances differ from FAISS GPU"
+        fns["faiss_gpu_flat"] = lambda: index.search(q_u8, K)
+    t = {k: median(v) for k, v in timeit_interleaved(
+        {k: synced(f, dev) for k, f in fns.items()}, repeat, warmup=1).items()}
+    tag = f"{n_bits}b M={M} Q={Q}"
+    results = [{"label": f"{tag} hamming_topk (ours)", "seconds": t["ours"],
+                "distances_per_s": M * Q / t["ours"]}]
+    results += [{"label": f"{tag} {k}", "seconds": v} for k, v in t.items() if k != "ours"]
+    ratios = {f"{k}/topk/{n_bits}b": v / t["ours"] for k, v in t.items() if k != "ours"}
+    limit = popcount_seconds(dev, M, Q, W)
+    if limit is not None:
+        ratios[f"popcount_limit/topk/{n_bits}b"] = limit / t["ours"]
+        results.append({"label": f"{tag} popcount limit", "seconds": limit})
+
+    n = 64 if args.smoke else 4096
+    a, b = random_codes(n, n_bits, 3).to(dev), random_codes(n, n_bits, 4).to(dev)
+    a_pm, b_pm = signs(a, n_bits, dtype), signs(b, n_bits, dtype)
+    dist = ops.hamming_distance(a, b)
+    assert torch.equal(dist, ((n_bits - (a_pm @ b_pm.T).float()) / 2).round().int())
+    td = {k: median(v) for k, v in timeit_interleaved({
+        "ours": synced(lambda: ops.hamming_distance(a, b), dev),
+        "torch_matmul": synced(lambda: a_pm @ b_pm.T, dev)}, repeat, warmup=1,
+        number="auto").items()}
+    bw = copy_bandwidth(dev, 1 << 20 if args.smoke else 1 << 28)
+    moved = 4 * n * n + 2 * 8 * W * n
+    results += [{"label": f"hamming_distance {n}x{n}x{n_bits}b (ours)", "seconds": td["ours"],
+                 "bytes_moved": moved, "bytes_per_s": moved / td["ours"]},
+                {"label": f"hamming_distance {n}x{n}x{n_bits}b torch +-1 matmul",
+                 "seconds": td["torch_matmul"]}]
+    ratios[f"copy_bandwidth/hamming_distance/{n_bits}b"] = moved / td["ours"] / bw
+    ratios[f"torch_matmul/hamming_distance/{n_bits}b"] = td["torch_matmul"] / td["ours"]
+    config = {"device": str(dev), "k": K, "base": M, "queries": Q, "n_bits": n_bits,
+              "repeat": repeat, "smoke": args.smoke, "quick": args.quick,
+              "matmul_dtype": str(dtype), "faiss_gpus": gpus,
+              "faiss": getattr(faiss, "__version__", "not installed"), "copy_bytes_per_s": bw}
+    if dev.type == "cuda":
+        config["gpu"] = torch.cuda.get_device_name(dev)
+    write_json(args.json, "hamming_knn", config, results, ratios)
+
+
 def main():
     args = parse_args(__doc__)
+    if args.device is not None:
+        return device_main(args)
     import faiss
 
     faiss.omp_set_num_threads(args.threads)

@@ -225,9 +225,10 @@ def main() -> int:
         return 0
     sys.argv = [sys.argv[0]] + rest
     sys.path.insert(0, HERE)
-    from common import parse_args, write_json
+    from common import cpu_only, parse_args, write_json
     args = parse_args(__doc__.split("\n\n")[0] + "\n--kills N per target (default 50, "
                       "--quick 5); --targets a,b of extract, writer, save, sweep")
+    cpu_only(args, "kill_loops", "it kills and resumes CPU runs")
     kills = extra.kills or (5 if args.quick else 50)
     results = []
     for t in extra.targets.split(","):

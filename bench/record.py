@@ -10,6 +10,9 @@ ResNet of ``experiments.models`` on 3x32x32 at batch 128):
 And ``extract_codes`` over a DataLoader of 60k MNIST-sized random inputs (10k with --quick)
 against the same loop without recording (``plain_loop``). Every recorded code is checked
 against the pure-PyTorch sign pattern before timing. Interleaved rounds, medians.
+--device DEV: the same cases with the models and inputs on that device (the loader's batches
+moved there by extract_codes, as by the plain loop), each timing synchronized; --smoke: 512
+loader samples, one round.
 """
 import copy
 
@@ -20,14 +23,16 @@ import activation_hash as ah
 from activation_hash import reference as ref
 from activation_hash.experiments.models import MLP, ResNet
 from activation_hash.nn import convert
-from common import median, parse_args, timeit_interleaved, write_json
+from common import median, parse_args, synced, timeit_interleaved, write_json
 
 
-def models(quick: bool):
+def models(device):
     torch.manual_seed(0)
-    yield "mlp 784-512x3", MLP((1, 28, 28), 10, width=512, depth=3), torch.randn(256, 1, 28, 28)
-    yield "mlp 784-64", MLP((1, 28, 28), 10, width=64, depth=1), torch.randn(64, 1, 28, 28)
-    yield "resnet 16-32-64", ResNet((3, 32, 32), 10), torch.randn(128, 3, 32, 32)
+    for label, net, x in [
+            ("mlp 784-512x3", MLP((1, 28, 28), 10, width=512, depth=3), torch.randn(256, 1, 28, 28)),
+            ("mlp 784-64", MLP((1, 28, 28), 10, width=64, depth=1), torch.randn(64, 1, 28, 28)),
+            ("resnet 16-32-64", ResNet((3, 32, 32), 10), torch.randn(128, 3, 32, 32))]:
+        yield label, net.to(device), x.to(device)
 
 
 def recorded(model, x):
@@ -49,20 +54,21 @@ def check_codes(model, x, codes) -> None:
 
 def main():
     args = parse_args(__doc__.splitlines()[0])
-    repeat = 7 if args.quick else 21
+    dev = args.device or torch.device("cpu")
+    repeat = 1 if args.smoke else 7 if args.quick else 21
     results, ratios = [], {}
     with torch.no_grad():
-        for label, conv_model, x in models(args.quick):
+        for label, conv_model, x in models(dev):
             conv_model = conv_model.eval()
             torch_model = convert(copy.deepcopy(conv_model), reverse=True).eval()
             check_codes(torch_model, x, recorded(conv_model, x))
             check_codes(torch_model, x, recorded(torch_model, x))
-            times = timeit_interleaved({
+            times = timeit_interleaved({k: synced(f, args.device) for k, f in {
                 "plain": lambda: conv_model(x),
                 "record": lambda: recorded(conv_model, x),
                 "plain_torch": lambda: torch_model(x),
                 "record_hooks": lambda: recorded(torch_model, x),
-            }, repeat=repeat, warmup=2)
+            }.items()}, repeat=repeat, warmup=2)
             t = {k: median(v) for k, v in times.items()}
             for k, v in t.items():
                 results.append({"label": f"{label} {k}", "seconds": v, "batch": x.shape[0]})
@@ -70,30 +76,34 @@ def main():
             ratios[f"plain_inference_hooks[{label}]"] = t["plain_torch"] / t["record_hooks"]
             ratios[f"plain_inference_torch[{label}]"] = t["plain_torch"] / t["record"]
 
-    n = 10_000 if args.quick else 60_000
+    n = 512 if args.smoke else 10_000 if args.quick else 60_000
     torch.manual_seed(1)
     data = TensorDataset(torch.randn(n, 1, 28, 28), torch.randint(0, 10, (n,)))
     loader = DataLoader(data, batch_size=256)
-    model = MLP((1, 28, 28), 10, width=512, depth=3).eval()
+    model = MLP((1, 28, 28), 10, width=512, depth=3).to(dev).eval()
 
     def plain_loop():
         with torch.no_grad():
             for xb, _ in loader:
-                model(xb)
+                model(xb.to(dev, non_blocking=True))
 
     def extract():
         return ah.extract_codes(model, loader, progress=False)
 
     cb = extract()
-    assert len(cb) == n and torch.equal(cb.labels, data.tensors[1])
-    times = timeit_interleaved({"plain_loop": plain_loop, "extract_codes": extract},
-                               repeat=3 if args.quick else 5, warmup=1)
+    assert len(cb) == n and torch.equal(cb.labels.cpu(), data.tensors[1])
+    times = timeit_interleaved({"plain_loop": synced(plain_loop, args.device),
+                                "extract_codes": synced(extract, args.device)},
+                               repeat=1 if args.smoke else 3 if args.quick else 5, warmup=1)
     t = {k: median(v) for k, v in times.items()}
     for k, v in t.items():
         results.append({"label": f"loader {n} x 784, mlp 784-512x3, {k}", "seconds": v})
     ratios["plain_loop"] = t["plain_loop"] / t["extract_codes"]
-    write_json(args.json, "record", {"quick": args.quick, "repeat": repeat, "samples": n},
-               results, ratios)
+    config = {"quick": args.quick, "smoke": args.smoke, "repeat": repeat, "samples": n,
+              "device": str(dev)}
+    if dev.type == "cuda":
+        config["gpu"] = torch.cuda.get_device_name(dev)
+    write_json(args.json, "record", config, results, ratios)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from activation_hash.regions import sampled_segment_regions, segment_regions
-from common import median, parse_args, timeit_interleaved, write_json
+from common import cpu_only, median, parse_args, timeit_interleaved, write_json
 
 
 def he_mlp(d_in=784, width=512, depth=4, n_out=10, seed=0):
@@ -88,6 +88,7 @@ def main():
     import regioncam as rc
 
     args = parse_args(__doc__.splitlines()[0])
+    cpu_only(args, "regions", "its baselines, regioncam and numpy, are CPU tools")
     n_seg = 10 if args.quick else 100
     model = he_mlp()
     torch.manual_seed(3)

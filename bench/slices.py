@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from activation_hash.slices import plane_regions
-from common import median, parse_args, timeit_interleaved, write_json
+from common import cpu_only, median, parse_args, timeit_interleaved, write_json
 from regions import he_mlp  # bench/regions.py: the same He-init MLPs
 
 
@@ -32,6 +32,7 @@ def main():
     import regioncam as rc
 
     args = parse_args(__doc__.splitlines()[0])
+    cpu_only(args, "slices", "its baseline, regioncam, is a CPU tool")
     widths = [64] if args.quick else [64, 128]
     repeat = 3 if args.quick else 5
     results, ratios = [], {}
