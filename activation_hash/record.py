@@ -6,7 +6,12 @@ torch's ``nn.ReLU``/``nn.LeakyReLU``/``nn.PReLU``) or a functional call (``torch
 ``forward``. Each site contributes the packed signs of its pre-activation (bit 1 where > 0).
 
 What recording costs (about one forward pass): our :class:`~activation_hash.nn.ReLU` /
-:class:`~activation_hash.nn.LeakyReLU` hand over the words their fused kernel computes anyway;
+:class:`~activation_hash.nn.LeakyReLU` hand over the words their fused kernel computes anyway.
+Once a first recorder has seen a model whose every site is one of our modules, called once
+per forward in a fixed order (a converted MLP, CNN or ResNet), later recorders of it touch
+nothing: the modules mark the batches themselves (*direct mode*; a batch is complete when its
+last site ran, and a forward pass that calls the sites in another order, or only some of
+them, raises ValueError; ``functional=True`` records such models batch by batch). Otherwise
 the model's and torch's activation modules' ``forward`` are *tapped* (an instance attribute
 that dispatches to this thread's recorders; no hooks, so torch's fast call path stays), the
 latter costing one ``pack_signs`` pass; functional calls need a ``TorchFunctionMode`` (it sees
@@ -33,28 +38,17 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from activation_hash.codes import unpack_codes
 from activation_hash.layout import Layout
-from activation_hash.nn import ACTIVE_RECORDERS, ReLU
+from activation_hash.nn import ACTIVE_RECORDERS
 from activation_hash.ops import pack_signs
-from activation_hash.taps import TORCH_ACTIVATIONS, ModelFacts, Tap, model_facts, tap, untap
+from activation_hash.taps import (FunctionalActivations, ModelFacts, model_facts, op_of,
+                                  tap, untap)
 from activation_hash.validation import check_bool
 
 __all__ = ["record", "Recorder", "Site", "find_sites"]
-
-# The functional ReLU-like calls and their op names (the exact walks reuse this table).
-RELU_LIKE_FUNCTIONS = {
-    torch.relu: "relu", torch.relu_: "relu", F.relu: "relu", F.relu_: "relu",
-    torch.Tensor.relu: "relu", torch.Tensor.relu_: "relu",
-    F.leaky_relu: "leaky_relu", F.leaky_relu_: "leaky_relu",
-    torch._C._nn.leaky_relu: "leaky_relu", torch._C._nn.leaky_relu_: "leaky_relu",
-    F.prelu: "prelu", torch.prelu: "prelu",
-}
-
 
 @dataclass(frozen=True, eq=False)
 class Site:
@@ -76,29 +70,6 @@ class Site:
     shape: tuple[int, ...]
 
 
-def _op_of(module: nn.Module) -> str | None:
-    if isinstance(module, ReLU):
-        return "leaky_relu" if module.negative_slope else "relu"
-    return TORCH_ACTIVATIONS.get(type(module))
-
-
-class _FunctionalActivations(TorchFunctionMode):
-    """Sees every functional ReLU-like call while the model's forward runs."""
-
-    def __init__(self, recorder: "Recorder"):
-        super().__init__()
-        self.recorder = recorder
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        op = RELU_LIKE_FUNCTIONS.get(func)
-        if op is not None:
-            x = args[0] if args else kwargs.get("input", kwargs.get("self"))
-            if isinstance(x, torch.Tensor):
-                self.recorder._add_functional(op, x)
-        return func(*args, **kwargs)
-
-
 class Recorder:
     """What :func:`record` collects: one packed code per forward call of the model.
 
@@ -108,6 +79,24 @@ class Recorder:
         sites: the :class:`Site` of each layer of ``full_layout`` (set by the first batch).
         batches: list of int64 ``[B, W]`` codes, one per forward call (``keep=True``).
     """
+
+    # Defaults of the class: set on the instance only where a recording needs them (a new
+    # recorder per forward pass is the common case, and its cost counts).
+    layout: Layout | None = None
+    full_layout: Layout | None = None
+    sites: tuple[Site, ...] = ()
+    _selected: list[int] | None = None    # site indices of `layout`
+    _signature: list | None = None        # [(key, shape), ...] of the first batch
+    _facts: ModelFacts | None = None
+    _depth = 0                            # model forward calls in progress (tap mode)
+    _mode: FunctionalActivations | None = None
+    _mode_on = False
+    _token = None
+    _direct: tuple[nn.Module, ...] = ()   # direct mode: the sites' modules, in call order
+    _pos = 0                              # direct mode: sites seen of this batch
+    _taps: tuple | list = ()
+    _handles: tuple | list = ()
+    _stack: list | tuple = ()             # modules whose forward is running (functional)
 
     def __init__(self, model: nn.Module, layers: Iterable[int | str] | None = None,
                  keep: bool = True,
@@ -122,21 +111,10 @@ class Recorder:
         self.keep = keep
         self.on_batch = on_batch
         self.functional = functional
-        self.layout: Layout | None = None
-        self.full_layout: Layout | None = None
-        self.sites: tuple[Site, ...] = ()
         self.batches: list[torch.Tensor] = []
-        self._selected: list[int] | None = None    # site indices of `layout`
-        self._signature: tuple | None = None        # ((key, shape), ...) of the first batch
-        self._facts: ModelFacts | None = None
-        self._depth = 0                             # model forward calls in progress
-        self._stack: list[nn.Module] = []           # modules whose forward is running
-        self._pending: list[tuple[tuple, tuple[int, ...], torch.Tensor]] = []
-        self._taps: list[Tap] = []
-        self._handles: list = []
-        self._mode: _FunctionalActivations | None = None
-        self._mode_on = False
-        self._token = None
+        # the batch in progress: (key, per-sample shape) and the words of each site
+        self._keys: list[tuple[tuple, torch.Size]] = []
+        self._words: list[torch.Tensor] = []
 
     # -- results
     @property
@@ -157,21 +135,50 @@ class Recorder:
     #    of them run only in the thread that entered this recorder)
     def _add_words(self, module: nn.Module, x: torch.Tensor, words: torch.Tensor) -> None:
         """Our ReLU modules hand over the words of their fused kernel."""
-        if self._depth:
-            self._pending.append(((module, None), x.shape[1:], words))
+        direct = self._direct
+        if not direct:  # tap mode: inside the model's forward only
+            if self._depth:
+                self._keys.append(((module, None), x.shape[1:]))
+                self._words.append(words)
+            return
+        # direct mode: the sites come in the known order, and the last one ends the batch
+        i = self._pos
+        if module is not direct[i]:
+            return self._direct_miss(module)
+        self._keys.append(((module, None), x.shape[1:]))
+        self._words.append(words)
+        if i + 1 < len(direct):
+            self._pos = i + 1
+        else:
+            self._pos = 0
+            self._emit()
+
+    def _direct_miss(self, module: nn.Module) -> None:
+        if id(module) not in self._facts.modules:
+            return  # a module of another model, run inside this one's recording
+        expected = self._facts.names[id(self._direct[self._pos])]
+        got = self._facts.names[id(module)]
+        self._pos, self._keys, self._words = 0, [], []
+        raise ValueError(
+            f"record(model): the activation {got!r} ran where {expected!r} was expected (the "
+            f"order of the model's earlier forward passes); a model that varies it, a "
+            f"submodule called on its own, or a forward pass that raised inside the with "
+            f"block is recorded batch by batch with record(model, functional=True)")
 
     def _add_module_input(self, module: nn.Module, x: torch.Tensor) -> None:
         """A torch activation module's input (its pre-activation)."""
         if self._depth:
-            self._pending.append(((module, None), x.shape[1:], pack_signs(x.detach())))
+            self._keys.append(((module, None), x.shape[1:]))
+            self._words.append(pack_signs(x.detach()))
 
     def _add_functional(self, op: str, x: torch.Tensor) -> None:
         if not self._depth:
             return
         owner = self._stack[-1] if self._stack else self.model
-        if _op_of(owner) is not None:
+        if op_of(owner) is not None:
             return  # an activation module records itself (torch's nn.ReLU calls F.relu)
-        self._pending.append(((owner, op), x.shape[1:], pack_signs(x.detach())))
+        self._keys.append(((owner, op), x.shape[1:]))
+        self._words.append(pack_signs(x.detach()))
 
     def _site_name(self, key: tuple, seen: dict[str, int]) -> str:
         where = self._facts.names.get(id(key[0]))
@@ -183,40 +190,45 @@ class Recorder:
         seen[name] = k + 1
         return name if k == 0 else f"{name}#{k}"
 
-    def _first_batch(self, pending) -> None:
+    def _first_batch(self, keys: list, words: list) -> None:
+        """Learn the sites from this recorder's first batch (or take an earlier recorder's,
+        when this batch calls the same ones)."""
         facts = self._facts
-        if facts.first is not None and self._matches(pending, facts.first[0]):
-            self._signature, self.sites, self.full_layout = facts.first
+        if facts.first is not None and keys == facts.first[0]:
+            self._adopt(facts.first)
         else:
             seen: dict[str, int] = {}
             sites = []
-            for key, shape, _ in pending:
+            for key, shape in keys:
                 module, fn = key
                 sites.append(Site(self._site_name(key, seen), "module" if fn is None else
-                                  "function", module, fn if fn is not None else _op_of(module),
+                                  "function", module, fn if fn is not None else op_of(module),
                                   tuple(shape)))
-            self.sites = tuple(sites)
-            self._signature = tuple((k, s) for k, s, _ in pending)
-            self.full_layout = Layout(tuple(s.name for s in sites), tuple(s.shape for s in sites))
-            facts.first = (self._signature, self.sites, self.full_layout)
-        if self.layers is None:
-            self.layout = self.full_layout
-        else:
-            self._selected = [self.full_layout.index(layer) for layer in self.layers]
-            self.layout, _ = self.full_layout.select(self.layers)
+            full = Layout(tuple(s.name for s in sites), tuple(s.shape for s in sites))
+            facts.set_first((list(keys), tuple(sites), full))
+            self._adopt(facts.first)
         if facts.owners is None and self.functional is None:
-            facts.owners = {id(s.module) for s in self.sites if s.kind == "function"}
+            facts.set_owners({id(s.module) for s in self.sites if s.kind == "function"})
             if not torch.compiler.is_compiling():
                 # sites found: from now on hook only what they need (not from inside a graph
                 # that torch.compile traces: there the hooks stay as they are)
                 self._install(bool(self._facts.owners))
 
+    def _adopt(self, first: tuple) -> None:
+        """Take the sites of a first batch: (signature, sites, full layout)."""
+        self._signature, self.sites, self.full_layout = first
+        if self.layers is None:
+            self.layout = self.full_layout
+        else:
+            self._selected = [self.full_layout.index(layer) for layer in self.layers]
+            self.layout, _ = self.full_layout.select(self.layers)
+
     def _begin(self) -> None:
         self._depth += 1
         if self._depth == 1:
-            self._pending = []
-            self._stack.clear()
+            self._keys, self._words = [], []
             if self._mode is not None:
+                self._stack = []
                 self._mode.__enter__()
                 self._mode_on = True
 
@@ -224,7 +236,7 @@ class Recorder:
         """The forward raised: nothing of this batch is kept."""
         self._depth -= 1
         if self._depth == 0:
-            self._pending = []
+            self._keys, self._words = [], []
             self._mode_off()
 
     def _mode_off(self) -> None:
@@ -232,51 +244,69 @@ class Recorder:
             self._mode_on = False
             self._mode.__exit__(None, None, None)
 
+    def _run(self, forward, args, kwargs):
+        """One batch: ``forward(*args, **kwargs)`` of the model (not nested), recorded."""
+        self._begin()
+        try:
+            out = forward(*args, **kwargs)
+        except BaseException:
+            self._abort()
+            raise
+        self._end()
+        return out
+
     def _end(self) -> None:
         self._depth -= 1
         if self._depth:
             return
         if self._mode_on:
             self._mode_off()
-        pending, self._pending = self._pending, []
-        if not pending:
-            return
-        n = pending[0][2].shape[0]
-        for _, _, w in pending:
-            if w.shape[0] != n:
-                seen: dict[str, int] = {}
-                raise ValueError(f"recorded activations disagree on the batch size: "
-                                 f"{[(self._site_name(k, seen), w.shape[0]) for k, _, w in pending]}")
-        if self._signature is None:
-            self._first_batch(pending)
-        elif not self._matches(pending, self._signature):
+        if self._keys:
+            self._emit()
+
+    def _emit(self) -> None:
+        """The batch in progress becomes one code, its sites checked against the first
+        batch's (for the first batch: learned)."""
+        keys, words = self._keys, self._words
+        try:
+            self._emit_batch(keys, words)
+        finally:
+            keys.clear()  # the lists are reused by the next batch
+            words.clear()
+
+    def _emit_batch(self, keys: list, words: list) -> None:
+        sig = self._signature
+        if sig is None:
+            first = self._facts.first
+            if (first is not None and keys == first[0]
+                    and (self._facts.owners is not None or self.functional is not None)):
+                self._adopt(first)  # the sites an earlier recorder found: nothing to learn
+            else:
+                self._first_batch(keys, words)
+        elif keys != sig:
             seen: dict[str, int] = {}
-            got = [(self._site_name(k, seen), list(s)) for k, s, _ in pending]
+            got = [(self._site_name(k, seen), list(s)) for k, s in keys]
             first = [(n_, list(s)) for n_, s in zip(self.full_layout.names,
                                                     self.full_layout.shapes)]
             raise ValueError(f"this forward pass recorded layers {got}, the first one {first}")
-        if len(pending) == 1 and self._selected is None:
-            code = pending[0][2]
-        else:
-            words = [w for _, _, w in pending]
-            if self._selected is not None:
-                words = [words[i] for i in self._selected]
-            code = (torch.cat(words, dim=1) if len(words) > 1 else words[0]) if words else \
-                torch.zeros(n, 0, dtype=torch.int64, device=pending[0][2].device)
+        code = words[0] if len(words) == 1 and self._selected is None else self._join(words)
         if self.keep:
             self.batches.append(code)
         if self.on_batch is not None:
             self.on_batch(code, self.layout)
 
-    @staticmethod
-    def _matches(pending, signature) -> bool:
-        """Does this batch call the sites of ``signature``, in order, with those shapes?"""
-        if len(pending) != len(signature):
-            return False
-        for (k, s, _), (sk, ss) in zip(pending, signature):
-            if k[0] is not sk[0] or k[1] != sk[1] or s != ss:
-                return False
-        return True
+    def _join(self, words: list[torch.Tensor]) -> torch.Tensor:
+        """The code rows of one batch from its sites' words (the selected layers)."""
+        n, device = words[0].shape[0], words[0].device
+        if any(w.shape[0] != n for w in words):
+            names = self.full_layout.names
+            raise ValueError(f"recorded activations disagree on the batch size: "
+                             f"{[(names[i], w.shape[0]) for i, w in enumerate(words)]}")
+        if self._selected is not None:
+            words = [words[i] for i in self._selected]
+        if not words:
+            return torch.zeros(n, 0, dtype=torch.int64, device=device)
+        return torch.cat(words, dim=1) if len(words) > 1 else words[0]
 
     # -- what runs per batch
     def _stack_hooks(self, module: nn.Module) -> None:
@@ -300,7 +330,7 @@ class Recorder:
         own them; False: none)."""
         for h in self._handles:
             h.remove()
-        self._handles.clear()
+        self._handles = []
         if functional is False:
             self._mode = None
             return
@@ -309,12 +339,12 @@ class Recorder:
             stacked = list(facts.modules.values())
         elif functional:
             stacked = [m for m in facts.modules.values()
-                       if id(m) in facts.owners or _op_of(m) is not None]
+                       if id(m) in facts.owners or op_of(m) is not None]
         else:
             stacked = []
         for m in stacked:
             self._stack_hooks(m)
-        self._mode = _FunctionalActivations(self) if functional else None
+        self._mode = FunctionalActivations(self) if functional else None
 
     # -- context
     def __enter__(self) -> "Recorder":
@@ -325,6 +355,12 @@ class Recorder:
             raise TypeError("record() cannot see the replicas nn.DataParallel runs in its worker "
                             "threads: record model.module on one device, or use "
                             "DistributedDataParallel (one process per device)")
+        if self.functional is not True and facts.direct is not None:
+            # every site is one of our modules, each called once per forward, all known:
+            # they mark the batches themselves (no tap on the model: no hooks, no wrapper)
+            self._direct, self._pos = facts.direct, 0
+            self._token = ACTIVE_RECORDERS.set(ACTIVE_RECORDERS.get() + (self,))
+            return self
         self._taps = [tap(self.model, "model", facts.taps)]
         if facts.torch_activations:
             self._taps += [tap(m, "activation", facts.taps) for m in facts.torch_activations]
@@ -335,14 +371,24 @@ class Recorder:
         self._token = ACTIVE_RECORDERS.set(ACTIVE_RECORDERS.get() + (self,))
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         ACTIVE_RECORDERS.reset(self._token)
         self._token = None
+        if self._direct:
+            direct, partial = self._direct, self._pos
+            self._direct, self._pos, self._keys, self._words = (), 0, [], []
+            if partial and exc_type is None:
+                names = [self._facts.names[id(m)] for m in direct]
+                raise ValueError(f"record(model): the last forward pass ran {names[:partial]} "
+                                 f"of the activations {names} of the model's earlier ones; a "
+                                 f"model that varies them is recorded batch by batch with "
+                                 f"record(model, functional=True)")
+            return
         self._mode_off()
         if self._handles:
             for h in self._handles:
                 h.remove()
-            self._handles.clear()
+            self._handles = []
         for t in self._taps:
             untap(t)
         self._taps = []
@@ -368,13 +414,14 @@ def record(model: nn.Module, *, layers: Iterable[int | str] | None = None, keep:
         keep: keep the codes in memory (``rec.batches`` / ``rec.codes``).
         on_batch: called with ``(codes [B, W], layout)`` after each batch (for streaming).
         functional: whether the model makes functional activation calls: None (default)
-            finds out on the first batch; False never watches them (cheapest); True always.
+            finds out on the first batch; False never watches them (cheapest); True always
+            (and marks batches by the model's forward, never in direct mode).
 
     Returns:
         a :class:`Recorder`; ``rec.codes`` is int64 ``[N, W]``, ``rec.layout`` its layout,
         ``rec.sites`` the :class:`Site` of each layer.
     """
-    return Recorder(model, layers=layers, keep=keep, on_batch=on_batch, functional=functional)
+    return Recorder(model, layers, keep, on_batch, functional)
 
 
 def find_sites(model: nn.Module, *inputs, **kwargs) -> tuple[Site, ...]:

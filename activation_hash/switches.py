@@ -24,7 +24,7 @@ from torch.overrides import TorchFunctionMode
 
 from activation_hash.nn import convert
 from activation_hash.ops import pack_signs
-from activation_hash.record import RELU_LIKE_FUNCTIONS
+from activation_hash.taps import RELU_LIKE_FUNCTIONS
 
 __all__ = ["TOL", "NotPiecewiseLinearError", "SwitchMode", "walk_copy", "SAMPLED_HINT"]
 

@@ -1,24 +1,65 @@
-"""How a recorder sees a forward pass without hooks: *taps* and per-model facts.
+"""How a recorder sees a forward pass: *taps*, the function mode and per-model facts.
 
 A :class:`Tap` stands in for a module's ``forward`` (an instance attribute, so torch's fast
 call path stays) and calls the recorders this thread entered (``nn.ACTIVE_RECORDERS``);
 :func:`tap` / :func:`untap` install and remove it, counting users across threads.
-:func:`model_facts` caches what a model's structure tells (module names, torch activation
-modules, DataParallel, ...) until any module anywhere registers a submodule.
+:class:`FunctionalActivations` (a ``TorchFunctionMode``) sees the functional ReLU-like calls
+(``RELU_LIKE_FUNCTIONS``). :func:`model_facts` caches what a model's structure tells (module
+names, torch activation modules, DataParallel, the sites of a first batch, whether the model
+can be recorded in direct mode) until any module anywhere registers a submodule.
 """
 from __future__ import annotations
 
 import threading
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
-from activation_hash.nn import ACTIVE_RECORDERS
+from activation_hash.nn import ACTIVE_RECORDERS, ReLU
 
-__all__ = ["TORCH_ACTIVATIONS", "Tap", "tap", "untap", "ModelFacts", "model_facts"]
+__all__ = ["TORCH_ACTIVATIONS", "RELU_LIKE_FUNCTIONS", "op_of", "FunctionalActivations", "Tap",
+           "tap", "untap", "ModelFacts", "model_facts"]
 
 # torch's activation modules that are sites, and their op names
 TORCH_ACTIVATIONS = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.PReLU: "prelu"}
+
+# The functional ReLU-like calls and their op names (the exact walks reuse this table).
+RELU_LIKE_FUNCTIONS = {
+    torch.relu: "relu", torch.relu_: "relu", F.relu: "relu", F.relu_: "relu",
+    torch.Tensor.relu: "relu", torch.Tensor.relu_: "relu",
+    F.leaky_relu: "leaky_relu", F.leaky_relu_: "leaky_relu",
+    torch._C._nn.leaky_relu: "leaky_relu", torch._C._nn.leaky_relu_: "leaky_relu",
+    F.prelu: "prelu", torch.prelu: "prelu",
+}
+
+
+
+def op_of(module: nn.Module) -> str | None:
+    """The op name of an activation module (ours or torch's), None for other modules."""
+    if isinstance(module, ReLU):
+        return "leaky_relu" if module.negative_slope else "relu"
+    return TORCH_ACTIVATIONS.get(type(module))
+
+
+class FunctionalActivations(TorchFunctionMode):
+    """Sees every functional ReLU-like call while the model's forward runs."""
+
+    def __init__(self, recorder):
+        super().__init__()
+        self.recorder = recorder
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        op = RELU_LIKE_FUNCTIONS.get(func)
+        if op is not None:
+            x = args[0] if args else kwargs.get("input", kwargs.get("self"))
+            if isinstance(x, torch.Tensor):
+                self.recorder._add_functional(op, x)
+        return func(*args, **kwargs)
+
+
 
 
 class Tap:
@@ -42,12 +83,17 @@ class Tap:
                 for rec in recorders:
                     rec._add_module_input(self.module, x)
             return self.forward(*args, **kwargs)
-        if len(recorders) == 1:  # the common case, without building a list
-            mine = recorders if recorders[0].model is self.module else ()
+        if len(recorders) == 1:  # the common case: one recorder, of this model, not nested
+            rec = recorders[0]
+            if rec.model is not self.module:  # another model's recorder (we run inside it)
+                return self.forward(*args, **kwargs)
+            if not rec._depth:
+                return rec._run(self.forward, args, kwargs)
+            mine = recorders
         else:
             mine = [rec for rec in recorders if rec.model is self.module]
-        if not mine:  # another model's recorder (this one runs inside it)
-            return self.forward(*args, **kwargs)
+            if not mine:
+                return self.forward(*args, **kwargs)
         for rec in mine:
             rec._begin()
         try:
@@ -125,6 +171,30 @@ class ModelFacts:
         self.data_parallel = any(isinstance(m, nn.DataParallel) for _, m in named)
         self.owners: set[int] | None = None  # modules that make functional calls (discovered)
         self.first: tuple | None = None      # (signature, sites, full layout) of a first batch
+        self.direct: tuple[nn.Module, ...] | None = None
+        self.ours = [m for _, m in named if isinstance(m, ReLU)]
+
+    def set_first(self, first: tuple) -> None:
+        self.first = first
+        self._update_direct()
+
+    def set_owners(self, owners: set[int]) -> None:
+        self.owners = owners
+        self._update_direct()
+
+    def _update_direct(self) -> None:
+        """``direct``: the sites' modules in call order when the model can be recorded without
+        a tap on its forward (our modules mark the batches): every site known is one of our
+        ReLU modules, each called once per forward, every one of the model's is a site, and
+        the model makes no functional calls and has no torch activation modules."""
+        self.direct = None
+        if self.first is None or self.owners is None or self.owners or self.torch_activations:
+            return
+        sites = self.first[1]
+        modules = tuple(s.module for s in sites)
+        if (sites and all(s.kind == "module" and isinstance(s.module, ReLU) for s in sites)
+                and len({id(m) for m in modules}) == len(modules) == len(self.ours)):
+            self.direct = modules
 
     def __reduce__(self):
         # copy.deepcopy / pickle of a model: None, computed again on its first recording (a

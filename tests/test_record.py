@@ -182,3 +182,88 @@ def _saved(model):
     torch.save(model, buf)
     buf.seek(0)
     return buf
+
+
+class TwoSites(nn.Module):
+    """Our ReLUs only (the direct mode's case); ``swap`` reverses their order."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.r1 = nn.Linear(4, 6), ReLU()
+        self.b, self.r2 = nn.Linear(6, 6), ReLU()
+        self.swap = False
+
+    def forward(self, x):
+        za = self.a(x)
+        if self.swap:
+            return self.r1(self.b(self.r2(za)))
+        zb = self.b(self.r1(za))
+        self.pre = [za, zb]
+        return self.r2(zb)
+
+
+def test_a_converted_model_is_recorded_directly_after_its_first_recorder():
+    torch.manual_seed(2)
+    model = TwoSites().eval()
+    xs = [torch.randn(5, 4), torch.randn(1, 4), torch.randn(3, 4)]
+    with record(model) as first, torch.no_grad():  # learns the sites (a tap on the model)
+        model(xs[0])
+    seen = []
+    with record(model, on_batch=lambda c, lay: seen.append((c.shape[0], lay.names))) as rec, \
+            torch.no_grad():
+        assert "forward" not in model.__dict__  # direct: no tap, no hooks
+        assert not model._forward_hooks and not model._forward_pre_hooks
+        want = [by_hand(model, x) for x in xs]
+        rec.batches.clear()
+        seen.clear()
+        for x in xs:
+            model(x)
+    assert rec.layout.names == first.layout.names == ("r1", "r2")
+    assert [b.shape[0] for b in rec.batches] == [5, 1, 3]
+    assert torch.equal(rec.codes, torch.cat(want))
+    assert seen == [(5, ("r1", "r2")), (1, ("r1", "r2")), (3, ("r1", "r2"))]
+    with record(model, layers=["r2"]) as sel, torch.no_grad():
+        model(xs[0])
+    assert torch.equal(sel.codes, ref.pack_signs(model.pre[1]))
+
+
+def test_direct_mode_refuses_a_changed_order_and_a_partial_batch():
+    model = TwoSites().eval()
+    x = torch.randn(3, 4)
+    with record(model), torch.no_grad():
+        model(x)
+    model.swap = True
+    with pytest.raises(ValueError, match="'r2' ran where 'r1' was expected.*functional=True"):
+        with record(model), torch.no_grad():
+            model(x)
+    with record(model, functional=True) as rec, torch.no_grad():  # batch by batch: learns
+        model(x)
+    assert rec.layout.names == ("r2", "r1")
+    model = TwoSites().eval()
+    with record(model), torch.no_grad():
+        model(x)
+    with pytest.raises(ValueError, match=r"the last forward pass ran \['r1'\]"):
+        with record(model), torch.no_grad():
+            model.r1(model.a(x))  # a submodule on its own: half a batch
+    with pytest.raises(KeyError):  # the forward's own error, not ours, leaves the block
+        with record(model) as rec, torch.no_grad():
+            model.r1(model.a(x))
+            raise KeyError("mine")
+
+
+def test_direct_mode_ignores_other_models_and_learns_new_shapes():
+    torch.manual_seed(3)
+    cnn = convert(nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(),
+                                nn.Conv2d(2, 2, 3, stride=2), nn.ReLU())).eval()
+    other = convert(nn.Sequential(nn.Linear(2, 3), nn.ReLU())).eval()
+    small, big = torch.randn(2, 1, 8, 8), torch.randn(4, 1, 12, 12)
+    with record(cnn), torch.no_grad():
+        cnn(small)
+    with record(cnn) as rec, torch.no_grad():
+        cnn(big)
+        other(torch.randn(5, 2))  # not a module of the recorded model: ignored
+        cnn(big[:1])
+    assert [s.shape for s in rec.sites] == [(2, 12, 12), (2, 5, 5)]
+    h = cnn[1](cnn[0](big))
+    want = torch.cat([ref.pack_signs(cnn[0](big)), ref.pack_signs(cnn[2](h))], 1)
+    assert torch.equal(rec.codes, torch.cat([want, want[:1]]))
