@@ -143,8 +143,12 @@ class _LazyRows:
         return torch.from_numpy(np.ascontiguousarray(got))
 
 
-def _write_json(path: str, obj) -> None:
-    atomic_write_json(path, obj)
+def _write_progress(path: str, obj) -> None:
+    """The progress file, after every tile and bucket: atomic (a killed run reads the last
+    one whole), compact (the C encoder) and not fsynced: a progress lost in a power cut reads
+    as an older one or as unreadable (a fresh start), and a resume checks that every bucket
+    file holds at least the bytes the progress recorded."""
+    atomic_write_json(path, obj, indent=None, fsync=False)
 
 
 def _verified_groups(rec: np.ndarray, rows: _StoreRows, width: int, step_rows: int) -> Groups:
@@ -214,12 +218,17 @@ def count_collisions_out_of_core(store, *, memory_budget="2GB", per_layer: bool 
                 prog = None
         if prog is not None and prog.get("config") != config:
             prog = None
+        if prog is not None and any(
+                os.path.getsize(p) < size if os.path.exists(p) else size > 0
+                for level, row in enumerate(prog["sizes"]) for b, size in enumerate(row)
+                for p in [os.path.join(work, f"l{level:03d}-b{b:05d}.bin")]):
+            prog = None  # bucket files shorter than recorded (lost writes): start afresh
     if prog is None:
         shutil.rmtree(work, ignore_errors=True)
         os.makedirs(work)
         prog = {"config": config, "tiles_done": 0, "rows_done": 0,
                 "sizes": [[0] * nb for _ in range(L)], "done": {}}
-        _write_json(prog_path, prog)
+        _write_progress(prog_path, prog)
 
     def bucket_file(level, b):
         return os.path.join(work, f"l{level:03d}-b{b:05d}.bin")
@@ -241,33 +250,40 @@ def count_collisions_out_of_core(store, *, memory_budget="2GB", per_layer: bool 
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)  # read-only map, never written
                     codes = torch.from_numpy(rows.get("codes", lo, hi))
-                fps = fingerprint128(codes, widths)  # [n, L, 2]
+                fps = fingerprint128(codes, widths).numpy()  # [n, L, 2]
                 del codes
-                gidx = torch.arange(lo, hi, dtype=torch.int64)
-                lab = (torch.from_numpy(np.ascontiguousarray(rows.get("labels", lo, hi)))
-                       if with_labels else None)
-                rows.release()
+                lab = rows.get("labels", lo, hi) if with_labels else None
                 for level in range(L):
-                    cols = [fps[:, level, 0], fps[:, level, 1], gidx]
-                    if level == L - 1 and lab is not None:
-                        cols.append(lab)
-                    rec = torch.stack(cols, 1)
-                    bucket = ((rec[:, 0] >> (64 - bits)) & (nb - 1)) if bits else \
-                        torch.zeros(rec.shape[0], dtype=torch.int64)
-                    order = torch.sort(bucket, stable=True).indices
-                    rec = rec[order].numpy()
-                    cuts = np.concatenate([[0], np.cumsum(np.bincount(bucket.numpy(),
-                                                                      minlength=nb))])
+                    cols = 4 if (level == L - 1 and lab is not None) else 3
+                    fl = fps[:, level]
+                    rec = np.empty((hi - lo, cols), dtype=np.int64)
+                    if bits:  # records in bucket order: a stable radix sort of the buckets
+                        bucket = (fl[:, 0] >> (64 - bits)) & (nb - 1)
+                        bucket = bucket.astype(np.uint16 if nb <= 1 << 16 else np.int64)
+                        order = np.argsort(bucket, kind="stable")
+                        cuts = np.concatenate([[0], np.cumsum(np.bincount(bucket, minlength=nb))])
+                        rec[:, 0:2] = fl[order]
+                        rec[:, 2] = order + lo
+                        if cols == 4:
+                            rec[:, 3] = lab[order]
+                    else:
+                        cuts = np.array([0, hi - lo])
+                        rec[:, 0:2] = fl
+                        rec[:, 2] = np.arange(lo, hi, dtype=np.int64)
+                        if cols == 4:
+                            rec[:, 3] = lab
                     for b in range(nb):
                         if cuts[b + 1] > cuts[b]:
                             files[level][b].write(memoryview(rec[cuts[b]:cuts[b + 1]]))
+                del fps, lab
+                rows.release()
                 for level in range(L):
                     for b in range(nb):
                         files[level][b].flush()
                         prog["sizes"][level][b] = files[level][b].tell()
                 prog["rows_done"] = hi
                 prog["tiles_done"] += 1
-                _write_json(prog_path, prog)
+                _write_progress(prog_path, prog)
         finally:
             for row in files:
                 for f in row:
@@ -296,7 +312,7 @@ def count_collisions_out_of_core(store, *, memory_budget="2GB", per_layer: bool 
                         "largest": [gidx[t.numpy()].tolist() for t in r.largest_groups]}
             del rec, g
             prog["done"][key] = part
-            _write_json(prog_path, prog)
+            _write_progress(prog_path, prog)
 
     # add the buckets up
     parts = [prog["done"][f"{L - 1}/{b}"] for b in range(nb)]
