@@ -57,7 +57,8 @@ __global__ __launch_bounds__(kFpThreads) void fingerprint128_kernel(
   __shared__ int64_t tile[kFpThreads][kFpWords + 1];
   const int P = ends.count;
   const int64_t kend = ends.v[P - 1];  // the largest end: later words are never read
-  for (int64_t r0 = int64_t(blockIdx.x) * kFpThreads; r0 < N; r0 += int64_t(gridDim.x) * kFpThreads) {
+  const int64_t tile_step = int64_t(gridDim.x) * kFpThreads;
+  for (int64_t r0 = int64_t(blockIdx.x) * kFpThreads; r0 < N; r0 += tile_step) {
     const int64_t row = r0 + threadIdx.x;
     int64_t* o = out + (row * P_total + p0) * 2;
     fp::State s;
@@ -83,7 +84,8 @@ __global__ __launch_bounds__(kFpThreads) void fingerprint_key_kernel(
     const int64_t* __restrict__ codes, int64_t N, int64_t W, int index_bits,
     int64_t* __restrict__ out) {
   __shared__ int64_t tile[kFpThreads][kFpWords + 1];
-  for (int64_t r0 = int64_t(blockIdx.x) * kFpThreads; r0 < N; r0 += int64_t(gridDim.x) * kFpThreads) {
+  const int64_t tile_step = int64_t(gridDim.x) * kFpThreads;
+  for (int64_t r0 = int64_t(blockIdx.x) * kFpThreads; r0 < N; r0 += tile_step) {
     const int64_t row = r0 + threadIdx.x;
     uint64_t h = fp::kSeed0;
     for (int64_t k0 = 0; k0 < W; k0 += kFpWords) {

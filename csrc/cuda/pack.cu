@@ -140,12 +140,15 @@ at::Tensor relu_mask_backward_cuda(const at::Tensor& grad_y, const at::Tensor& w
     const int64_t W = wc.size(1);
     const bool vec = rows_vector_ok<D>(n, gp, op);
     const op_t s = op_t(negative_slope);
+    auto go = [&](auto kernel) {
+      kernel<<<grid, kRowThreads, 0, stream>>>(gp, hp, op, B, n, W, s);
+    };
     if (negative_slope != 0.0) {
-      if (vec) mask_backward_kernel<D, true, true><<<grid, kRowThreads, 0, stream>>>(gp, hp, op, B, n, W, s);
-      else mask_backward_kernel<D, true, false><<<grid, kRowThreads, 0, stream>>>(gp, hp, op, B, n, W, s);
+      if (vec) go(mask_backward_kernel<D, true, true>);
+      else go(mask_backward_kernel<D, true, false>);
     } else {
-      if (vec) mask_backward_kernel<D, false, true><<<grid, kRowThreads, 0, stream>>>(gp, hp, op, B, n, W, s);
-      else mask_backward_kernel<D, false, false><<<grid, kRowThreads, 0, stream>>>(gp, hp, op, B, n, W, s);
+      if (vec) go(mask_backward_kernel<D, false, true>);
+      else go(mask_backward_kernel<D, false, false>);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -165,8 +168,10 @@ at::Tensor unpack_bits_cuda(const at::Tensor& words, int64_t n) {
   const int64_t B = wc.size(0), W = wc.size(1);
   const dim3 grid = rows_grid(B, (n + kUnpackChunk - 1) / kUnpackChunk);
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  if (unpack_vector_ok(n, bp)) unpack_bits_kernel<true><<<grid, kRowThreads, 0, stream>>>(qp, bp, B, n, W);
-  else unpack_bits_kernel<false><<<grid, kRowThreads, 0, stream>>>(qp, bp, B, n, W);
+  if (unpack_vector_ok(n, bp))
+    unpack_bits_kernel<true><<<grid, kRowThreads, 0, stream>>>(qp, bp, B, n, W);
+  else
+    unpack_bits_kernel<false><<<grid, kRowThreads, 0, stream>>>(qp, bp, B, n, W);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return bits;
 }

@@ -193,7 +193,8 @@ __global__ void unpack_bits_kernel(const uint16_t* __restrict__ quarters,
           const uint32_t q = qr[c * 32 + lane];
           alignas(16) uint32_t out[4];
 AH_UNROLL
-          for (int k = 0; k < 4; ++k) out[k] = (((q >> (4 * k)) & 0xFu) * 0x00204081u) & 0x01010101u;
+          for (int k = 0; k < 4; ++k)
+            out[k] = (((q >> (4 * k)) & 0xFu) * 0x00204081u) & 0x01010101u;  // bit i -> byte i
           store16(br + u, out);
         }
       } else {

@@ -49,10 +49,10 @@ inline dim3 channels_last_grid(int64_t B, int64_t C, int64_t S) {
 // x [B, S, C] in memory (logical [B, C, S]) -> words [B, ceil(C S / 64)] in logical order and,
 // if kWriteY, y [B, S, C] (same layout as x). y may be null when kWriteY is false.
 template <typename D, bool kWriteY, bool kLeaky, bool kVec>
-__global__ __launch_bounds__(kClThreads) void pack_channels_last_kernel(const typename D::raw_t* __restrict__ x,
-                              typename D::raw_t* __restrict__ y,
-                              unsigned long long* __restrict__ words, int64_t B, int64_t C,
-                              int64_t S, typename D::op_t slope) {
+__global__ __launch_bounds__(kClThreads) void pack_channels_last_kernel(
+    const typename D::raw_t* __restrict__ x, typename D::raw_t* __restrict__ y,
+    unsigned long long* __restrict__ words, int64_t B, int64_t C, int64_t S,
+    typename D::op_t slope) {
   using raw_t = typename D::raw_t;
   constexpr int V = kVec ? Vec16<D>::kN : 1;
   constexpr int kLanesPerRow = kClTileC / V;             // lanes covering a row's 32 channels
@@ -100,7 +100,8 @@ AH_UNROLL
           } else {
             bits <<= g * V;
 AH_UNROLL
-            for (int o = 1; o < kLanesPerRow; o <<= 1) bits |= __shfl_xor_sync(0xffffffffu, bits, o);
+            for (int o = 1; o < kLanesPerRow; o <<= 1)
+              bits |= __shfl_xor_sync(0xffffffffu, bits, o);
           }
           if (g == 0) mask[r] = bits;
         }

@@ -86,7 +86,8 @@ uint16_t round16(double d) {
   if (a >= std::ldexp(1.0, Kd::kEmax + 1)) return sign | inf;
   if (a == 0) return sign;
   std::frexp(a, &e);
-  if (e - 1 < Kd::kEmin) return uint16_t(sign | uint16_t(a / std::ldexp(1.0, Kd::kEmin - Kd::kMant)));
+  if (e - 1 < Kd::kEmin)  // subnormal: a multiple of the smallest step
+    return uint16_t(sign | uint16_t(a / std::ldexp(1.0, Kd::kEmin - Kd::kMant)));
   const int mant = int(a / std::ldexp(1.0, e - 1 - Kd::kMant)) - (1 << Kd::kMant);
   return uint16_t(sign | ((e - 1 + Kd::kEmax) << Kd::kMant) | mant);
 }

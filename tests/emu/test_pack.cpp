@@ -76,7 +76,8 @@ void check_conversions() {
   for (uint32_t h = 0; h < 65536 && ok; ++h) {  // every half, exactly
     const float f = ah::half_to_float_host(uint16_t(h));
     const double want = pack_ref::half_value(uint16_t(h));
-    ok = std::isnan(want) ? std::isnan(f) : (double(f) == want && std::signbit(f) == std::signbit(want));
+    ok = std::isnan(want) ? std::isnan(f)
+                          : (double(f) == want && std::signbit(f) == std::signbit(want));
     if (ok && !std::isnan(want)) ok = ah::float_to_half_rn_host(f) == h;  // round trip
   }
   CHECK(ok, "half_to_float / round trip");
@@ -87,8 +88,10 @@ void check_conversions() {
   int bad_h = 0, bad_b = 0;
   for (int i = 0; i < 400000; ++i) {
     uint32_t u = uint32_t(rng.next());
-    if (i % 4 == 1) u = (u & 0x80000000u) | (0x33000000u + uint32_t(rng.below(0x14800000)));  // half range
-    if (i % 4 == 2) u = (u & ~0x1FFFu) | (rng.below(2) ? 0x1000u : 0xFFFu + uint32_t(rng.below(3)));  // ties
+    if (i % 4 == 1)  // the half range, subnormals to overflow
+      u = (u & 0x80000000u) | (0x33000000u + uint32_t(rng.below(0x14800000)));
+    if (i % 4 == 2)  // at and next to the ties of float -> half
+      u = (u & ~0x1FFFu) | (rng.below(2) ? 0x1000u : 0xFFFu + uint32_t(rng.below(3)));
     float f;
     std::memcpy(&f, &u, 4);
     if (std::isnan(f)) continue;
@@ -238,8 +241,9 @@ void test_unpack_bits_kernel() {
         emu_test::set_case("unpack_bits<vec=%d> B=%" PRId64 " n=%" PRId64 " grid=%ux%u block=%u",
                            vec, B, n, grid.x, grid.y, block_of(sh));
         const auto* qp = reinterpret_cast<const uint16_t*>(words.data());
-        if (vec) launch(grid, dim3(block_of(sh)), cu::unpack_bits_kernel<true>, qp, bits.p, B, n, W);
-        else launch(grid, dim3(block_of(sh)), cu::unpack_bits_kernel<false>, qp, bits.p, B, n, W);
+        const dim3 block(block_of(sh));
+        if (vec) launch(grid, block, cu::unpack_bits_kernel<true>, qp, bits.p, B, n, W);
+        else launch(grid, block, cu::unpack_bits_kernel<false>, qp, bits.p, B, n, W);
         CHECK_EQUAL_BITS(bits.p, want.data(), total, "bits");
         CHECK(bits.buf.front_intact(), "write before the start of bits");
       }

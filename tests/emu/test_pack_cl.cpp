@@ -33,7 +33,8 @@ void run_case(int64_t B, int64_t C, int64_t S, bool small_grid, bool force_scala
     for (int64_t s = 0; s < S; ++s)
       for (int64_t c = 0; c < C; ++c) {
         const int64_t m = b * n + s * C + c, j = c * S + s;  // memory index, logical unit
-        if (pack_ref::on<K>(x[m])) want_w[size_t(b * W + j / 64)] |= int64_t(uint64_t(1) << (j % 64));
+        if (pack_ref::on<K>(x[m]))
+          want_w[size_t(b * W + j / 64)] |= int64_t(uint64_t(1) << (j % 64));
         want_y[size_t(m)] = pack_ref::activation<K>(x[m], kLeaky, slope);
       }
   raw_t* yp = kWriteY ? y.data() : nullptr;
