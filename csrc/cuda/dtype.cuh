@@ -105,7 +105,8 @@ __device__ __forceinline__ void store16(T* p, const void* in) {
   if (!aligned16(p)) __builtin_trap();
   memcpy(p, in, 16);
 #else
-  *reinterpret_cast<uint4*>(p) = *reinterpret_cast<const uint4*>(in);
+  // One st.global.v4 (a plain uint4 assignment may be split into narrower stores).
+  __stwb(reinterpret_cast<uint4*>(p), *reinterpret_cast<const uint4*>(in));
 #endif
 }
 
