@@ -4,11 +4,15 @@ import torch
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
-def assert_same_values(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    """Bit-for-bit equal, except that any NaN equals any NaN (payloads are not specified)."""
+def assert_same_values(actual: torch.Tensor, expected: torch.Tensor,
+                       signed_zeros: bool = True) -> None:
+    """Bit-for-bit equal, except that any NaN equals any NaN (payloads are not specified);
+    with signed_zeros=False also -0.0 equals +0.0."""
     assert actual.shape == expected.shape and actual.dtype == expected.dtype
     nan_a, nan_e = torch.isnan(actual), torch.isnan(expected)
     assert torch.equal(nan_a, nan_e), "NaN positions differ"
+    if not signed_zeros:
+        nan_a, nan_e = nan_a | (actual == 0), nan_e | (expected == 0)
     a = actual.masked_fill(nan_a, 0).contiguous().view(_INT_OF_SIZE[actual.element_size()])
     e = expected.masked_fill(nan_e, 0).contiguous().view(_INT_OF_SIZE[expected.element_size()])
     bad = (a != e).nonzero()

@@ -218,6 +218,20 @@ def test_fingerprint_prefixes_are_one_pass_of_the_same_hash():
     assert len(set(f[:, 0].tolist())) == 11 and len(set(f[:, 1].tolist())) == 11
 
 
+def test_fingerprints_on_device_match_reference(device):
+    """More prefix ends than one CUDA launch takes (64), rows and widths around the CUDA
+    kernels' 256-row tiles and 16-word chunks."""
+    g = torch.Generator().manual_seed(3)
+    for N, W in [(1, 1), (300, 17), (257, 40), (5, 0)]:
+        codes = torch.randint(-2**63, 2**63 - 1, (N, W), generator=g, dtype=torch.int64)
+        ends = sorted(int(e) for e in torch.randint(0, W + 1, (150,), generator=g))
+        fp = fingerprint128(codes.to(device), ends)
+        assert torch.equal(fp.cpu(), ref.fingerprint128(codes, ends))
+        assert torch.equal(fingerprint128(codes.to(device)).cpu(), ref.fingerprint128(codes))
+        assert torch.equal(fingerprint_key(codes.to(device), 12).cpu(),
+                           ref.fingerprint_key(codes, 12))
+
+
 def test_streaming_counter_matches_exact():
     codes = planted(1000, 200, seed=5)
     labels = torch.randint(0, 4, (1000,))

@@ -1,4 +1,4 @@
-// Launch of fingerprint128_kernel (fingerprint.cuh) and its registration for CUDA.
+// Launches of the fingerprint kernels (fingerprint.cuh) and their registration for CUDA.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
@@ -16,6 +16,8 @@
 namespace activation_hash::cuda {
 namespace {
 
+// The ends go to the kernel by value (FpEnds), kCapacity at a time: no host-to-device copy, no
+// stream sync, capturable in a CUDA graph. A group re-reads the rows up to its largest end.
 at::Tensor fingerprint128_cuda(const at::Tensor& codes, at::OptionalIntArrayRef ends) {
   const std::vector<int64_t> e = checked_fingerprint_ends(codes, ends);
   const c10::cuda::CUDAGuard guard(codes.device());
@@ -25,13 +27,17 @@ at::Tensor fingerprint128_cuda(const at::Tensor& codes, at::OptionalIntArrayRef 
   at::Tensor out = ends.has_value() ? at::empty({N, P, 2}, c.options())
                                     : at::empty({N, 2}, c.options());
   if (N == 0 || P == 0) return out;
-  at::Tensor ends_host = at::empty({P}, c.options().device(at::kCPU));
-  std::copy(e.begin(), e.end(), ends_host.mutable_data_ptr<int64_t>());
-  const at::Tensor ends_dev = ends_host.to(c.device());
-  fingerprint128_kernel<<<grid_for(N), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-      c.const_data_ptr<int64_t>(), N, W, ends_dev.const_data_ptr<int64_t>(), P,
-      out.mutable_data_ptr<int64_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const unsigned grid = unsigned(std::min<int64_t>((N + kFpThreads - 1) / kFpThreads, kMaxBlocks));
+  for (int64_t p0 = 0; p0 < P; p0 += FpEnds::kCapacity) {
+    FpEnds group{};
+    group.count = static_cast<int32_t>(std::min<int64_t>(P - p0, FpEnds::kCapacity));
+    std::copy(e.begin() + p0, e.begin() + p0 + group.count, group.v);
+    fingerprint128_kernel<<<grid, kFpThreads, 0, stream>>>(c.const_data_ptr<int64_t>(), N, W,
+                                                           group, P, p0,
+                                                           out.mutable_data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
   return out;
 }
 
@@ -42,7 +48,8 @@ at::Tensor fingerprint_key_cuda(const at::Tensor& codes, int64_t index_bits) {
   const int64_t N = c.size(0);
   at::Tensor out = at::empty({N}, c.options());
   if (N == 0) return out;
-  fingerprint_key_kernel<<<grid_for(N), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+  const unsigned grid = unsigned(std::min<int64_t>((N + kFpThreads - 1) / kFpThreads, kMaxBlocks));
+  fingerprint_key_kernel<<<grid, kFpThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       c.const_data_ptr<int64_t>(), N, c.size(1), static_cast<int>(index_bits),
       out.mutable_data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -1,71 +1,210 @@
-// CUDA kernels of pack_signs / relu_pack, relu_mask_backward and unpack_bits, on raw
-// pointers. No launches here: csrc/cuda/pack.cu launches them on the GPU, and the emulation
-// tests (tests/emu) run them on the CPU. They use only what the emulation provides
-// (thread/block indices, full-mask __ballot_sync).
+// CUDA kernels of pack_signs / relu_pack, relu_mask_backward and unpack_bits on contiguous
+// [B, n] rows, on raw pointers (pack_cl.cuh: channels_last inputs). No launches here:
+// csrc/cuda/pack.cu launches them, the emulation tests (tests/emu) run them on the CPU.
+//
+// Shared design, for an HBM3 GPU (H100/H200, ~4.8 TB/s, latency-bound only below ~2 MB in
+// flight):
+//   - 2-D grid: samples in blockIdx.y (grid-stride), "chunks" of a row in blockIdx.x and the
+//     warp index (grid-stride). A chunk is 32 * V units, V = 16 bytes / element size (4 floats,
+//     8 halves/bf16, 2 doubles), i.e. V / 2 words. No division in the loops: a row starts at
+//     b * n, a chunk at c * 32 V; the only division (chunks per row) is by a power of two.
+//   - Vector path (kVec, when every row starts 16-byte aligned: aligned base pointers and
+//     n % V == 0; see rows_vector_ok): lane l of the warp owns units [32 V c + V l, + V): one
+//     16-byte load (and one 16-byte store of y / grad_x), so a warp moves 512 contiguous bytes
+//     per instruction, fully coalesced. Its V bits go to the right place of a 32-bit half word
+//     by an OR-reduction over the 32 / V lanes of that half (log2(32 / V) shuffles); one lane
+//     per half stores it (the words are written as uint32 halves, little-endian).
+//   - Scalar path (any alignment, any n): lane l owns units 32 V c + 32 i + l, i < V, so each
+//     load instruction of the warp reads 32 consecutive elements (coalesced), and ballot i is
+//     half word c V + i directly. Same chunk geometry, same halves.
+//   - Units of a row beyond n (the last chunk) are off and never loaded; padding bits are 0.
+//   - Warp collectives sit outside the per-lane conditions and loop bounds are warp-uniform,
+//     so blockDim.x must be a multiple of 32; any grid is correct.
+// Bytes per unit of s-byte elements: pack_signs s + 1/8, relu_pack 2 s + 1/8, mask_backward
+// 2 s + 1/8, unpack_bits 1 + 1/8: at most 1/(16 s) more than a copy of the same elements.
 #pragma once
 #include <cstdint>
 
 #include "activation_hash/bits.h"
+#include "cuda/dtype.cuh"
 
 namespace activation_hash::cuda {
 
-// Grid-stride loop over word tasks with one warp per task: task i = b * W + w covers units
-// [64 w, 64 w + 64) of sample b; lane l handles units 64 w + l and 64 w + 32 + l, and two
-// ballots give the word. blockDim.x must be a multiple of 32 (every lane of a warp runs the
-// same tasks, so the ballots are convergent). y may be null when kWriteY is false.
-template <typename scalar_t, typename opmath_t, bool kWriteY, bool kLeaky>
-__global__ void pack_words_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
-                                  int64_t* __restrict__ words, int64_t n, int64_t W,
-                                  int64_t tasks, opmath_t slope) {
-  const int lane = threadIdx.x % 32;
-  const int64_t warps = (int64_t(gridDim.x) * blockDim.x) / 32;
-  for (int64_t i = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32; i < tasks;
-       i += warps) {
-    const int64_t w = i % W;
-    const int64_t off = (i / W) * n + w * kWordBits;
-    const int64_t m = n - w * kWordBits < kWordBits ? n - w * kWordBits : kWordBits;
-    uint64_t word = 0;
-    for (int half = 0; half < 2; ++half) {
-      const int64_t k = half * 32 + lane;
-      bool on = false;
-      if (k < m) {
-        const opmath_t v = static_cast<opmath_t>(x[off + k]);
-        on = unit_on(v);
-        if (kWriteY) {
-          if (kLeaky) y[off + k] = on ? x[off + k] : scalar_t(v * slope);
-          else y[off + k] = v < opmath_t(0) ? scalar_t(0.0f) : x[off + k];
+constexpr int kRowThreads = 256;        // block of the row kernels (any multiple of 32 works)
+constexpr int64_t kMaxGridX = 1 << 16;  // chunk blocks per row at most (the loop does the rest)
+constexpr int64_t kMaxGridY = 65535;
+
+// The production grid of the row kernels: one warp per chunk, one block row per sample.
+inline dim3 rows_grid(int64_t B, int64_t chunks, int threads = kRowThreads) {
+  const int64_t warps = threads / 32;
+  const int64_t x = (chunks + warps - 1) / warps;
+  return dim3(unsigned(x < 1 ? 1 : (x > kMaxGridX ? kMaxGridX : x)),
+              unsigned(B < 1 ? 1 : (B > kMaxGridY ? kMaxGridY : B)));
+}
+
+// Chunks of a row of n units for element type D (32 V units each).
+template <typename D>
+AH_HD inline int64_t row_chunks(int64_t n) {
+  constexpr int64_t k = 32 * Vec16<D>::kN;
+  return (n + k - 1) / k;
+}
+
+// The vector path needs every row 16-byte aligned in every array it reads or writes.
+template <typename D>
+AH_HD inline bool rows_vector_ok(int64_t n, const void* a, const void* b) {
+  return n % Vec16<D>::kN == 0 && aligned16(a) && (b == nullptr || aligned16(b));
+}
+
+// Thread geometry of a chunk loop (see the design above).
+struct ChunkLoop {
+  int lane;
+  int64_t first, step;
+  __device__ ChunkLoop()
+      : lane(int(threadIdx.x & 31)),
+        first(int64_t(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5)),
+        step(int64_t(gridDim.x) * (blockDim.x >> 5)) {}
+};
+
+// x [B, n] -> words [B, W] (as 2 W uint32 halves per row) and, if kWriteY, y [B, n] = ReLU or
+// LeakyReLU of x (dtype.cuh raw_activation). y may be null when kWriteY is false.
+template <typename D, bool kWriteY, bool kLeaky, bool kVec>
+__global__ void pack_words_kernel(const typename D::raw_t* __restrict__ x,
+                                  typename D::raw_t* __restrict__ y,
+                                  uint32_t* __restrict__ halves, int64_t B, int64_t n, int64_t W,
+                                  typename D::op_t slope) {
+  using raw_t = typename D::raw_t;
+  constexpr int V = Vec16<D>::kN;
+  constexpr int kLanes = 32 / V;  // lanes per 32-bit half (vector path)
+  const ChunkLoop loop;
+  const int lane = loop.lane;
+  const int64_t chunks = row_chunks<D>(n), H = 2 * W;
+  for (int64_t b = blockIdx.y; b < B; b += gridDim.y) {
+    const raw_t* xr = x + b * n;
+    raw_t* yr = kWriteY ? y + b * n : nullptr;
+    uint32_t* hr = halves + b * H;
+    for (int64_t c = loop.first; c < chunks; c += loop.step) {
+      if constexpr (kVec) {
+        const int64_t u = c * (32 * V) + V * lane;
+        uint32_t bits = 0;
+        if (u < n) {  // n % V == 0: the whole vector is in the row
+          Vec16<D> v;
+          load16(xr + u, &v);
+AH_UNROLL
+          for (int k = 0; k < V; ++k) bits |= uint32_t(raw_on<D>(v.v[k])) << k;
+          if constexpr (kWriteY) {
+AH_UNROLL
+            for (int k = 0; k < V; ++k) v.v[k] = raw_activation<D, kLeaky>(v.v[k], slope);
+            store16(yr + u, &v);
+          }
+        }
+        bits <<= (lane % kLanes) * V;
+AH_UNROLL
+        for (int o = 1; o < kLanes; o <<= 1) bits |= __shfl_xor_sync(0xffffffffu, bits, o);
+        const int64_t h = c * V + lane / kLanes;
+        if (lane % kLanes == 0 && h < H) hr[h] = bits;
+      } else {
+        uint32_t mine = 0;
+AH_UNROLL
+        for (int i = 0; i < V; ++i) {
+          const int64_t u = c * (32 * V) + 32 * i + lane;
+          bool on = false;
+          if (u < n) {
+            const raw_t r = xr[u];
+            on = raw_on<D>(r);
+            if constexpr (kWriteY) yr[u] = raw_activation<D, kLeaky>(r, slope);
+          }
+          const uint32_t ballot = __ballot_sync(0xffffffffu, on);
+          if (lane == i) mine = ballot;
+        }
+        const int64_t h = c * V + lane;
+        if (lane < V && h < H) hr[h] = mine;
+      }
+    }
+  }
+}
+
+// grad_y [B, n], words [B, W] (as uint32 halves) -> grad_x [B, n]: grad_y where the unit's bit
+// is 1, else +0 (ReLU) or grad_y * slope (LeakyReLU). Same geometry as pack_words_kernel; the
+// lanes of a half read the same 4 bytes (one broadcast transaction).
+template <typename D, bool kLeaky, bool kVec>
+__global__ void mask_backward_kernel(const typename D::raw_t* __restrict__ grad_y,
+                                     const uint32_t* __restrict__ halves,
+                                     typename D::raw_t* __restrict__ grad_x, int64_t B,
+                                     int64_t n, int64_t W, typename D::op_t slope) {
+  using raw_t = typename D::raw_t;
+  constexpr int V = Vec16<D>::kN;
+  constexpr int kLanes = 32 / V;
+  const ChunkLoop loop;
+  const int lane = loop.lane;
+  const int64_t chunks = row_chunks<D>(n);
+  for (int64_t b = blockIdx.y; b < B; b += gridDim.y) {
+    const raw_t* gr = grad_y + b * n;
+    raw_t* xr = grad_x + b * n;
+    const uint32_t* hr = halves + b * 2 * W;
+    for (int64_t c = loop.first; c < chunks; c += loop.step) {
+      if constexpr (kVec) {
+        const int64_t u = c * (32 * V) + V * lane;
+        if (u < n) {
+          const uint32_t bits = hr[c * V + lane / kLanes] >> ((lane % kLanes) * V);
+          Vec16<D> v;
+          load16(gr + u, &v);
+AH_UNROLL
+          for (int k = 0; k < V; ++k)
+            v.v[k] = raw_masked_grad<D, kLeaky>(v.v[k], (bits >> k) & 1u, slope);
+          store16(xr + u, &v);
+        }
+      } else {
+AH_UNROLL
+        for (int i = 0; i < V; ++i) {
+          const int64_t u = c * (32 * V) + 32 * i + lane;
+          if (u < n) xr[u] = raw_masked_grad<D, kLeaky>(gr[u], (hr[c * V + i] >> lane) & 1u, slope);
         }
       }
-      word |= uint64_t(__ballot_sync(0xffffffffu, on)) << (32 * half);
     }
-    if (lane == 0) words[i] = static_cast<int64_t>(word);
   }
 }
 
-// One thread per unit (grid-stride): grad_x = grad_y where the unit's bit is 1, else
-// grad_y * slope (leaky) or 0.
-template <typename scalar_t, typename opmath_t, bool kLeaky>
-__global__ void mask_backward_kernel(const scalar_t* __restrict__ grad_y,
-                                     const int64_t* __restrict__ words,
-                                     scalar_t* __restrict__ grad_x, int64_t n, int64_t W,
-                                     int64_t total, opmath_t slope) {
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += stride) {
-    const int64_t b = e / n, j = e % n;
-    const bool on = (static_cast<uint64_t>(words[b * W + j / kWordBits]) >> (j % kWordBits)) & 1;
-    grad_x[e] = on ? grad_y[e]
-                   : scalar_t(masked_grad<opmath_t>(static_cast<opmath_t>(grad_y[e]), false,
-                                                    slope, kLeaky));
-  }
+// Units per chunk of unpack_bits_kernel: 16 per lane (one 16-byte store of bools).
+constexpr int64_t kUnpackChunk = 512;
+
+AH_HD inline bool unpack_vector_ok(int64_t n, const void* bits) {
+  return n % 16 == 0 && aligned16(bits);
 }
 
-// One thread per unit (grid-stride): bits[b, j] = bit j of words[b].
-__global__ void unpack_bits_kernel(const int64_t* __restrict__ words, bool* __restrict__ bits,
-                                   int64_t n, int64_t W, int64_t total) {
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += stride) {
-    const int64_t b = e / n, j = e % n;
-    bits[e] = (static_cast<uint64_t>(words[b * W + j / kWordBits]) >> (j % kWordBits)) & 1;
+// words [B, W] (as 4 W uint16 quarters per row) -> bits [B, n] (bool bytes, 0 or 1). A chunk
+// is 512 units (8 words). Vector path (n % 16 == 0, bits 16-byte aligned): lane l turns
+// quarter 32 c + l into 16 bytes (4 multiply-spreads of a nibble) and stores them at once, a
+// warp 512 contiguous bytes. Scalar path: byte stores of 32 consecutive units per
+// instruction. Bytes per unit: 1/8 read, 1 written.
+template <bool kVec>
+__global__ void unpack_bits_kernel(const uint16_t* __restrict__ quarters,
+                                   uint8_t* __restrict__ bits, int64_t B, int64_t n,
+                                   int64_t W) {
+  const ChunkLoop loop;
+  const int lane = loop.lane;
+  const int64_t chunks = (n + kUnpackChunk - 1) / kUnpackChunk;
+  for (int64_t b = blockIdx.y; b < B; b += gridDim.y) {
+    const uint16_t* qr = quarters + b * 4 * W;
+    uint8_t* br = bits + b * n;
+    for (int64_t c = loop.first; c < chunks; c += loop.step) {
+      if constexpr (kVec) {
+        const int64_t u = c * kUnpackChunk + 16 * lane;
+        if (u < n) {
+          const uint32_t q = qr[c * 32 + lane];
+          alignas(16) uint32_t out[4];
+AH_UNROLL
+          for (int k = 0; k < 4; ++k)
+            out[k] = (((q >> (4 * k)) & 0xFu) * 0x00204081u) & 0x01010101u;  // bit i -> byte i
+          store16(br + u, out);
+        }
+      } else {
+AH_UNROLL
+        for (int i = 0; i < 16; ++i) {
+          const int64_t u = c * kUnpackChunk + 32 * i + lane;
+          if (u < n) br[u] = uint8_t((qr[c * 32 + 2 * i + (lane >> 4)] >> (lane & 15)) & 1u);
+        }
+      }
+    }
   }
 }
 

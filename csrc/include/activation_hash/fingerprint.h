@@ -65,19 +65,25 @@ AH_HD inline void fingerprint_row(const int64_t* codes, int64_t W, const int64_t
   }
 }
 
+// Stream 0 alone (the sort key): one word into h, and the key of a full row of W words from h
+// with the low `index_bits` bits replaced by the row index (row < 2^index_bits).
+AH_HD inline uint64_t key_add(uint64_t h, uint64_t w) {
+  return rotl(h ^ (rotl(w * kM0, 31) * kN0), 27) * 5 + kD0;
+}
+AH_HD inline int64_t key_finish(uint64_t h, int64_t W, int64_t row, int index_bits) {
+  const uint64_t low = index_bits >= 64 ? ~uint64_t(0) : (uint64_t(1) << index_bits) - 1;
+  const uint64_t f = fmix(h ^ static_cast<uint64_t>(W));
+  return static_cast<int64_t>((f & ~low) | (static_cast<uint64_t>(row) & low));
+}
+
 // Sort key of row `row`: stream 0 of its fingerprint (all W words) with the low `index_bits`
 // bits replaced by the row index (row < 2^index_bits). One value sort of these keys groups
 // rows of equal fingerprint prefix and carries the permutation in the low bits.
 AH_HD inline int64_t key_of_row(const int64_t* codes, int64_t W, int64_t row, int index_bits) {
   const int64_t* x = codes + row * W;
   uint64_t h = kSeed0;
-  for (int64_t j = 0; j < W; ++j) {
-    const uint64_t k = rotl(static_cast<uint64_t>(x[j]) * kM0, 31) * kN0;
-    h = rotl(h ^ k, 27) * 5 + kD0;
-  }
-  const uint64_t low = index_bits >= 64 ? ~uint64_t(0) : (uint64_t(1) << index_bits) - 1;
-  const uint64_t f = fmix(h ^ static_cast<uint64_t>(W));
-  return static_cast<int64_t>((f & ~low) | (static_cast<uint64_t>(row) & low));
+  for (int64_t j = 0; j < W; ++j) h = key_add(h, static_cast<uint64_t>(x[j]));
+  return key_finish(h, W, row, index_bits);
 }
 
 }  // namespace activation_hash::fp
