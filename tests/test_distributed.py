@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 
 import activation_hash.distributed as ahd
 import activation_hash.distributed.collisions as ahd_collisions
+import activation_hash.distributed.collisions_keys as ahd_keys
 import activation_hash.distributed.extract as ahd_extract
 from activation_hash.codes import CodeBook
 from activation_hash.collisions import count_collisions
@@ -125,7 +126,7 @@ def _collisions_worker(rank, world, clash):
     res = {}
     if clash:  # "fast": the fingerprint_key path; "generic": 128-bit fingerprints throughout
         ahd_collisions.fingerprint128 = _fake_fp
-        ahd_collisions.fingerprint_key = _fake_key
+        ahd_keys.fingerprint_key = _fake_key
         if clash == "generic":
             ahd_collisions._fast_bits = lambda *a: None
     for name, (n, kw, sizes, with_labels, top) in COLLISION_CASES.items():

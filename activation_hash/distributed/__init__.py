@@ -9,12 +9,13 @@ sample ``i`` is row ``i - offset[r]`` of rank ``r``, ranks in order (rank 0's ro
 - :func:`count_collisions_distributed`: the report of
   :func:`~activation_hash.collisions.count_collisions` over the concatenated shards, exactly
   (largest groups in global indices, ties, mixed-class regions, occupancy, per-layer profile).
-  Each rank groups its own rows exactly, routes one record per local group (128-bit
-  fingerprint, smallest global index, count, label range: 48 bytes) to the rank that owns the
-  fingerprint's high bits (``all_to_all_single``), which merges them by fingerprint; the rows of
-  the candidate groups spanning ranks (one row per rank and group) are fetched and compared in
-  full, so a fingerprint clash costs time, never correctness. No rank holds all N rows or all
-  N fingerprints.
+  Each rank groups its own rows exactly and sends its sorted 64-bit keys (8 bytes per
+  sample) to the ranks that own their high bits (``all_to_all_single``); an owner finds the
+  keys that came from two ranks or more and only those local groups travel again (count,
+  smallest index, label range, one row), to be grouped exactly by full row, so a fingerprint
+  clash costs time, never correctness (distributed/collisions_keys.py; per-layer prefixes and
+  huge N take 128-bit records of 48 bytes per local group). No rank holds all N rows or all N
+  fingerprints.
 - :func:`hamming_topk_distributed`: each rank holds a shard of the base; local top-k merged
   into the global top-k, ties by global index (equal to :func:`~activation_hash.hamming.hamming_topk`
   over the whole base).

@@ -8,59 +8,38 @@ import torch
 
 from activation_hash.codes import CodeBook, as_codes, as_labels
 from activation_hash.collisions import CollisionReport
-from activation_hash.grouping import MAX_FALSE_PAIRS, group_sorted, sort_packed
+from activation_hash.grouping import MAX_FALSE_PAIRS, group_sorted
 from activation_hash.layout import Layout
-from activation_hash.ops import fingerprint128, fingerprint_key
+from activation_hash.ops import fingerprint128
 from activation_hash.validation import check_int
+from activation_hash.distributed.collisions_keys import keyed_counts, owner_of
 from activation_hash.distributed.comm import _I64_MAX, _REC, _Comm, _set_last
 
 # -------------------------------------------------------------------------- collisions
 
-def _owner(key: torch.Tensor, free_bits: int, world: int) -> torch.Tensor:
-    """The rank that owns a key (a signed value of ``free_bits`` significant bits): its top
-    16 bits, scaled to [0, world); non-decreasing in the key, so that keys sorted on a rank
-    are already grouped by owner."""
-    top = ((key >> (free_bits - 16)) + 32768) & 0xFFFF
-    return (top * world) >> 16
-
-
 class _LocalGroups:
     """Exact grouping of this rank's rows, and one record per group: ``(key0, key1, smallest
-    global index, count, label min, label max)``.
-
-    Fast path (``b`` given: full rows, every rank with the same ``b``): the ``fingerprint_key``
-    sort of :func:`~activation_hash.collisions.count_collisions`; the key is the sorted high
-    ``64 - b`` bits of the row's 64-bit fingerprint (equal rows have equal keys on every
-    rank) and ``key1`` is 0. Otherwise ``fp`` (a 128-bit fingerprint ``[n, 2]``) is the key.
-    """
+    global index, count, label min, label max)``, keyed by ``fp`` (a 128-bit fingerprint
+    ``[n, 2]``): the generic path (per-layer prefixes, or index bits too many for the fast
+    path of collisions_keys.py)."""
 
     def __init__(self, rows: torch.Tensor, offset: int, labels: torch.Tensor | None, *,
-                 b: int | None = None, fp: torch.Tensor | None = None):
+                 fp: torch.Tensor):
         n = rows.shape[0]
         dev = rows.device
         verify = rows if rows.shape[1] else None
-        if b is not None:
-            sk, perm = sort_packed(fingerprint_key(rows, b), b)
-            g = group_sorted(None, verify, (sk, perm))
-        else:
-            sk = None
-            g = group_sorted(fp[:, 0].contiguous(), verify)
+        g = group_sorted(fp[:, 0].contiguous(), verify)
         self.g, self.offset = g, offset
         starts = g.new.nonzero().squeeze(1)
         U = starts.shape[0]
         first = g.perm[starts]
         count = torch.diff(starts, append=torch.tensor([n], device=dev))
         rec = torch.empty(U, _REC, dtype=torch.int64, device=dev)
-        if sk is not None:
-            rec[:, 0] = sk[starts]
-            rec[:, 1] = 0
-            rec[:, 2] = first + offset  # members of a group are in index order: first = min
-        else:
-            rec[:, 0:2] = fp[first]
-            gid_sorted = torch.cumsum(g.new, 0) - 1
-            rep = torch.full((U,), _I64_MAX, dtype=torch.int64, device=dev)
-            rep.scatter_reduce_(0, gid_sorted, g.perm + offset, reduce="amin")
-            rec[:, 2] = rep
+        rec[:, 0:2] = fp[first]
+        gid_sorted = torch.cumsum(g.new, 0) - 1
+        rep = torch.full((U,), _I64_MAX, dtype=torch.int64, device=dev)
+        rep.scatter_reduce_(0, gid_sorted, g.perm + offset, reduce="amin")
+        rec[:, 2] = rep
         rec[:, 3] = count
         if labels is not None and U:
             labels = labels.to(dev)
@@ -114,8 +93,8 @@ class _Merged:
         return self.run_reps[self.run_group == gi].cpu().numpy()
 
 
-def _merge_level(comm: _Comm, local: _LocalGroups, rows: torch.Tensor, offsets: torch.Tensor,
-                 free_bits: int) -> _Merged:
+def _merge_level(comm: _Comm, local: _LocalGroups, rows: torch.Tensor,
+                 offsets: torch.Tensor) -> _Merged:
     """Route the local group records to their owners; merge them exactly there: records of
     equal keys (another rank's group of the same code, or a clash) get their rows fetched
     (one per record) and compared in full."""
@@ -123,7 +102,7 @@ def _merge_level(comm: _Comm, local: _LocalGroups, rows: torch.Tensor, offsets: 
     dev = rec.device
     world = comm.world
     if world > 1:
-        dest = _owner(rec[:, 0], free_bits, world)
+        dest = owner_of(rec[:, 0], 64, world)
         if dest.numel() > 1 and not bool((dest[1:] >= dest[:-1]).all()):
             order = torch.sort(dest, stable=True).indices
             rec, dest = rec[order], dest[order]
@@ -138,8 +117,7 @@ def _merge_level(comm: _Comm, local: _LocalGroups, rows: torch.Tensor, offsets: 
         got = got[order]
         k0 = got[:, 0].contiguous()
     eq = k0[1:] == k0[:-1]
-    if free_bits == 64:  # the generic path: 128-bit keys
-        eq &= got[1:, 1] == got[:-1, 1]
+    eq &= got[1:, 1] == got[:-1, 1]  # 128-bit keys
     in_run = torch.zeros(R, dtype=torch.bool, device=dev)
     in_run[1:] |= eq
     in_run[:-1] |= eq
@@ -242,24 +220,68 @@ def count_collisions_distributed(codes_or_codebook, labels=None, *, per_layer: b
         fps = fingerprint128(codes, ends + [W])
         for li, e in enumerate(ends):
             local = _LocalGroups(codes[:, :e], offset, None, fp=fps[:, li])
-            merged = _merge_level(comm, local, codes[:, :e], offsets, 64)
+            merged = _merge_level(comm, local, codes[:, :e], offsets)
             U_l = int(comm.all_reduce_sum(torch.tensor([merged.n_groups]))[0])
             profile.append((layout.names[li], (N - U_l) / N if N else 0.0))
     b = _fast_bits(sizes, N) if W else None
     lab = labels if with_labels else None
-    if b is not None:
-        local = _LocalGroups(codes, offset, lab, b=b)
-        free = 64 - b
+    if b is not None:  # full rows: 8 bytes per local group on the wire (collisions_keys.py)
+        kc, share = keyed_counts(comm, codes, offset, lab, b, top)
+        rep = _reduce_keyed(comm, kc, share, N, top, with_labels)
     else:
         fp = fps[:, -1] if ends else fingerprint128(codes)
         local = _LocalGroups(codes, offset, lab, fp=fp)
-        free = 64
-    merged = _merge_level(comm, local, codes, offsets, free)
-    rep = _reduce_report(comm, local, merged, N, top, with_labels)
+        merged = _merge_level(comm, local, codes, offsets)
+        rep = _reduce_report(comm, local, merged, N, top, with_labels)
     if per_layer:
         rep.per_layer = profile
     _set_last(comm.stats)
     return rep
+
+
+def _reduce_keyed(comm: _Comm, kc, share: dict, N: int, top: int,
+                  with_labels: bool) -> CollisionReport:
+    """The report from every rank's share of :func:`keyed_counts`."""
+    occ = {k: v for k, v in enumerate(torch.bincount(share["sizes"]).cpu().tolist()) if v} \
+        if share["sizes"].numel() else {}
+    if share["n_alone"]:
+        occ[1] = share["n_alone"]
+    parts = comm.all_gather_object((share["n_groups"], occ, *share["mixed"], share["cands"]))
+    return _report_of(comm, parts, N, top, with_labels, kc.members)
+
+
+def _report_of(comm: _Comm, parts: list, N: int, top: int, with_labels: bool,
+               members) -> CollisionReport:
+    """The report from every rank's ``(n_groups, occupancy, mixed regions, mixed samples,
+    candidates)``; ``members(reps)`` gives the members this rank holds of the local groups
+    ``reps`` of the chosen largest groups."""
+    U = sum(p[0] for p in parts)
+    total_occ: dict[int, int] = {}
+    for p in parts:
+        for k, v in p[1].items():
+            total_occ[k] = total_occ.get(k, 0) + v
+    all_c = [c for p in parts for c in p[4]]
+    all_c.sort(key=lambda c: (-c[0], c[1]))
+    chosen = all_c[:top]
+    mine = members([r for c in chosen for r in c[2]]) if chosen else {}
+    gathered = comm.all_gather_object(mine) if chosen else []
+    largest = []
+    for c in chosen:
+        got = [g[r] for g in gathered for r in _rep_ids(c[2]) if r in g]
+        largest.append(torch.from_numpy(np.sort(np.concatenate(got))))
+    alone = total_occ.get(1, 0)
+    return CollisionReport(
+        n=N, n_distinct=U, redundancy=(N - U) / N if N else 0.0,
+        unique_fraction=alone / N if N else 0.0, occupancy=dict(sorted(total_occ.items())),
+        n_shared_regions=U - alone, largest_groups=largest,
+        mixed_regions=sum(p[2] for p in parts) if with_labels else None,
+        mixed_samples=sum(p[3] for p in parts) if with_labels else None, exact=True)
+
+
+def _rep_ids(reps) -> list[int]:
+    """Smallest global indices of a candidate's local groups (``(rep, key)`` pairs or
+    plain indices)."""
+    return [r[0] if isinstance(r, tuple) else int(r) for r in reps]
 
 
 def _reduce_report(comm: _Comm, local: _LocalGroups, m: _Merged, N: int, top: int,
@@ -284,25 +306,5 @@ def _reduce_report(comm: _Comm, local: _LocalGroups, m: _Merged, N: int, top: in
             for gi in shared[o].tolist():
                 cands.append((int(size[gi]), int(m.low[gi]), m.reps(gi)))
     parts = comm.all_gather_object((m.n_groups, occupancy, mixed_r, mixed_s, cands))
-    U = sum(p[0] for p in parts)
-    total_occ: dict[int, int] = {}
-    for p in parts:
-        for k, v in p[1].items():
-            total_occ[k] = total_occ.get(k, 0) + v
-    all_c = [c for p in parts for c in p[4]]
-    all_c.sort(key=lambda c: (-c[0], c[1]))
-    chosen = all_c[:top]
-    need = np.concatenate([c[2] for c in chosen]) if chosen else np.zeros(0, np.int64)
-    mine = local.members(need)
-    gathered = comm.all_gather_object(mine) if chosen else []
-    largest = []
-    for c in chosen:
-        members = [g[r] for g in gathered for r in c[2].tolist() if r in g]
-        largest.append(torch.from_numpy(np.sort(np.concatenate(members))))
-    alone = total_occ.get(1, 0)
-    return CollisionReport(
-        n=N, n_distinct=U, redundancy=(N - U) / N if N else 0.0,
-        unique_fraction=alone / N if N else 0.0, occupancy=dict(sorted(total_occ.items())),
-        n_shared_regions=U - alone, largest_groups=largest,
-        mixed_regions=sum(p[2] for p in parts) if with_labels else None,
-        mixed_samples=sum(p[3] for p in parts) if with_labels else None, exact=True)
+    return _report_of(comm, parts, N, top, with_labels,
+                      lambda reps: local.members(np.asarray(reps, dtype=np.int64)))
