@@ -1,7 +1,6 @@
 // Launches of the Hamming kernels (hamming_distance.cuh, hamming_topk.cuh) and their
 // registration for the CUDA key. The kernels' comments give their designs and bounds.
 #include <ATen/core/Tensor.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/sort.h>
 #include <c10/cuda/CUDAException.h>
@@ -80,9 +79,13 @@ template <int kW>
 bool launch_topk(const at::Tensor& qc, const at::Tensor& bc, int64_t k, at::Tensor& dist,
                  at::Tensor& idx) {
   const int64_t Q = qc.size(0), M = bc.size(0), W = qc.size(1);
-  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
+  int device = 0, sms = 0, smem_optin = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  C10_CUDA_CHECK(
+      cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   const int64_t smem = topk_shared_bytes(k, topk_chunk(kW, W));
-  if (smem > int64_t(prop->sharedMemPerBlockOptin)) return false;
+  if (smem > smem_optin) return false;
   auto* kernel = &hamming_topk_tile_kernel<kW>;
   if (smem > 48 * 1024)
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -90,7 +93,7 @@ bool launch_topk(const at::Tensor& qc, const at::Tensor& bc, int64_t k, at::Tens
   // Base slices: enough (query tile, slice) items for ~8 blocks per SM when the queries are
   // few, each slice at least 8 tiles of 128 rows; merged by hamming_topk_merge_kernel.
   const int64_t qtiles = (Q + kTopkQueries - 1) / kTopkQueries;
-  const int64_t want = int64_t(8) * prop->multiProcessorCount;
+  const int64_t want = int64_t(8) * sms;
   const int64_t max_slices = std::max<int64_t>(1, M / (8 * kTopkRows));
   int64_t slices = std::min<int64_t>({(want + qtiles - 1) / qtiles, max_slices, 256});
   slices = std::max<int64_t>(slices, 1);

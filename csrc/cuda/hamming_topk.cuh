@@ -70,7 +70,7 @@ AH_HD inline int count_below_sorted(const uint64_t* v, int n, uint64_t key) {
 // place is its rank in the union (keys are distinct): a list key moves down by the buffer keys
 // below it, a buffer key lands after the list keys (binary search) and buffer keys below it.
 // Lanes take keys lane + 32 m; all reads happen before the first write (__syncwarp).
-__device__ inline int warp_merge(uint64_t* list, int n, const uint64_t* buf, int c, int k,
+__device__ __noinline__ int warp_merge(uint64_t* list, int n, const uint64_t* buf, int c, int k,
                                  int lane) {
   constexpr int kL = kTopkMaxK / 32, kB = kTopkRows / 32, kNone = 0x7fffffff;
   uint64_t key[kL + kB];
@@ -149,6 +149,7 @@ __global__ void __launch_bounds__(kTopkThreads)
     const int64_t q0 = (item / slices) * kTopkQueries, s = item % slices;
     const int64_t begin = s * slice_rows;
     const int64_t end = M - begin < slice_rows ? M : begin + slice_rows;
+    const bool active = q0 + 4 * warp < Q;
     int n_list[4], limit[4];
     AH_UNROLL
     for (int i = 0; i < 4; ++i) {
@@ -171,6 +172,7 @@ __global__ void __launch_bounds__(kTopkThreads)
           sq[w * kTopkQueries + r] = q < Q ? queries[q * W + w0 + w] : 0;
         }
         __syncthreads();
+        if (!active) continue;  // this warp's 4 queries are past Q (Q % 32 != 0, small Q)
         AH_UNROLL_4
         for (int w = 0; w < kc; ++w) {
           uint64_t qv[4], bv[4];
