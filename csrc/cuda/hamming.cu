@@ -90,20 +90,13 @@ bool launch_topk(const at::Tensor& qc, const at::Tensor& bc, int64_t k, at::Tens
   if (smem > 48 * 1024)
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         int(smem)));
-  // Base slices: enough (query tile, slice) items for ~8 blocks per SM when the queries are
-  // few, each slice at least 8 tiles of 128 rows; merged by hamming_topk_merge_kernel.
-  const int64_t qtiles = (Q + kTopkQueries - 1) / kTopkQueries;
-  const int64_t want = int64_t(8) * sms;
-  const int64_t max_slices = std::max<int64_t>(1, M / (8 * kTopkRows));
-  int64_t slices = std::min<int64_t>({(want + qtiles - 1) / qtiles, max_slices, 256});
-  slices = std::max<int64_t>(slices, 1);
-  const int64_t slice_rows = topk_slice_rows(M, slices);
-  slices = (M + slice_rows - 1) / slice_rows;
+  const TopkPlan plan = topk_plan(Q, M, sms, /*min_tiles=*/8);
+  const int64_t slices = plan.slices, qtiles = (Q + kTopkQueries - 1) / kTopkQueries;
   const auto stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor partial;
   if (slices > 1) partial = at::empty({Q * slices * k}, qc.options().dtype(at::kLong));
   kernel<<<capped_grid(qtiles * slices), kTopkThreads, size_t(smem), stream>>>(
-      words_of(qc), words_of(bc), Q, M, W, k, slices, slice_rows,
+      words_of(qc), words_of(bc), Q, M, W, k, slices, plan.slice_rows,
       dist.mutable_data_ptr<int32_t>(), idx.mutable_data_ptr<int64_t>(),
       slices > 1 ? reinterpret_cast<uint64_t*>(partial.mutable_data_ptr<int64_t>()) : nullptr);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

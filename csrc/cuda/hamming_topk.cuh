@@ -39,12 +39,21 @@ AH_HD inline int64_t topk_shared_bytes(int64_t k, int chunk) {
               kTopkQueries * (topk_list_cap(k) + kTopkRows));
 }
 
-// Rows per slice when M base rows are cut into about `slices` slices: a multiple of kTopkRows
-// (the slices are then ceil(M / slice_rows), all but the last full).
-AH_HD inline int64_t topk_slice_rows(int64_t M, int64_t slices) {
-  const int64_t per = (M + slices - 1) / slices;
-  const int64_t rows = (per + kTopkRows - 1) / kTopkRows * kTopkRows;
-  return rows < kTopkRows ? kTopkRows : rows;
+// How hamming.cu cuts the base: `slices` slices of `slice_rows` rows (a multiple of kTopkRows; all
+// but the last full). Enough (query tile, slice) items for ~8 blocks per SM when the queries are
+// few (sms: the device's SM count), each slice at least min_tiles tiles (hamming.cu: 8), at most
+// 256 slices; M >= 1.
+struct TopkPlan {
+  int64_t slices, slice_rows;
+};
+AH_HD inline TopkPlan topk_plan(int64_t Q, int64_t M, int64_t sms, int64_t min_tiles) {
+  const int64_t qtiles = (Q + kTopkQueries - 1) / kTopkQueries;
+  const int64_t want = (8 * sms + qtiles - 1) / qtiles, most = M / (min_tiles * kTopkRows);
+  int64_t slices = want < most ? want : most;
+  slices = slices > 256 ? 256 : slices < 1 ? 1 : slices;
+  int64_t rows = (M + slices - 1) / slices;
+  rows = (rows + kTopkRows - 1) / kTopkRows * kTopkRows;
+  return {(M + rows - 1) / rows, rows};
 }
 
 // Keys of v[0 .. n) below key: any order (a linear count), sorted (a binary search).
@@ -104,6 +113,42 @@ __device__ __noinline__ int warp_merge(uint64_t* list, int n, const uint64_t* bu
   return n + c < k ? n + c : k;
 }
 
+// acc[i][j] += distance over words [0, kc) of the staged tiles between query 4 warp + i
+// (sq[w][q]: broadcast loads) and base row lane + 32 j (sb[w][r]: 32 consecutive words per load).
+__device__ __forceinline__ void tile_popcounts(const uint64_t* sq, const uint64_t* sb, int kc,
+                                               int warp, int lane, int (&acc)[4][4]) {
+  AH_UNROLL_4
+  for (int w = 0; w < kc; ++w) {
+    uint64_t qv[4], bv[4];
+    AH_UNROLL
+    for (int i = 0; i < 4; ++i) qv[i] = sq[w * kTopkQueries + 4 * warp + i];
+    AH_UNROLL
+    for (int j = 0; j < 4; ++j) bv[j] = sb[w * kTopkRows + lane + 32 * j];
+    AH_UNROLL
+    for (int i = 0; i < 4; ++i)
+      AH_UNROLL
+      for (int j = 0; j < 4; ++j) acc[i][j] += __popcll(qv[i] ^ bv[j]);
+  }
+}
+
+// Words of a base tile per thread, fixed widths: element e = t + kTopkThreads m of the tile in
+// sb order (word e / 128 of row r0 + e % 128; lanes = consecutive rows).
+template <int kW>
+struct TopkPre {
+  static constexpr int kWords = kW > 0 ? (kTopkRows * kW + kTopkThreads - 1) / kTopkThreads : 1;
+};
+template <int kW>
+__device__ __forceinline__ void load_tile(const uint64_t* base, int64_t W, int64_t r0,
+                                          int64_t end, int t,
+                                          uint64_t (&pre)[TopkPre<kW>::kWords]) {
+  AH_UNROLL
+  for (int m = 0; m < TopkPre<kW>::kWords; ++m) {
+    const int e = t + kTopkThreads * m;
+    const int64_t row = r0 + e % kTopkRows;
+    pre[m] = e < kTopkRows * kW && row < end ? base[row * W + e / kTopkRows] : 0;
+  }
+}
+
 // Top-k of queries [Q, W] among base rows [M, W] (M < 2^31, 1 <= k <= kTopkMaxK; k <= 0 does
 // nothing). kW > 0: W == kW (instances 1, 2, 4, 8, 16); kW == 0: any W, 16 words at a time.
 // blockDim.x == kTopkThreads, dynamic shared memory topk_shared_bytes(k, topk_chunk(kW, W)), any
@@ -118,7 +163,11 @@ __device__ __noinline__ int warp_merge(uint64_t* list, int n, const uint64_t* bu
 // loads walk its row's contiguous words, each sector fetched once, the rest from L1). Warp w owns
 // queries 4 w .. 4 w + 3, lane l base rows l + 32 j (j < 4): a 4 x 4 register tile, per word 4
 // broadcast loads of sq and 4 loads of 32 consecutive words of sb (conflict-free), 16
-// xor-popcounts: popcount-bound, as the distance tile.
+// xor-popcounts: popcount-bound, as the distance tile. Fixed widths keep the block's queries in
+// shared memory for the whole item and load the next base tile into registers (load_tile) while
+// the current one is computed, so each tile costs two barriers and no exposed load latency; the
+// run-time-W instance stages both, 16 words at a time. __launch_bounds__(256, 2): 128 registers,
+// two blocks (16 warps of 16 independent popcount chains) per SM.
 // Selection, per query, by the warp that owns it (no block barrier, no atomics): the list holds
 // the best keys seen so far (sorted, in shared memory), and `limit` its k-th distance (or
 // INT_MAX while not full). Rows of the tile with distance < limit are appended to the query's
@@ -127,7 +176,7 @@ __device__ __noinline__ int warp_merge(uint64_t* list, int n, const uint64_t* bu
 // than those of all listed keys. The buffer holds one tile (128 keys), so it never overflows; a
 // merge runs only for tiles with candidates (on random codes, a few dozen over a whole base).
 template <int kW>
-__global__ void __launch_bounds__(kTopkThreads)
+__global__ void __launch_bounds__(kTopkThreads, 2)
     hamming_topk_tile_kernel(const uint64_t* __restrict__ queries,
                              const uint64_t* __restrict__ base, int64_t Q, int64_t M, int64_t W,
                              int64_t k, int64_t slices, int64_t slice_rows,
@@ -135,6 +184,7 @@ __global__ void __launch_bounds__(kTopkThreads)
                              uint64_t* __restrict__ partial) {
   if (k <= 0) return;
   AH_DYNAMIC_SHARED(uint64_t, smem);
+  constexpr int kPre = TopkPre<kW>::kWords;
   const int chunk = topk_chunk(kW, W);
   const int kcap = int(topk_list_cap(k));
   uint64_t* sb = smem;                             // [chunk][kTopkRows]
@@ -156,35 +206,39 @@ __global__ void __launch_bounds__(kTopkThreads)
       n_list[i] = 0;
       limit[i] = 0x7fffffff;
     }
+    uint64_t pre[kPre];  // kW > 0: this thread's words of the next base tile
+    if (kW > 0) {
+      __syncthreads();  // the previous item is done with sq
+      for (int e = t; e < kTopkQueries * kW; e += kTopkThreads) {
+        const int64_t q = q0 + e % kTopkQueries;
+        sq[e] = q < Q ? queries[q * W + e / kTopkQueries] : 0;
+      }
+      load_tile<kW>(base, W, begin, end, t, pre);
+    }
     for (int64_t r0 = begin; r0 < end; r0 += kTopkRows) {
       int acc[4][4] = {};
-      for (int64_t w0 = 0; w0 < W; w0 += chunk) {
-        const int kc = kW > 0 ? kW : int(W - w0 < chunk ? W - w0 : chunk);
+      if (kW > 0) {  // one chunk: the queries stay, the next tile's loads fly during this one
+        __syncthreads();  // the previous tile is done with sb
+        AH_UNROLL
+        for (int m = 0; m < kPre; ++m)
+          if (t + kTopkThreads * m < kTopkRows * kW) sb[t + kTopkThreads * m] = pre[m];
+        __syncthreads();
+        if (r0 + kTopkRows < end) load_tile<kW>(base, W, r0 + kTopkRows, end, t, pre);
+        if (active) tile_popcounts(sq, sb, kW, warp, lane, acc);
+      }
+      for (int64_t w0 = 0; kW == 0 && w0 < W; w0 += chunk) {
+        const int kc = int(W - w0 < chunk ? W - w0 : chunk);
         __syncthreads();  // the previous chunk is done with sb and sq
         for (int e = t; e < kTopkRows * kc; e += kTopkThreads) {
-          const int r = e % kTopkRows, w = e / kTopkRows;
-          const int64_t row = r0 + r;
-          sb[w * kTopkRows + r] = row < end ? base[row * W + w0 + w] : 0;
+          const int64_t row = r0 + e % kTopkRows;
+          sb[e] = row < end ? base[row * W + w0 + e / kTopkRows] : 0;
         }
         for (int e = t; e < kTopkQueries * kc; e += kTopkThreads) {
-          const int r = e % kTopkQueries, w = e / kTopkQueries;
-          const int64_t q = q0 + r;
-          sq[w * kTopkQueries + r] = q < Q ? queries[q * W + w0 + w] : 0;
+          const int64_t q = q0 + e % kTopkQueries;
+          sq[e] = q < Q ? queries[q * W + w0 + e / kTopkQueries] : 0;
         }
         __syncthreads();
-        if (!active) continue;  // this warp's 4 queries are past Q (Q % 32 != 0, small Q)
-        AH_UNROLL_4
-        for (int w = 0; w < kc; ++w) {
-          uint64_t qv[4], bv[4];
-          AH_UNROLL
-          for (int i = 0; i < 4; ++i) qv[i] = sq[w * kTopkQueries + 4 * warp + i];
-          AH_UNROLL
-          for (int j = 0; j < 4; ++j) bv[j] = sb[w * kTopkRows + lane + 32 * j];
-          AH_UNROLL
-          for (int i = 0; i < 4; ++i)
-            AH_UNROLL
-            for (int j = 0; j < 4; ++j) acc[i][j] += __popcll(qv[i] ^ bv[j]);
-        }
+        if (active) tile_popcounts(sq, sb, kc, warp, lane, acc);
       }
       AH_UNROLL
       for (int i = 0; i < 4; ++i) {

@@ -26,7 +26,7 @@ using activation_hash::cuda::kTopkThreads;
 using activation_hash::cuda::topk_chunk;
 using activation_hash::cuda::topk_key;
 using activation_hash::cuda::topk_shared_bytes;
-using activation_hash::cuda::topk_slice_rows;
+using activation_hash::cuda::topk_plan;
 using emu_test::Buf;
 using emu_test::Rng;
 namespace ref = hamming_ref;
@@ -65,11 +65,17 @@ void merge(const Buf<uint64_t>& partial, int64_t Q, int64_t slices, int64_t k, u
 }
 
 // ------------------------------------------------------------------ hamming_topk_tile_kernel
+int64_t g_split_cases = 0;  // cases with several slices (the test checks there are some)
+
+// The base is cut by topk_plan, as in hamming.cu, with sms SMs (0: one slice) and slices of at
+// least min_tiles tiles (hamming.cu: 8; here mostly 1, so that small bases have several).
 template <int kW>
-void topk_case(Rng& rng, int64_t Q, int64_t M, int64_t W, int64_t k, int64_t want_slices,
-               unsigned grid, ref::Fill fill) {
-  const int64_t slice_rows = topk_slice_rows(M, want_slices);
-  const int64_t slices = M > 0 ? (M + slice_rows - 1) / slice_rows : 1;
+void topk_case(Rng& rng, int64_t Q, int64_t M, int64_t W, int64_t k, int64_t sms,
+               unsigned grid, ref::Fill fill, int64_t min_tiles = 1) {
+  const activation_hash::cuda::TopkPlan plan =
+      topk_plan(Q, std::max<int64_t>(M, 1), sms, min_tiles);
+  const int64_t slice_rows = plan.slice_rows, slices = plan.slices;
+  g_split_cases += slices > 1;
   const int64_t items = (Q + kTopkQueries - 1) / kTopkQueries * slices;
   if (grid == 0) grid = unsigned(std::max<int64_t>(items, 1));
   emu_test::set_case("hamming_topk_tile<%d> Q=%" PRId64 " M=%" PRId64 " W=%" PRId64
@@ -125,19 +131,18 @@ void topk_instance(Rng& rng, std::initializer_list<int64_t> widths) {
       std::sort(ks.begin(), ks.end());
       ks.erase(std::unique(ks.begin(), ks.end()), ks.end());
       for (int64_t k : ks)
-        for (int64_t slices : {1, 3}) {
-          if (slices > 1 && s.M <= 128) continue;  // one tile: one slice
-          if (slices > 1 && k == 0) continue;
+        for (int64_t sms : {0, 1}) {
+          if (sms > 0 && (s.M <= 128 || k == 0)) continue;  // one tile: one slice
           const ref::Fill fills[] = {ref::kRandom, ref::kTies, ref::kEqual, ref::kFar};
           const unsigned grids[] = {0, 1, 2};
-          topk_case<kW>(rng, s.Q, s.M, W, k, slices, grids[n % 3], fills[n % 4]);
+          topk_case<kW>(rng, s.Q, s.M, W, k, sms, grids[n % 3], fills[n % 4]);
           ++n;
         }
     }
   // Every row a new best (full buffers and lists at each tile), in one slice and in three.
   for (int64_t W : widths)
     if (W >= 2 && W <= 16)
-      for (int64_t slices : {1, 3}) topk_case<kW>(rng, 2, 700, W, kTopkMaxK, slices, 0, ref::kDescending);
+      for (int64_t sms : {0, 1}) topk_case<kW>(rng, 2, 700, W, kTopkMaxK, sms, 0, ref::kDescending);
 }
 
 void test_hamming_topk_tile_kernel() {
@@ -145,9 +150,14 @@ void test_hamming_topk_tile_kernel() {
   topk_instance<1>(rng, {1});
   topk_instance<2>(rng, {2});
   topk_instance<4>(rng, {4});
+  // The production plan (132 SMs, slices of 8 tiles or more): 3000 rows in 2 slices.
+  const int64_t before = g_split_cases;
+  topk_case<4>(rng, 3, 3000, 4, 10, 132, 0, ref::kTies, 8);
+  CHECK(g_split_cases == before + 1, "the production plan keeps 3000 rows in one slice");
   topk_instance<8>(rng, {8});
   topk_instance<16>(rng, {16});
   topk_instance<0>(rng, {0, 3, 17, 33});  // no instance; 33: chunks of 16, 16 and 1
+  CHECK(g_split_cases >= 50, "only %" PRId64 " cases with several slices", g_split_cases);
 }
 
 // ------------------------------------------------------------------ hamming_topk_merge_kernel
