@@ -15,9 +15,12 @@ file(GLOB sources ${CUDA_DIR}/*.cuh ${CUDA_DIR}/*.cu)
 foreach(f ${sources})
   file(READ ${f} text)
   string(REGEX REPLACE "//[^\n]*" "" text "${text}")  # line comments
-  string(REGEX MATCHALL "__global__${ws}+(__launch_bounds__${ws}*\\([^)]*\\)${ws}+)?void${ws}+[A-Za-z_][A-Za-z0-9_]*" found "${text}")
+  # __launch_bounds__(...) may stand before or after `void` (nvcc takes both).
+  set(lb "__launch_bounds__${ws}*\\([^)]*\\)${ws}*")
+  string(REGEX MATCHALL "__global__${ws}+(${lb})?void${ws}+(${lb})?[A-Za-z_][A-Za-z0-9_]*" found "${text}")
   foreach(m ${found})
     string(REGEX REPLACE ".*void${ws}+" "" name "${m}")
+    string(REGEX REPLACE "^${lb}" "" name "${name}")
     if(f MATCHES "\\.cu$")
       message(SEND_ERROR "${f} defines kernel ${name}: kernels belong in a .cuh (see tests/emu)")
     endif()

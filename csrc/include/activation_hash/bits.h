@@ -19,6 +19,16 @@
   T* name = reinterpret_cast<T*>(ah_dynamic_shared_)
 #endif
 
+// Unrolling hints of the CUDA kernels: nvcc's #pragma unroll, nothing for other compilers (the
+// emulation tests compile the kernels with g++, which would warn about an unknown pragma).
+#if defined(__CUDACC__) && !defined(AH_CUDA_EMULATION)
+#define AH_UNROLL _Pragma("unroll")
+#define AH_UNROLL_4 _Pragma("unroll 4")
+#else
+#define AH_UNROLL
+#define AH_UNROLL_4
+#endif
+
 namespace activation_hash {
 
 constexpr int64_t kWordBits = 64;
