@@ -239,8 +239,9 @@ def hamming_topk(queries: torch.Tensor, base: torch.Tensor,
     ValueError) -> (dist int32 ``[Q, k]``, idx int64 ``[Q, k]``), ascending by distance; equal
     distances are ordered by base index, so the result equals a stable full sort.
     CPU: per-query heaps over L1-sized base tiles (AVX-512 VPOPCNTDQ / POPCNT / portable).
-    CUDA: one block per query, a distance histogram then a warp-parallel ordered placement
-    pass (any k); codes wider than 128 words fall back to chunked distances + a stable sort.
+    CUDA: one pass over the base for 32 queries per block (sorted per-query lists, k <= 128),
+    the base split into slices when the queries are few; larger k falls back to chunked
+    distances + a stable sort.
     """
     _tensor(queries, "queries", "hamming_topk", "int64 [Q, W]")
     _tensor(base, "base", "hamming_topk", "int64 [M, W]")

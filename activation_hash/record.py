@@ -6,18 +6,19 @@ torch's ``nn.ReLU``/``nn.LeakyReLU``/``nn.PReLU``) or a functional call (``torch
 ``forward``. Each site contributes the packed signs of its pre-activation (bit 1 where > 0).
 
 What recording costs (about one forward pass): our :class:`~activation_hash.nn.ReLU` /
-:class:`~activation_hash.nn.LeakyReLU` hand over the words their fused kernel computes anyway.
-Once a first recorder has seen a model whose every site is one of our modules, called once
-per forward in a fixed order (a converted MLP, CNN or ResNet), later recorders of it touch
-nothing: the modules mark the batches themselves (*direct mode*; a batch is complete when its
-last site ran, and a forward pass that calls the sites in another order, or only some of
-them, raises ValueError; ``functional=True`` records such models batch by batch). Otherwise
-the model's and torch's activation modules' ``forward`` are *tapped* (an instance attribute
-that dispatches to this thread's recorders; no hooks, so torch's fast call path stays), the
-latter costing one ``pack_signs`` pass; functional calls need a ``TorchFunctionMode`` (it sees
-every op) and the stack of the modules that make them. Whether a model makes functional calls
-is found once per model, on its first recorded batch (hooks on every module and the mode),
-or declared with ``functional=True/False``.
+:class:`~activation_hash.nn.LeakyReLU` hand over the words their fused kernel computes anyway;
+torch's ``nn.ReLU``/``nn.LeakyReLU``/``nn.PReLU`` hand over their inputs (one ``pack_signs``
+pass each) through their class's ``forward``, replaced while a recorder is active. Once a
+first recorder has seen a model whose every site is an activation module, called once per
+forward in a fixed order (a plain or converted MLP, CNN or ResNet), later recorders of it
+touch nothing else: the modules mark the batches themselves (*direct mode*; a batch is
+complete when its last site ran, and a forward pass that calls the sites in another order, or
+only some of them, raises ValueError; ``functional=True`` records such models batch by
+batch). Otherwise the model's ``forward`` is *tapped* (an instance attribute that marks the
+batches for this thread's recorders; no hooks, so torch's fast call path stays); functional
+calls need a ``TorchFunctionMode`` (it sees every op) and the stack of the modules that make
+them. Whether a model makes functional calls is found once per model, on its first recorded
+batch (hooks on every module and the mode), or declared with ``functional=True/False``.
 
 Threads: a recorder belongs to the thread that entered it; other threads running the same
 model are not recorded by it (each thread may use its own recorder at the same time).
@@ -45,7 +46,7 @@ from activation_hash.layout import Layout
 from activation_hash.nn import ACTIVE_RECORDERS
 from activation_hash.ops import pack_signs
 from activation_hash.taps import (FunctionalActivations, ModelFacts, model_facts, op_of,
-                                  tap, untap)
+                                  patch_activations, tap, unpatch_activations, untap)
 from activation_hash.validation import check_bool
 
 __all__ = ["record", "Recorder", "Site", "find_sites"]
@@ -97,6 +98,7 @@ class Recorder:
     _taps: tuple | list = ()
     _handles: tuple | list = ()
     _stack: list | tuple = ()             # modules whose forward is running (functional)
+    _patched: tuple = ()                  # torch's activation classes handing inputs to us
 
     def __init__(self, model: nn.Module, layers: Iterable[int | str] | None = None,
                  keep: bool = True,
@@ -166,8 +168,13 @@ class Recorder:
             f"block is recorded batch by batch with record(model, functional=True)")
 
     def _add_module_input(self, module: nn.Module, x: torch.Tensor) -> None:
-        """A torch activation module's input (its pre-activation)."""
-        if self._depth:
+        """A torch activation module's input (its pre-activation), from any model this thread
+        runs: only this model's count."""
+        if self._direct:
+            if module is not self._direct[self._pos]:
+                return self._direct_miss(module)
+            return self._add_words(module, x, pack_signs(x))  # int words: no autograd
+        if self._depth and id(module) in self._facts.modules:
             self._keys.append(((module, None), x.shape[1:]))
             self._words.append(pack_signs(x.detach()))
 
@@ -355,15 +362,16 @@ class Recorder:
             raise TypeError("record() cannot see the replicas nn.DataParallel runs in its worker "
                             "threads: record model.module on one device, or use "
                             "DistributedDataParallel (one process per device)")
+        if facts.torch_classes:
+            patch_activations(facts.torch_classes)
+            self._patched = facts.torch_classes
         if self.functional is not True and facts.direct is not None:
-            # every site is one of our modules, each called once per forward, all known:
+            # every site is an activation module, each called once per forward, all known:
             # they mark the batches themselves (no tap on the model: no hooks, no wrapper)
             self._direct, self._pos = facts.direct, 0
             self._token = ACTIVE_RECORDERS.set(ACTIVE_RECORDERS.get() + (self,))
             return self
-        self._taps = [tap(self.model, "model", facts.taps)]
-        if facts.torch_activations:
-            self._taps += [tap(m, "activation", facts.taps) for m in facts.torch_activations]
+        self._taps = [tap(self.model, facts.taps)]
         functional = (self.functional if self.functional is not None else
                       "discover" if facts.owners is None else bool(facts.owners))
         if functional is not False:
@@ -374,6 +382,9 @@ class Recorder:
     def __exit__(self, exc_type, exc, tb) -> None:
         ACTIVE_RECORDERS.reset(self._token)
         self._token = None
+        if self._patched:
+            unpatch_activations(self._patched)
+            self._patched = ()
         if self._direct:
             direct, partial = self._direct, self._pos
             self._direct, self._pos, self._keys, self._words = (), 0, [], []

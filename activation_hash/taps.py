@@ -1,8 +1,10 @@
 """How a recorder sees a forward pass: *taps*, the function mode and per-model facts.
 
-A :class:`Tap` stands in for a module's ``forward`` (an instance attribute, so torch's fast
-call path stays) and calls the recorders this thread entered (``nn.ACTIVE_RECORDERS``);
-:func:`tap` / :func:`untap` install and remove it, counting users across threads.
+A :class:`Tap` stands in for a recorded model's ``forward`` (an instance attribute, so torch's
+fast call path stays) and marks the batches for the recorders this thread entered
+(``nn.ACTIVE_RECORDERS``); :func:`tap` / :func:`untap` install and remove it, counting users
+across threads. :func:`patch_activations` makes torch's activation classes hand their inputs
+to those recorders.
 :class:`FunctionalActivations` (a ``TorchFunctionMode``) sees the functional ReLU-like calls
 (``RELU_LIKE_FUNCTIONS``). :func:`model_facts` caches what a model's structure tells (module
 names, torch activation modules, DataParallel, the sites of a first batch, whether the model
@@ -20,7 +22,8 @@ from torch.overrides import TorchFunctionMode
 from activation_hash.nn import ACTIVE_RECORDERS, ReLU
 
 __all__ = ["TORCH_ACTIVATIONS", "RELU_LIKE_FUNCTIONS", "op_of", "FunctionalActivations", "Tap",
-           "tap", "untap", "ModelFacts", "model_facts"]
+           "tap", "untap", "patch_activations", "unpatch_activations", "ModelFacts",
+           "model_facts"]
 
 # torch's activation modules that are sites, and their op names
 TORCH_ACTIVATIONS = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.PReLU: "prelu"}
@@ -63,25 +66,19 @@ class FunctionalActivations(TorchFunctionMode):
 
 
 class Tap:
-    """Stands in for ``module.forward`` (an instance attribute, so torch's fast call path
-    stays: no hooks) while some recorder needs it, in any thread; it calls the recorders that
-    this thread entered (``ACTIVE_RECORDERS``). ``kind``: ``"model"`` marks the start and
-    end of a batch, ``"activation"`` records the input of a torch activation module."""
+    """Stands in for the recorded model's ``forward`` (an instance attribute, so torch's fast
+    call path stays: no hooks) while some recorder in tap mode needs it, in any thread: it
+    marks the start and end of a batch for the recorders of this model that this thread
+    entered (``ACTIVE_RECORDERS``)."""
 
-    def __init__(self, module: nn.Module, kind: str):
-        self.module, self.kind, self.users = module, kind, 0
+    def __init__(self, module: nn.Module):
+        self.module, self.users = module, 0
         self.inner = module.__dict__.get("forward")  # an earlier instance attribute, if any
         self.forward = module.forward
 
     def __call__(self, *args, **kwargs):
         recorders = ACTIVE_RECORDERS.get()
         if not recorders:
-            return self.forward(*args, **kwargs)
-        if self.kind == "activation":
-            x = args[0] if args else kwargs.get("input")
-            if isinstance(x, torch.Tensor):
-                for rec in recorders:
-                    rec._add_module_input(self.module, x)
             return self.forward(*args, **kwargs)
         if len(recorders) == 1:  # the common case: one recorder, of this model, not nested
             rec = recorders[0]
@@ -110,7 +107,7 @@ class Tap:
 _TAP_LOCK = threading.Lock()
 
 
-def tap(module: nn.Module, kind: str, cache: dict | None = None) -> Tap:
+def tap(module: nn.Module, cache: dict | None = None) -> Tap:
     """Install (or share) the tap of ``module``; ``cache`` (id -> Tap, e.g. a model's facts)
     keeps taps between recorders, so that entering one costs a dict lookup."""
     with _TAP_LOCK:
@@ -120,7 +117,7 @@ def tap(module: nn.Module, kind: str, cache: dict | None = None) -> Tap:
             if cached is not None and cached.module is module and cached.inner is tap:
                 tap = cached
             else:
-                tap = Tap(module, kind)
+                tap = Tap(module)
                 if cache is not None:
                     cache[id(module)] = tap
             module.__dict__["forward"] = tap  # not nn.Module.__setattr__: a plain attribute
@@ -136,6 +133,46 @@ def untap(tap: Tap) -> None:
                 del tap.module.__dict__["forward"]
             else:
                 tap.module.__dict__["forward"] = tap.inner
+
+
+# torch's activation modules hand their inputs to this thread's recorders through their
+# class's forward, replaced while any recorder needs them (counted across threads): one class
+# attribute per type, instead of an instance attribute per module (a change of a module's
+# __dict__ slows its next calls) or hooks (torch's slow call path).
+_ORIGINAL_FORWARD = {cls: cls.forward for cls in TORCH_ACTIVATIONS}
+_PATCH_USERS = {cls: 0 for cls in TORCH_ACTIVATIONS}
+
+
+def _handing_forward(cls, original):
+    def forward(self, input):
+        if type(self) is cls:  # a subclass is no site
+            recorders = ACTIVE_RECORDERS.get()
+            if recorders:
+                for rec in recorders:
+                    rec._add_module_input(self, input)
+        return original(self, input)
+    forward.__wrapped__ = original
+    forward.__doc__ = original.__doc__
+    return forward
+
+
+def patch_activations(classes) -> None:
+    """While one call is not matched by :func:`unpatch_activations`, the modules of these of
+    torch's activation classes (``TORCH_ACTIVATIONS``) hand their inputs to the recorders of
+    the thread that runs them."""
+    with _TAP_LOCK:
+        for cls in classes:
+            if _PATCH_USERS[cls] == 0:
+                cls.forward = _handing_forward(cls, _ORIGINAL_FORWARD[cls])
+            _PATCH_USERS[cls] += 1
+
+
+def unpatch_activations(classes) -> None:
+    with _TAP_LOCK:
+        for cls in classes:
+            _PATCH_USERS[cls] -= 1
+            if _PATCH_USERS[cls] == 0:
+                cls.forward = _ORIGINAL_FORWARD[cls]
 
 
 # Bumped whenever any module anywhere registers a submodule (torch's global registration
@@ -168,6 +205,7 @@ class ModelFacts:
         self.names = {id(m): name for name, m in named}
         self.modules = {id(m): m for _, m in named}
         self.torch_activations = [m for _, m in named if type(m) in TORCH_ACTIVATIONS]
+        self.torch_classes = tuple({type(m): None for m in self.torch_activations})
         self.data_parallel = any(isinstance(m, nn.DataParallel) for _, m in named)
         self.owners: set[int] | None = None  # modules that make functional calls (discovered)
         self.first: tuple | None = None      # (signature, sites, full layout) of a first batch
@@ -184,16 +222,17 @@ class ModelFacts:
 
     def _update_direct(self) -> None:
         """``direct``: the sites' modules in call order when the model can be recorded without
-        a tap on its forward (our modules mark the batches): every site known is one of our
-        ReLU modules, each called once per forward, every one of the model's is a site, and
-        the model makes no functional calls and has no torch activation modules."""
+        a tap on its forward (the activation modules mark the batches): every site known is an
+        activation module (ours or torch's), each called once per forward, every one of the
+        model's is a site, and the model makes no functional calls."""
         self.direct = None
-        if self.first is None or self.owners is None or self.owners or self.torch_activations:
+        if self.first is None or self.owners is None or self.owners:
             return
         sites = self.first[1]
         modules = tuple(s.module for s in sites)
-        if (sites and all(s.kind == "module" and isinstance(s.module, ReLU) for s in sites)
-                and len({id(m) for m in modules}) == len(modules) == len(self.ours)):
+        if (sites and all(s.kind == "module" for s in sites)
+                and len({id(m) for m in modules}) == len(modules)
+                == len(self.ours) + len(self.torch_activations)):
             self.direct = modules
 
     def __reduce__(self):

@@ -267,3 +267,37 @@ def test_direct_mode_ignores_other_models_and_learns_new_shapes():
     h = cnn[1](cnn[0](big))
     want = torch.cat([ref.pack_signs(cnn[0](big)), ref.pack_signs(cnn[2](h))], 1)
     assert torch.equal(rec.codes, torch.cat([want, want[:1]]))
+
+
+def test_torch_activations_are_recorded_through_their_class_and_it_is_restored():
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.LeakyReLU(0.2),
+                          nn.Linear(5, 3), nn.PReLU()).eval()
+    originals = {cls: cls.forward for cls in (nn.ReLU, nn.LeakyReLU, nn.PReLU)}
+    x = torch.randn(7, 4)
+    with torch.no_grad():
+        h1 = model[0](x)
+        h2 = model[2](model[1](h1))
+        h3 = model[4](model[3](h2))
+    want = torch.cat([ref.pack_signs(h) for h in (h1, h2, h3)], 1)
+    with record(model) as first, torch.no_grad():  # learns the sites (tap mode)
+        model(x)
+    with pytest.raises(KeyError):
+        with record(model) as rec, torch.no_grad():
+            assert "forward" not in model.__dict__  # direct mode: nothing on the instances
+            assert all("forward" not in m.__dict__ for m in model)
+            model(x)
+            model(x[:2])
+            raise KeyError("leaves the block")
+    assert torch.equal(first.codes, want)
+    assert torch.equal(rec.codes, torch.cat([want, want[:2]]))
+    assert {cls: cls.forward for cls in originals} == originals  # restored, also on an error
+
+    class Mine(nn.ReLU):  # a subclass is no module site: its F.relu call is (once)
+        pass
+
+    other = nn.Sequential(nn.Linear(4, 3), Mine())
+    with record(other) as rec, torch.no_grad():
+        other(x)
+    assert [(s.name, s.kind) for s in rec.sites] == [("1.relu", "function")]
+    assert torch.equal(rec.codes, ref.pack_signs(other[0](x)))
