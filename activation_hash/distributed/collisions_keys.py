@@ -5,9 +5,9 @@ Full rows, every rank with the same index bits ``b`` (the single-process fast pa
 1. each rank groups its rows exactly (the ``fingerprint_key`` sort and a full-row check of
    equal keys); a local group's key is the high ``64 - b`` bits of its rows' fingerprint;
 2. the keys of the local groups go to the rank that owns their top bits (``all_to_all``,
-   8 bytes each; sorted keys are already grouped by owner); the owner merges the sorted runs
-   and finds the keys that came from two ranks or more (*cross* keys), and tells each rank
-   which of its keys those are;
+   8 bytes each; sorted keys are already grouped by owner); the owner sorts what it received
+   and finds the keys that came twice (*cross* keys: from two ranks, or from a clash split on
+   one), and sends them to every rank (they are few);
 3. only the local groups of cross keys travel again, with their counts, smallest index,
    label range and one row: the owner groups them by (key, row) exactly;
 4. every other local group is a global group as it is: each rank counts those itself.
@@ -34,10 +34,12 @@ def owner_of(key: torch.Tensor, free_bits: int, world: int) -> torch.Tensor:
     return (top * world) >> 16
 
 
-def _stable_order(t: torch.Tensor) -> torch.Tensor:
+def _sorted(t: torch.Tensor) -> torch.Tensor:
+    """``t`` sorted (in place on the CPU: numpy's SIMD sort)."""
     if t.device.type == "cpu":
-        return torch.from_numpy(np.argsort(t.numpy(), kind="stable"))
-    return torch.sort(t, stable=True).indices
+        t.numpy().sort()
+        return t
+    return torch.sort(t).values
 
 
 class KeyedCounts:
@@ -90,28 +92,19 @@ def keyed_counts(comm: _Comm, codes: torch.Tensor, offset: int, labels: torch.Te
     sk, perm = sort_packed(fingerprint_key(codes, b), b)
     g = group_sorted(None, codes, (sk, perm))
     s_starts, s_counts, dup, _ = g.shared()    # local groups of 2 samples or more
-    # 2. the sorted keys to their owners; the owners find the cross keys and send them back
-    cuts = torch.searchsorted(sk, _owner_bounds(free, world, dev))
-    cuts[0], cuts[-1] = 0, n
-    recv, recv_counts = comm.all_to_all(sk, torch.diff(cuts), "records")
-    recv = recv.to(dev)
-    back_src = back_key = torch.zeros(0, dtype=torch.int64, device=dev)
+    # 2. one key per local group (sorted) to its owner; the owners find the keys that came
+    #    twice (from two ranks, or a clash split on one) and send them to every rank
+    gkey = sk[g.new]
+    cuts = torch.searchsorted(gkey, _owner_bounds(free, world, dev))
+    cuts[0], cuts[-1] = 0, gkey.shape[0]
+    recv = comm.all_to_all(gkey, torch.diff(cuts), "records")[0].to(dev)
+    cross = recv[:0]
     if world > 1 and recv.numel() > 1:
-        src = torch.repeat_interleave(torch.arange(world, device=dev), recv_counts.to(dev))
-        order = _stable_order(recv.cpu()).to(dev)
-        recv, src = recv[order], src[order]
-        cross_at = ((recv[1:] == recv[:-1]) & (src[1:] != src[:-1])).nonzero().squeeze(1)
-        if cross_at.numel():
-            cross = torch.unique(recv[cross_at])
-            lo = torch.searchsorted(recv, cross)
-            hi = torch.searchsorted(recv, cross, right=True)
-            at = _expand(lo, hi)
-            back_src, back_key = src[at], recv[at]
-            o = _stable_order(back_src.cpu()).to(dev)
-            back_src, back_key = back_src[o], back_key[o]
-    mine_cross = comm.all_to_all(back_key, torch.bincount(back_src, minlength=world),
-                                 "records")[0].to(dev)
-    mine_cross = torch.unique(mine_cross)
+        k = _sorted(recv)
+        cross = torch.unique(k[1:][k[1:] == k[:-1]])
+    mine_cross = torch.unique(comm.all_to_all(
+        cross.repeat(world), torch.full((world,), cross.shape[0], dtype=torch.int64),
+        "records")[0].to(dev))
     # 3. the local groups of cross keys travel with their counts, labels and one row
     pos = _expand(torch.searchsorted(sk, mine_cross),
                   torch.searchsorted(sk, mine_cross, right=True))  # their samples, sorted
