@@ -139,10 +139,6 @@ def untap(tap: Tap) -> None:
 # class's forward, replaced while any recorder needs them (counted across threads): one class
 # attribute per type, instead of an instance attribute per module (a change of a module's
 # __dict__ slows its next calls) or hooks (torch's slow call path).
-_ORIGINAL_FORWARD = {cls: cls.forward for cls in TORCH_ACTIVATIONS}
-_PATCH_USERS = {cls: 0 for cls in TORCH_ACTIVATIONS}
-
-
 def _handing_forward(cls, original):
     def forward(self, input):
         if type(self) is cls:  # a subclass is no site
@@ -156,22 +152,29 @@ def _handing_forward(cls, original):
     return forward
 
 
+_ORIGINAL_FORWARD = {cls: cls.forward for cls in TORCH_ACTIVATIONS}
+_HANDING_FORWARD = {cls: _handing_forward(cls, f) for cls, f in _ORIGINAL_FORWARD.items()}
+_PATCH_USERS = {cls: 0 for cls in TORCH_ACTIVATIONS}
+
+
 def patch_activations(classes) -> None:
     """While one call is not matched by :func:`unpatch_activations`, the modules of these of
     torch's activation classes (``TORCH_ACTIVATIONS``) hand their inputs to the recorders of
     the thread that runs them."""
     with _TAP_LOCK:
         for cls in classes:
-            if _PATCH_USERS[cls] == 0:
-                cls.forward = _handing_forward(cls, _ORIGINAL_FORWARD[cls])
-            _PATCH_USERS[cls] += 1
+            n = _PATCH_USERS[cls]
+            if n == 0:
+                cls.forward = _HANDING_FORWARD[cls]
+            _PATCH_USERS[cls] = n + 1
 
 
 def unpatch_activations(classes) -> None:
     with _TAP_LOCK:
         for cls in classes:
-            _PATCH_USERS[cls] -= 1
-            if _PATCH_USERS[cls] == 0:
+            n = _PATCH_USERS[cls] - 1
+            _PATCH_USERS[cls] = n
+            if n == 0:
                 cls.forward = _ORIGINAL_FORWARD[cls]
 
 

@@ -88,7 +88,8 @@ step ops_check 300 "$PY" tests/gpu/ops_check.py --device "$DEVICE"
 # 3. compute-sanitizer over the op checks (GPU only, where the tool works on this machine).
 if [ "$KEY" = cuda ] && command -v compute-sanitizer >/dev/null; then
   for tool in memcheck racecheck synccheck; do
-    step "sanitizer_$tool" 600 compute-sanitizer --tool "$tool" --error-exitcode 1 \
+    step "sanitizer_$tool" 600 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
+      compute-sanitizer --tool "$tool" --error-exitcode 1 \
       "$PY" tests/gpu/ops_check.py --device "$DEVICE"
   done
 else
