@@ -118,6 +118,11 @@ def popcount_seconds(device, M, Q, W):
         return None
     p = torch.cuda.get_device_properties(device)
     clock_hz = getattr(p, "clock_rate", 0) * 1e3  # kHz in the CUDA device properties
+    if not clock_hz:
+        try:  # NVML's current SM clock, in MHz (needs pynvml / nvidia-ml-py)
+            clock_hz = torch.cuda.clock_rate(device) * 1e6
+        except Exception:  # noqa: BLE001 (no clock known: no bound)
+            return None
     if not clock_hz or p.major < 7:
         return None
     return 2 * M * Q * W / (p.multi_processor_count * clock_hz * 16)

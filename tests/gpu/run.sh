@@ -9,6 +9,8 @@
 # the same steps on the CPU, the benches at their smoke sizes, no sanitizers.
 # --full: the benches at their --quick sizes on the CPU as well (slow; figures, not plumbing).
 # Exit status: 0 when every step passed. Each step's log is in DIR (default build/gpu-run).
+# Every step has a time limit (a step over it fails and the rest still run); on one GPU the
+# whole run is planned for about 6 minutes (build 1-2, tests 1-2, sanitizers 1-3, benches 1).
 set -u
 cd "$(dirname "$0")/../.."
 DEVICE=cuda
@@ -21,7 +23,7 @@ while [ $# -gt 0 ]; do
     --out) OUT=${2:?--out needs a directory}; shift 2 ;;
     --python) PY=${2:?--python needs an interpreter}; shift 2 ;;
     --full) FULL=1; shift ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument '$1' (expected --device, --out, --python, --full)"; exit 2 ;;
   esac
 done
@@ -73,24 +75,24 @@ EOF
 
 # 1. The extension, in place, against this torch (CUDA kernels required on a GPU run).
 if [ "$DEVICE" = cpu ]; then
-  step build 1800 "$PY" setup.py --quiet build_ext --inplace
+  step build 600 "$PY" setup.py --quiet build_ext --inplace
 else
-  step build 1800 env ACTIVATION_HASH_CUDA=1 "$PY" setup.py --quiet build_ext --inplace
+  step build 420 env ACTIVATION_HASH_CUDA=1 MAX_JOBS=${MAX_JOBS:-16} "$PY" setup.py --quiet build_ext --inplace
 fi || { echo "build failed: nothing else can run"; exit 1; }
 
 # 2. The device-parametrized tests, on this device only; every op on its edge cases.
 KEY=${DEVICE%%:*}
 REQUIRE=$([ "$KEY" = cuda ] && echo 1 || echo 0)
-step device_tests 1200 env ACTIVATION_HASH_REQUIRE_GPU=$REQUIRE "$PY" -m pytest -q -p no:cacheprovider \
+step device_tests 300 env ACTIVATION_HASH_REQUIRE_GPU=$REQUIRE "$PY" -m pytest -q -p no:cacheprovider \
   tests/test_ops.py tests/test_nn.py tests/test_collisions.py tests/test_hamming.py -k "$KEY"
-step ops_check 300 "$PY" tests/gpu/ops_check.py --device "$DEVICE"
+step ops_check 120 "$PY" tests/gpu/ops_check.py --device "$DEVICE"
 
 # 3. compute-sanitizer over the op checks (GPU only, where the tool works on this machine).
 if [ "$KEY" = cuda ] && command -v compute-sanitizer >/dev/null; then
   for tool in memcheck racecheck synccheck; do
-    step "sanitizer_$tool" 600 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
+    step "sanitizer_$tool" 120 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
       compute-sanitizer --tool "$tool" --error-exitcode 1 \
-      "$PY" tests/gpu/ops_check.py --device "$DEVICE"
+      "$PY" tests/gpu/ops_check.py --device "$DEVICE" --small
   done
 else
   skip sanitizers "$([ "$KEY" = cuda ] && echo 'no compute-sanitizer on PATH' || echo 'CPU dry run')"
@@ -100,7 +102,7 @@ fi
 SIZE=--quick
 [ "$KEY" = cpu ] && [ $FULL = 0 ] && SIZE=--smoke
 for b in relu_pack hamming_knn collisions record; do
-  step "bench_$b" 300 "$PY" "bench/$b.py" --device "$DEVICE" $SIZE --json "$OUT/bench_$b.json"
+  step "bench_$b" 150 "$PY" "bench/$b.py" --device "$DEVICE" $SIZE --json "$OUT/bench_$b.json"
 done
 
 # 5. One summary table: every step, then the ratios of every bench.
