@@ -12,7 +12,7 @@ from activation_hash.grouping import MAX_FALSE_PAIRS, group_sorted
 from activation_hash.layout import Layout
 from activation_hash.ops import fingerprint128
 from activation_hash.validation import check_int
-from activation_hash.distributed.collisions_keys import keyed_counts, owner_of
+from activation_hash.distributed.collisions_keys import keyed_counts, merge_parts, owner_of
 from activation_hash.distributed.comm import _I64_MAX, _REC, _Comm, _set_last
 
 # -------------------------------------------------------------------------- collisions
@@ -138,13 +138,7 @@ def _merge_level(comm: _Comm, local: _LocalGroups, rows: torch.Tensor,
         mg = torch.zeros(run_idx.shape[0], dtype=torch.int64, device=dev)
     M = int(mg.max()) + 1 if mg.numel() else 0
     rs = got[run_idx]
-    size = torch.zeros(M, dtype=torch.int64, device=dev).index_add_(0, mg, rs[:, 3])
-    low = torch.full((M,), _I64_MAX, dtype=torch.int64, device=dev)
-    low.scatter_reduce_(0, mg, rs[:, 2], reduce="amin")
-    lo = torch.full((M,), _I64_MAX, dtype=torch.int64, device=dev)
-    lo.scatter_reduce_(0, mg, rs[:, 4], reduce="amin")
-    hi = torch.full((M,), -_I64_MAX - 1, dtype=torch.int64, device=dev)
-    hi.scatter_reduce_(0, mg, rs[:, 5], reduce="amax")
+    size, low, lo, hi = merge_parts(mg, M, rs[:, 3], rs[:, 2], rs[:, 4], rs[:, 5])
     # records alone with their key are one group each: only their counts matter, except
     # for the (few) that hold 2 samples or more
     single = ~in_run

@@ -23,7 +23,7 @@ from activation_hash.grouping import Groups, group_sorted, sort_packed
 from activation_hash.ops import fingerprint_key
 from activation_hash.distributed.comm import _I64_MAX, _Comm
 
-__all__ = ["owner_of", "KeyedCounts", "keyed_counts"]
+__all__ = ["owner_of", "merge_parts", "KeyedCounts", "keyed_counts"]
 
 
 def owner_of(key: torch.Tensor, free_bits: int, world: int) -> torch.Tensor:
@@ -69,6 +69,21 @@ class KeyedCounts:
             start, end = s + start, s + end
             out[rep] = np.sort(self.g.perm[start:end].cpu().numpy()) + self.offset
         return out
+
+
+def merge_parts(mg: torch.Tensor, M: int, count: torch.Tensor, low: torch.Tensor,
+                lab_lo: torch.Tensor, lab_hi: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Groups ``0 .. M-1`` made of parts (``mg``: the group of each part): the total count,
+    the smallest index and the label range of each, from those of its parts."""
+    dev = mg.device
+    size = torch.zeros(M, dtype=torch.int64, device=dev).index_add_(0, mg, count)
+    out_low = torch.full((M,), _I64_MAX, dtype=torch.int64, device=dev)
+    out_low.scatter_reduce_(0, mg, low, reduce="amin")
+    lo = torch.full((M,), _I64_MAX, dtype=torch.int64, device=dev)
+    lo.scatter_reduce_(0, mg, lab_lo, reduce="amin")
+    hi = torch.full((M,), -_I64_MAX - 1, dtype=torch.int64, device=dev)
+    hi.scatter_reduce_(0, mg, lab_hi, reduce="amax")
+    return size, out_low, lo, hi
 
 
 def _owner_bounds(free_bits: int, world: int, dev) -> torch.Tensor:
@@ -147,13 +162,7 @@ def keyed_counts(comm: _Comm, codes: torch.Tensor, offset: int, labels: torch.Te
     if got.shape[0]:
         mg = group_sorted(got[:, 0].contiguous(), got[:, 5:].contiguous()).group_ids()
         M = int(mg.max()) + 1
-        size = torch.zeros(M, dtype=torch.int64, device=dev).index_add_(0, mg, got[:, 1])
-        low = torch.full((M,), _I64_MAX, dtype=torch.int64, device=dev)
-        low.scatter_reduce_(0, mg, got[:, 2], reduce="amin")
-        lo = torch.full((M,), _I64_MAX, dtype=torch.int64, device=dev)
-        lo.scatter_reduce_(0, mg, got[:, 3], reduce="amin")
-        hi = torch.full((M,), -_I64_MAX - 1, dtype=torch.int64, device=dev)
-        hi.scatter_reduce_(0, mg, got[:, 4], reduce="amax")
+        size, low, lo, hi = merge_parts(mg, M, got[:, 1], got[:, 2], got[:, 3], got[:, 4])
         share["n_groups"] += M
         share["n_alone"] += int((size == 1).sum())
         shared = (size > 1).nonzero().squeeze(1)
