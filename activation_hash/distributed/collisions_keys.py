@@ -43,10 +43,9 @@ def _sorted(t: torch.Tensor) -> torch.Tensor:
 
 
 class KeyedCounts:
-    """What one rank knows after the exchange: its local groups, which of them are global
-    groups as they are (``final``), and, as the owner of some keys, the merged groups of the
-    cross keys (``m_*``, one entry per global group; ``m_reps``/``m_keys``/``m_group``: the
-    local groups that make them up, by smallest global index and key)."""
+    """What one rank keeps after the exchange to answer for the largest groups: its local
+    groups (``g``: permutation and group starts in key order), the sorted keys ``sk`` and its
+    global offset."""
 
     def __init__(self, g: Groups, sk: torch.Tensor, offset: int):
         self.g, self.sk, self.offset = g, sk, offset
@@ -100,8 +99,8 @@ def keyed_counts(comm: _Comm, codes: torch.Tensor, offset: int, labels: torch.Te
     this rank's share of the report: ``n_groups``, ``sizes`` (int64 tensor of the sizes of
     its global groups of 2 samples or more), ``n_alone``, ``mixed`` (groups, samples) and its
     ``top`` candidates ``cands`` for the largest groups: ``(size, smallest index, [(rep,
-    key)])``. Only the keys (8 bytes per sample, sorted) pass every rank; everything else
-    is about the few samples of shared keys."""
+    key)])``. Only the keys (8 bytes per local group, sorted) leave every rank; everything
+    else is about the few groups of keys seen twice."""
     n, dev = codes.shape[0], codes.device
     world, free = comm.world, 64 - b
     sk, perm = sort_packed(fingerprint_key(codes, b), b)
