@@ -8,6 +8,8 @@
 //     warp index (grid-stride). A chunk is 32 * V units, V = 16 bytes / element size (4 floats,
 //     8 halves/bf16, 2 doubles), i.e. V / 2 words. No division in the loops: a row starts at
 //     b * n, a chunk at c * 32 V; the only division (chunks per row) is by a power of two.
+//     Rows of fewer chunks than a block has warps share blocks (RowLoop), so that MLP-sized
+//     rows (fp32 n <= 896) keep every warp of a block busy.
 //   - Vector path (kVec, when every row starts 16-byte aligned: aligned base pointers and
 //     n % V == 0; see rows_vector_ok): lane l of the warp owns units [32 V c + V l, + V): one
 //     16-byte load (and one 16-byte store of y / grad_x), so a warp moves 512 contiguous bytes
@@ -34,12 +36,15 @@ constexpr int kRowThreads = 256;        // block of the row kernels (any multipl
 constexpr int64_t kMaxGridX = 1 << 16;  // chunk blocks per row at most (the loop does the rest)
 constexpr int64_t kMaxGridY = 65535;
 
-// The production grid of the row kernels: one warp per chunk, one block row per sample.
+// The production grid of the row kernels: one warp per chunk, one block row per sample; rows
+// of fewer chunks than a block has warps share a block (RowLoop), so its warps all work.
 inline dim3 rows_grid(int64_t B, int64_t chunks, int threads = kRowThreads) {
   const int64_t warps = threads / 32;
   const int64_t x = (chunks + warps - 1) / warps;
+  const int64_t per = chunks < warps ? warps / (chunks < 1 ? 1 : chunks) : 1;  // rows a block
+  const int64_t y = (B + per - 1) / per;
   return dim3(unsigned(x < 1 ? 1 : (x > kMaxGridX ? kMaxGridX : x)),
-              unsigned(B < 1 ? 1 : (B > kMaxGridY ? kMaxGridY : B)));
+              unsigned(y < 1 ? 1 : (y > kMaxGridY ? kMaxGridY : y)));
 }
 
 // Chunks of a row of n units for element type D (32 V units each).
@@ -55,14 +60,31 @@ AH_HD inline bool rows_vector_ok(int64_t n, const void* a, const void* b) {
   return n % Vec16<D>::kN == 0 && aligned16(a) && (b == nullptr || aligned16(b));
 }
 
-// Thread geometry of a chunk loop (see the design above).
-struct ChunkLoop {
+// Thread geometry of the row and chunk loops (see the design above). A row of at least as many
+// chunks as the block has warps: samples b = blockIdx.y + k gridDim.y, chunks c = warp index
+// over the x blocks. A shorter row (MLP-sized: fp32 rows of at most 7 x 128 units) would leave
+// warps idle, so `per` = warps / chunks rows share each block instead: warp w takes row
+// w / chunks of the block's group and chunk w % chunks (one 32-bit division per thread, not per
+// element); the groups are numbered over the whole grid. Every warp's values are uniform.
+struct RowLoop {
   int lane;
-  int64_t first, step;
-  __device__ ChunkLoop()
-      : lane(int(threadIdx.x & 31)),
-        first(int64_t(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5)),
-        step(int64_t(gridDim.x) * (blockDim.x >> 5)) {}
+  int64_t b0, bstep, c0, cstep;
+  __device__ explicit RowLoop(int64_t chunks) : lane(int(threadIdx.x & 31)) {
+    const int warps = int(blockDim.x >> 5), w = int(threadIdx.x >> 5);
+    if (chunks >= warps) {
+      b0 = blockIdx.y;
+      bstep = gridDim.y;
+      c0 = int64_t(blockIdx.x) * warps + w;
+      cstep = int64_t(gridDim.x) * warps;
+      return;
+    }
+    const int c = int(chunks < 1 ? 1 : chunks), per = warps / c, r = w / c;
+    const int64_t group = int64_t(blockIdx.y) * gridDim.x + blockIdx.x;
+    bstep = int64_t(gridDim.x) * gridDim.y * per;
+    b0 = r < per ? group * per + r : INT64_MAX;  // warps past per * c rows: none
+    c0 = w % c;
+    cstep = c;
+  }
 };
 
 // x [B, n] -> words [B, W] (as 2 W uint32 halves per row) and, if kWriteY, y [B, n] = ReLU or
@@ -75,14 +97,14 @@ __global__ void pack_words_kernel(const typename D::raw_t* __restrict__ x,
   using raw_t = typename D::raw_t;
   constexpr int V = Vec16<D>::kN;
   constexpr int kLanes = 32 / V;  // lanes per 32-bit half (vector path)
-  const ChunkLoop loop;
-  const int lane = loop.lane;
   const int64_t chunks = row_chunks<D>(n), H = 2 * W;
-  for (int64_t b = blockIdx.y; b < B; b += gridDim.y) {
+  const RowLoop loop(chunks);
+  const int lane = loop.lane;
+  for (int64_t b = loop.b0; b < B; b += loop.bstep) {
     const raw_t* xr = x + b * n;
     raw_t* yr = kWriteY ? y + b * n : nullptr;
     uint32_t* hr = halves + b * H;
-    for (int64_t c = loop.first; c < chunks; c += loop.step) {
+    for (int64_t c = loop.c0; c < chunks; c += loop.cstep) {
       if constexpr (kVec) {
         const int64_t u = c * (32 * V) + V * lane;
         uint32_t bits = 0;
@@ -134,14 +156,14 @@ __global__ void mask_backward_kernel(const typename D::raw_t* __restrict__ grad_
   using raw_t = typename D::raw_t;
   constexpr int V = Vec16<D>::kN;
   constexpr int kLanes = 32 / V;
-  const ChunkLoop loop;
-  const int lane = loop.lane;
   const int64_t chunks = row_chunks<D>(n);
-  for (int64_t b = blockIdx.y; b < B; b += gridDim.y) {
+  const RowLoop loop(chunks);
+  const int lane = loop.lane;
+  for (int64_t b = loop.b0; b < B; b += loop.bstep) {
     const raw_t* gr = grad_y + b * n;
     raw_t* xr = grad_x + b * n;
     const uint32_t* hr = halves + b * 2 * W;
-    for (int64_t c = loop.first; c < chunks; c += loop.step) {
+    for (int64_t c = loop.c0; c < chunks; c += loop.cstep) {
       if constexpr (kVec) {
         const int64_t u = c * (32 * V) + V * lane;
         if (u < n) {
@@ -180,13 +202,13 @@ template <bool kVec>
 __global__ void unpack_bits_kernel(const uint16_t* __restrict__ quarters,
                                    uint8_t* __restrict__ bits, int64_t B, int64_t n,
                                    int64_t W) {
-  const ChunkLoop loop;
-  const int lane = loop.lane;
   const int64_t chunks = (n + kUnpackChunk - 1) / kUnpackChunk;
-  for (int64_t b = blockIdx.y; b < B; b += gridDim.y) {
+  const RowLoop loop(chunks);
+  const int lane = loop.lane;
+  for (int64_t b = loop.b0; b < B; b += loop.bstep) {
     const uint16_t* qr = quarters + b * 4 * W;
     uint8_t* br = bits + b * n;
-    for (int64_t c = loop.first; c < chunks; c += loop.step) {
+    for (int64_t c = loop.c0; c < chunks; c += loop.cstep) {
       if constexpr (kVec) {
         const int64_t u = c * kUnpackChunk + 16 * lane;
         if (u < n) {
