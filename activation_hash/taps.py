@@ -63,8 +63,6 @@ class FunctionalActivations(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-
-
 class Tap:
     """Stands in for the recorded model's ``forward`` (an instance attribute, so torch's fast
     call path stays: no hooks) while some recorder in tap mode needs it, in any thread: it
@@ -139,21 +137,20 @@ def untap(tap: Tap) -> None:
 # class's forward, replaced while any recorder needs them (counted across threads): one class
 # attribute per type, instead of an instance attribute per module (a change of a module's
 # __dict__ slows its next calls) or hooks (torch's slow call path).
-def _handing_forward(cls, original):
+def _handing_forward(cls):
     def forward(self, input):
         if type(self) is cls:  # a subclass is no site
             recorders = ACTIVE_RECORDERS.get()
             if recorders:
                 for rec in recorders:
                     rec._add_module_input(self, input)
-        return original(self, input)
-    forward.__wrapped__ = original
-    forward.__doc__ = original.__doc__
+        return _SAVED_FORWARD[cls][1](self, input)
+    forward.__doc__ = cls.forward.__doc__
     return forward
 
 
-_ORIGINAL_FORWARD = {cls: cls.forward for cls in TORCH_ACTIVATIONS}
-_HANDING_FORWARD = {cls: _handing_forward(cls, f) for cls, f in _ORIGINAL_FORWARD.items()}
+_HANDING_FORWARD = {cls: _handing_forward(cls) for cls in TORCH_ACTIVATIONS}
+_SAVED_FORWARD: dict = {}  # cls -> (its own forward or None if inherited, the one it had)
 _PATCH_USERS = {cls: 0 for cls in TORCH_ACTIVATIONS}
 
 
@@ -164,7 +161,8 @@ def patch_activations(classes) -> None:
     with _TAP_LOCK:
         for cls in classes:
             n = _PATCH_USERS[cls]
-            if n == 0:
+            if n == 0:  # the forward it has now (someone else's patch included) is restored
+                _SAVED_FORWARD[cls] = (cls.__dict__.get("forward"), cls.forward)
                 cls.forward = _HANDING_FORWARD[cls]
             _PATCH_USERS[cls] = n + 1
 
@@ -175,7 +173,11 @@ def unpatch_activations(classes) -> None:
             n = _PATCH_USERS[cls] - 1
             _PATCH_USERS[cls] = n
             if n == 0:
-                cls.forward = _ORIGINAL_FORWARD[cls]
+                own = _SAVED_FORWARD.pop(cls)[0]
+                if own is None:
+                    del cls.forward
+                else:
+                    cls.forward = own
 
 
 # Bumped whenever any module anywhere registers a submodule (torch's global registration

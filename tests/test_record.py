@@ -301,3 +301,24 @@ def test_torch_activations_are_recorded_through_their_class_and_it_is_restored()
         other(x)
     assert [(s.name, s.kind) for s in rec.sites] == [("1.relu", "function")]
     assert torch.equal(rec.codes, ref.pack_signs(other[0](x)))
+
+
+def test_a_forward_patched_by_someone_else_is_kept_and_used():
+    original = nn.ReLU.forward
+    calls = []
+
+    def theirs(self, input):
+        calls.append(1)
+        return original(self, input)
+
+    nn.ReLU.forward = theirs
+    try:
+        model = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+        x = torch.randn(2, 3)
+        for _ in range(2):  # tap mode, then direct mode
+            with record(model) as rec, torch.no_grad():
+                model(x)
+            assert torch.equal(rec.codes, ref.pack_signs(model[0](x)))
+        assert nn.ReLU.forward is theirs and len(calls) == 2
+    finally:
+        nn.ReLU.forward = original
