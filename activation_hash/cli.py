@@ -18,7 +18,8 @@ import time
 from activation_hash.experiments.config import (OptionParser as _Parser, UsageError,
                                                 check_option as _config_value,
                                                 float_option as _float, int_option as _int,
-                                                number_list as _floats,
+                                                csv_list as _csv,
+                                                number_csv as _numbers,
                                                 phase_options as _phase_opts,
                                                 scan_argv as _scan, seed_list as _seed_list,
                                                 sweep_factors as _sweep_factors,
@@ -148,11 +149,6 @@ def _args_settings(args) -> dict:
     return {k: v for k, v in vars(args).items() if k != "func" and not callable(v)}
 
 
-def _csv(v) -> list:
-    """A comma-separated option (or a config file's list) as a list."""
-    return [x.strip() for x in v.split(",") if x.strip()] if isinstance(v, str) else list(v)
-
-
 def cmd_train(args) -> None:
     from activation_hash.experiments.runs import run_train
 
@@ -202,8 +198,8 @@ def cmd_evolution(args) -> None:
     from activation_hash.experiments.evolution import run_evolution
 
     run_evolution(args.out, datasets=_csv(args.datasets), epochs=args.epochs,
-                  snapshots=_floats(",".join(map(str, _csv(args.snapshots)))),
-                  widths=_floats(",".join(map(str, _csv(args.widths)))), n_samples=args.n_samples,
+                  snapshots=_numbers(args.snapshots), widths=_numbers(args.widths),
+                  n_samples=args.n_samples,
                   seed=args.seed, quick=args.quick, minwidth=args.minwidth,
                   minwidth_options={"tol": args.tol}, settings=_args_settings(args),
                   say=_sayer(args))

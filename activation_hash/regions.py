@@ -222,9 +222,25 @@ def _walk(wm: nn.Module, x0: torch.Tensor, x1: torch.Tensor, layout: Layout,
 # ---- layer by layer (chains) ------------------------------------------------------------
 
 PASS_MODULES = (nn.Flatten, nn.Dropout, nn.Identity, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-         nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
-AFFINE_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
-           nn.ConvTranspose3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+                nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+AFFINE_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
+                  nn.ConvTranspose2d, nn.ConvTranspose3d, nn.BatchNorm1d, nn.BatchNorm2d,
+                  nn.BatchNorm3d)
+
+
+def linear_part(m: nn.Module, d: torch.Tensor) -> torch.Tensor:
+    """The linear part of an affine module (``AFFINE_MODULES``) applied to directions
+    ``d [P, ...]``: no bias, no offset (BatchNorm in eval: the per-channel scale)."""
+    if isinstance(m, nn.Linear):
+        return F.linear(d, m.weight)
+    if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return m._conv_forward(d, m.weight, None)
+    if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+        scale = torch.rsqrt(m.running_var + m.eps)
+        if m.weight is not None:
+            scale = scale * m.weight
+        return d * scale.view((1, -1) + (1,) * (d.dim() - 2))
+    return m(d) - m(torch.zeros_like(d[:1]))
 
 
 def plain_chain(model: nn.Module) -> list[nn.Module] | None:
@@ -238,7 +254,7 @@ def plain_chain(model: nn.Module) -> list[nn.Module] | None:
             if sub is None:
                 return None
             out += sub
-        elif isinstance(m, (nn.ReLU, nn.LeakyReLU, ReLU)) or isinstance(m, PASS_MODULES + AFFINE_MODULES):
+        elif isinstance(m, (nn.ReLU, nn.LeakyReLU, ReLU, *PASS_MODULES, *AFFINE_MODULES)):
             out.append(m)
         else:
             return None
@@ -329,12 +345,7 @@ def _affine(m: nn.Module, a: torch.Tensor, b: torch.Tensor, lo: torch.Tensor,
     call), the value at each piece's start exactly for the first piece of each segment and by
     continuity for the others (``z(lo_j) = a_{j-1} + (lo_j - lo_{j-1}) b_{j-1}``): the layer's
     matrix is applied to the directions only."""
-    if isinstance(m, nn.Linear):
-        bl = F.linear(b, m.weight)           # linear part: no bias
-    elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        bl = m._conv_forward(b, m.weight, None)
-    else:
-        bl = m(b) - m(torch.zeros_like(b[:1]))
+    bl = linear_part(m, b)
     P = b.shape[0]
     new_seg = torch.ones(P, dtype=torch.bool)
     new_seg[1:] = seg[1:] != seg[:-1]

@@ -76,15 +76,17 @@ def plane_regions(model: nn.Module, a=None, b=None, c=None, *, box=None, margin:
         raise NotPiecewiseLinearError(_hint(e)) from None
     H = torch.stack([origin, basis[0], basis[1]]).view((1, 3) + in_shape)
     sites = find_sites(wm, H[0, :1])
+    n_sites = -1  # every site cuts
     if layers is not None:
         layers = check_int(layers, "layers", min=0, max=len(sites))
+        if layers < len(sites):
+            n_sites = layers
         sites = sites[:layers]
     layout = Layout(tuple(s.name for s in sites), tuple(s.shape for s in sites))
     verts, nv = pg.rect(window)
     R = max(abs(w) for w in window)
     min_area = _MIN_AREA * (window[1] - window[0]) * (window[3] - window[2])
     chain = plain_chain(wm)
-    n_sites = -1 if layers is None or layers == len(find_sites(wm, H[0, :1])) else layers
     with torch.no_grad():
         if chain is not None:
             verts, nv, stages, Y = _chain_slice(chain, H, verts, nv, R, min_area, max_faces,
@@ -103,7 +105,6 @@ def plane_regions(model: nn.Module, a=None, b=None, c=None, *, box=None, margin:
     faces = list(verts[torch.arange(verts.shape[1]) < nv[:, None]].split(nv.tolist()))
     return PlaneRegions(origin, basis, window, faces, _codes(stages, len(faces), layout),
                         labels, segs, anchors, False, in_shape)
-
 
 
 def _hull(p: torch.Tensor) -> torch.Tensor:

@@ -6,14 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from activation_hash import polygons as pg
 from activation_hash.codes import CodeBook
 from activation_hash.layout import Layout
 from activation_hash.ops import pack_signs
-from activation_hash.regions import AFFINE_MODULES, PASS_MODULES
+from activation_hash.regions import AFFINE_MODULES, PASS_MODULES, linear_part
 from activation_hash.switches import NotPiecewiseLinearError, SwitchMode
 from activation_hash.validation import check_float
 
@@ -185,17 +184,7 @@ def _affine(m: nn.Module, H: torch.Tensor) -> torch.Tensor:
     directions (the linear part only: no bias)."""
     P = H.shape[0]
     c, d = H[:, 0], H[:, 1:].flatten(0, 1)
-    if isinstance(m, nn.Linear):
-        dl = F.linear(d, m.weight)
-    elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        dl = m._conv_forward(d, m.weight, None)
-    elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
-        scale = torch.rsqrt(m.running_var + m.eps)
-        if m.weight is not None:
-            scale = scale * m.weight
-        dl = d * scale.view((1, -1) + (1,) * (d.dim() - 2))
-    else:
-        dl = m(d) - m(torch.zeros_like(d[:1]))
+    dl = linear_part(m, d)
     cl = m(c)
     return torch.cat([cl[:, None], dl.view((P, 2) + dl.shape[1:])], 1)
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from activation_hash.experiments import evolution as ev
 from activation_hash.experiments.models import MLP
-from activation_hash.experiments.slicing import box_counts
+from activation_hash.slices import regions_in_box
 from activation_hash.record import record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,7 +88,7 @@ def test_evolve_counts_against_sampling(tmp_path):
     torch.manual_seed(3)
     net = MLP((2,), 2, width=[6, 6])
     ev.train_with_snapshots(net, x, y, epochs=1, snapshots=(0, 0.5, 1), seed=3)
-    counts = box_counts(net, x)
+    counts = regions_in_box(net, x)
     assert (counts["box"], counts["hull"]) == (rows[-1]["regions_box"], rows[-1]["regions_hull"])
     g = torch.linspace(-1, 1, 200)
     pts = torch.cartesian_prod(g, g)

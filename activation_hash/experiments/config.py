@@ -16,8 +16,8 @@ from pathlib import Path
 from activation_hash.validation import check_bool, check_float, check_int
 
 __all__ = ["load_config", "flatten_config", "check_option", "int_option", "float_option",
-           "OptionParser", "UsageError", "scan_argv", "number_list", "factor_option", "sweep_factors",
-           "seed_list", "phase_options", "thresholds_of"]
+           "OptionParser", "UsageError", "scan_argv", "number_list", "csv_list", "number_csv",
+           "factor_option", "sweep_factors", "seed_list", "phase_options", "thresholds_of"]
 
 
 class UsageError(ValueError):
@@ -64,6 +64,16 @@ def _number(part: str, text: str):
 
 def number_list(text: str) -> list:
     return [_number(part.strip(), text) for part in str(text).split(",") if part.strip()]
+
+
+def csv_list(v) -> list:
+    """A comma-separated option (or a config file's list) as a list of its items."""
+    return [x.strip() for x in v.split(",") if x.strip()] if isinstance(v, str) else list(v)
+
+
+def number_csv(v) -> list:
+    """A comma-separated option of numbers (or a config file's list), each checked."""
+    return number_list(",".join(map(str, csv_list(v))))
 
 
 def factor_option(text: str) -> tuple[str, list]:

@@ -185,7 +185,7 @@ def evolve(dataset: str, out, *, epochs: int = 100, snapshots: Sequence[float] =
     ``faces`` (of the region map: equals ``regions_box``), ``boundary_segments`` (pieces of the
     decision boundary), ``seconds`` (measuring), ``map`` (PNG path relative to ``out``)."""
     from activation_hash.experiments.models import MLP
-    from activation_hash.experiments.slicing import box_counts, draw_map
+    from activation_hash.slices import region_map, regions_in_box
 
     widths = [check_int(w, "width", min=1) for w in widths]
     x, y = toy_data(dataset, n_samples, seed)
@@ -201,13 +201,13 @@ def evolve(dataset: str, out, *, epochs: int = 100, snapshots: Sequence[float] =
         t0 = time.perf_counter()
         with torch.no_grad():
             acc = float((net(x).argmax(1) == y).double().mean())
-        counts = box_counts(net, x)
-        row = {"dataset": dataset, "accuracy": acc, "regions_box": int(counts["box"]),
-               "regions_hull": int(counts["hull"])}
+        counts = regions_in_box(net, x)
+        row = {"dataset": dataset, "accuracy": acc, "regions_box": counts["box"],
+               "regions_hull": counts["hull"]}
         if maps:
             pr = counts["regions"]  # the exact faces of the data's box = [-1, 1]^2
             path = mapdir / f"epoch_{epoch_tag(epoch)}.png"
-            draw_map(pr, path, title=f"{dataset}, epoch {epoch:g}: {row['regions_box']} "
+            region_map(pr, path, title=f"{dataset}, epoch {epoch:g}: {row['regions_box']} "
                                        f"regions (hull {row['regions_hull']}), acc {acc:.2f}")
             row.update(faces=len(pr), boundary_segments=int(pr.decision_boundary.shape[0]),
                        map=str(path.relative_to(out)))

@@ -165,14 +165,15 @@ def min_width(target: Target, *, tol: float = 0.01, max_width: int | None = None
                           min=1)
     tried, found = [], None
     for w in range(check_int(start, "start", min=1), max_width + 1):
-        best = None
+        best, best_net = None, None
         for r in range(restarts):
             net, err = fit_width(target, w, seed=r, steps=steps)
-            if best is None or err < best["max_error"]:  # the exact walk for the best only
-                best = {"width": w, "max_error": err, "restart": r,
-                        "pieces": int(regions_in_interval(net, 0.0, 1.0).counts[0])}
+            if best is None or err < best["max_error"]:
+                best, best_net = {"width": w, "max_error": err, "restart": r}, net
             if err <= tol:
                 break
+        # the exact walk once per width, for its best restart
+        best["pieces"] = int(regions_in_interval(best_net, 0.0, 1.0).counts[0])
         tried.append(best)
         if best["max_error"] <= tol:
             found = best

@@ -102,7 +102,7 @@ def _slices(run: Path) -> list[str]:
 def _evolution(run: Path) -> list[str]:
     pngs = sorted(run.glob("evolution*.png"), key=lambda p: p.name != "evolution_regions.png")
     gifs = sorted(run.glob("evolution_*.gif"))
-    d = _json(run / "evolution.json") if (run / "evolution.json").is_file() else None
+    d = _json(run / "evolution.json")
     if not pngs and not gifs and not d:
         return []
     parts = ["<h2>Training evolution</h2>"]
@@ -131,7 +131,7 @@ def _evolution(run: Path) -> list[str]:
 
 
 def _minwidth(run: Path) -> list[str]:
-    d = _json(run / "minwidth.json") if (run / "minwidth.json").is_file() else None
+    d = _json(run / "minwidth.json")
     if not isinstance(d, dict) and not (run / "minwidth.png").is_file():
         return []
     parts = ["<h2>Minimum width (1-D)</h2>"]

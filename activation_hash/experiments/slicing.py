@@ -5,15 +5,10 @@
   of a 2-D-input model over its data's box: ``slice_<tag>.png`` / ``.svg`` and
   ``slice_<tag>.json`` (faces, decision-boundary segments, faces per predicted class, the
   anchors) in the run directory, then its ``report.html`` is refreshed.
-- :func:`box_counts`: exact regions in the box and in the convex hull of 2-D data
-  (:func:`activation_hash.slices.regions_in_box`).
-- :func:`draw_map`: the region map PNG / SVG (:func:`activation_hash.slices.region_map`).
-
+- :func:`pick_samples` / :func:`parse_ids`: the three samples of a slice.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -21,7 +16,7 @@ import torch
 from activation_hash.fileio import atomic_write_json
 from activation_hash.validation import check_int
 
-__all__ = ["run_slice", "box_counts", "draw_map", "pick_samples", "parse_ids"]
+__all__ = ["run_slice", "pick_samples", "parse_ids"]
 
 Say = Callable[[str], None] | None
 
@@ -58,26 +53,6 @@ def pick_samples(x: torch.Tensor, y: torch.Tensor, *, samples=None, classes=None
                                  f"{sorted(set(y.tolist()))})")
             idx.append(int(hit[0]))
     return x[idx], idx
-
-
-# ---- regions in the box and hull of 2-D data, region maps -------------------------------------
-
-def box_counts(model, x: torch.Tensor) -> dict:
-    """``{"box": int, "hull": int, "regions": PlaneRegions of the box}``: exact linear regions
-    of a 2-D-input ``model`` in the bounding box / the convex hull of the points ``x [N, 2]``
-    (:func:`activation_hash.slices.regions_in_box`)."""
-    from activation_hash.slices import regions_in_box
-
-    r = regions_in_box(model, x)
-    return {"box": int(r["box"]), "hull": int(r["hull"]), "regions": r["regions"]}
-
-
-def draw_map(pr, path, *, title: str | None = None, fmt: str | None = None) -> Path:
-    """The region map of ``pr`` (a ``PlaneRegions``) at ``path``, PNG or SVG
-    (:func:`activation_hash.slices.region_map`)."""
-    from activation_hash.slices import region_map
-
-    return Path(region_map(pr, path, fmt=fmt, title=title))
 
 
 # ---- the command ----------------------------------------------------------------------------
@@ -133,15 +108,11 @@ def run_slice(out=None, model=None, *, arch: dict | None = None, data: dict | No
            "window": list(pr.window), "anchors_uv": pr.anchors.tolist(), "sampled": pr.sampled,
            "layers": list(pr.codes.layout.names)}
     title = (f"{len(pr)} regions{' (sampled)' if pr.sampled else ''}: {tag}\n{what}")
-    png = draw_map(pr, out / f"slice_{tag}.png", title=title)
-    svg = draw_map(pr, out / f"slice_{tag}.svg", title=title)
+    png = slices.region_map(pr, out / f"slice_{tag}.png", title=title)
+    svg = slices.region_map(pr, out / f"slice_{tag}.svg", title=title)
     atomic_write_json(out / f"slice_{tag}.json", res, indent=1)
     report = write_report(out, "activation-hash slice")
     (say or (lambda s: None))(f"{len(pr)} faces, {res['decision_boundary_segments']} decision-"
                               f"boundary segments ({tag}) -> {png}; report: {report}")
     return {**res, "out": out, "png": png, "svg": svg, "regions": pr, "report": report}
 
-
-def load_slice_rows(run_dir) -> list[dict]:
-    """The ``slice_*.json`` records of a run directory (for the report)."""
-    return [json.loads(p.read_text()) for p in sorted(Path(run_dir).glob("slice_*.json"))]

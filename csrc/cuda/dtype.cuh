@@ -23,15 +23,15 @@ struct F32 {
   using raw_t = uint32_t;
   using op_t = float;
   static constexpr raw_t kSign = 0x80000000u, kInf = 0x7F800000u;
-  AH_HD static op_t to_op(raw_t r) { return bits_to_float(r); }
-  AH_HD static raw_t from_op(op_t v) { return float_to_bits(v); }
+  AH_HD static op_t to_op(raw_t r) { return bit_cast<float>(r); }
+  AH_HD static raw_t from_op(op_t v) { return bit_cast<uint32_t>(v); }
 };
 struct F64 {
   using raw_t = uint64_t;
   using op_t = double;
   static constexpr raw_t kSign = 0x8000000000000000ull, kInf = 0x7FF0000000000000ull;
-  AH_HD static op_t to_op(raw_t r) { return bits_to_double(r); }
-  AH_HD static raw_t from_op(op_t v) { return double_to_bits(v); }
+  AH_HD static op_t to_op(raw_t r) { return bit_cast<double>(r); }
+  AH_HD static raw_t from_op(op_t v) { return bit_cast<uint64_t>(v); }
 };
 struct F16 {
   using raw_t = uint16_t;
@@ -108,6 +108,25 @@ __device__ __forceinline__ void store16(T* p, const void* in) {
   // One st.global.v4 (a plain uint4 assignment may be split into narrower stores).
   __stwb(reinterpret_cast<uint4*>(p), *reinterpret_cast<const uint4*>(in));
 #endif
+}
+
+// One 16-byte vector of x (16-byte aligned): its V = Vec16<D>::kN sign bits (bit k: x[k] > 0)
+// and, if kWriteY, the ReLU / LeakyReLU of it stored to y (same alignment).
+template <typename D, bool kWriteY, bool kLeaky>
+__device__ __forceinline__ uint32_t pack_vec16(const typename D::raw_t* x,
+                                               typename D::raw_t* y, typename D::op_t slope) {
+  constexpr int V = Vec16<D>::kN;
+  Vec16<D> v;
+  load16(x, &v);
+  uint32_t bits = 0;
+AH_UNROLL
+  for (int k = 0; k < V; ++k) bits |= uint32_t(raw_on<D>(v.v[k])) << k;
+  if constexpr (kWriteY) {
+AH_UNROLL
+    for (int k = 0; k < V; ++k) v.v[k] = raw_activation<D, kLeaky>(v.v[k], slope);
+    store16(y, &v);
+  }
+  return bits;
 }
 
 }  // namespace activation_hash::cuda

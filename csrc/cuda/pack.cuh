@@ -108,17 +108,8 @@ __global__ void pack_words_kernel(const typename D::raw_t* __restrict__ x,
       if constexpr (kVec) {
         const int64_t u = c * (32 * V) + V * lane;
         uint32_t bits = 0;
-        if (u < n) {  // n % V == 0: the whole vector is in the row
-          Vec16<D> v;
-          load16(xr + u, &v);
-AH_UNROLL
-          for (int k = 0; k < V; ++k) bits |= uint32_t(raw_on<D>(v.v[k])) << k;
-          if constexpr (kWriteY) {
-AH_UNROLL
-            for (int k = 0; k < V; ++k) v.v[k] = raw_activation<D, kLeaky>(v.v[k], slope);
-            store16(yr + u, &v);
-          }
-        }
+        if (u < n)  // n % V == 0: the whole vector is in the row
+          bits = pack_vec16<D, kWriteY, kLeaky>(xr + u, kWriteY ? yr + u : nullptr, slope);
         bits <<= (lane % kLanes) * V;
 AH_UNROLL
         for (int o = 1; o < kLanes; o <<= 1) bits |= __shfl_xor_sync(0xffffffffu, bits, o);

@@ -80,15 +80,8 @@ AH_UNROLL
           if (s < S && c < C) {  // kVec: C % V == 0, so the whole vector is in the row
             const int64_t off = s * C + c;
             if constexpr (kVec) {
-              Vec16<D> v;
-              load16(xs + off, &v);
-AH_UNROLL
-              for (int k = 0; k < V; ++k) bits |= uint32_t(raw_on<D>(v.v[k])) << k;
-              if constexpr (kWriteY) {
-AH_UNROLL
-                for (int k = 0; k < V; ++k) v.v[k] = raw_activation<D, kLeaky>(v.v[k], slope);
-                store16(ys + off, &v);
-              }
+              bits = pack_vec16<D, kWriteY, kLeaky>(xs + off, kWriteY ? ys + off : nullptr,
+                                                    slope);
             } else {
               const raw_t v = xs[off];
               bits = raw_on<D>(v);

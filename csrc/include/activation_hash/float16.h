@@ -17,42 +17,30 @@
 
 namespace activation_hash {
 
-AH_HD inline float bits_to_float(uint32_t u) {
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
-AH_HD inline uint32_t float_to_bits(float f) {
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  return u;
-}
-AH_HD inline double bits_to_double(uint64_t u) {
-  double d;
-  memcpy(&d, &u, 8);
-  return d;
-}
-AH_HD inline uint64_t double_to_bits(double d) {
-  uint64_t u;
-  memcpy(&u, &d, 8);
-  return u;
+// The bits of a value as another type of the same size (memcpy: defined behaviour, one move).
+template <typename To, typename From>
+AH_HD inline To bit_cast(From v) {
+  static_assert(sizeof(To) == sizeof(From), "bit_cast between types of one size");
+  To t;
+  memcpy(&t, &v, sizeof(To));
+  return t;
 }
 
 // Host (integer) definitions.
 inline float half_to_float_host(uint16_t h) {
   const uint32_t sign = uint32_t(h & 0x8000u) << 16;
   uint32_t e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
-  if (e == 0x1F) return bits_to_float(sign | 0x7F800000u | (m << 13));  // inf, NaN
+  if (e == 0x1F) return bit_cast<float>(sign | 0x7F800000u | (m << 13));  // inf, NaN
   if (e == 0) {
-    if (m == 0) return bits_to_float(sign);
+    if (m == 0) return bit_cast<float>(sign);
     e = 113;  // subnormal: normalise (value m * 2^-24)
     while ((m & 0x400u) == 0) {
       m <<= 1;
       --e;
     }
-    return bits_to_float(sign | (e << 23) | ((m & 0x3FFu) << 13));
+    return bit_cast<float>(sign | (e << 23) | ((m & 0x3FFu) << 13));
   }
-  return bits_to_float(sign | ((e + 112) << 23) | (m << 13));
+  return bit_cast<float>(sign | ((e + 112) << 23) | (m << 13));
 }
 
 // Round-to-nearest-even right shift of m by s (1 <= s <= 31).
@@ -62,7 +50,7 @@ inline uint32_t shift_rne(uint32_t m, int s) {
 }
 
 inline uint16_t float_to_half_rn_host(float f) {
-  const uint32_t x = float_to_bits(f);
+  const uint32_t x = bit_cast<uint32_t>(f);
   const uint16_t sign = uint16_t((x >> 16) & 0x8000u);
   const uint32_t a = x & 0x7FFFFFFFu;
   if (a > 0x7F800000u) return uint16_t(sign | 0x7E00u | ((a >> 13) & 0x3FFu));  // quiet NaN
@@ -76,7 +64,7 @@ inline uint16_t float_to_half_rn_host(float f) {
 }
 
 inline uint16_t float_to_bf16_rn_host(float f) {
-  const uint32_t x = float_to_bits(f);
+  const uint32_t x = bit_cast<uint32_t>(f);
   if ((x & 0x7FFFFFFFu) > 0x7F800000u) return uint16_t((x >> 16) | 0x40u);  // quiet NaN
   return uint16_t((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
 }
@@ -102,7 +90,7 @@ AH_HD inline uint16_t float_to_half_rn(float f) {
 #endif
 }
 
-AH_HD inline float bf16_to_float(uint16_t b) { return bits_to_float(uint32_t(b) << 16); }
+AH_HD inline float bf16_to_float(uint16_t b) { return bit_cast<float>(uint32_t(b) << 16); }
 
 AH_HD inline uint16_t float_to_bf16_rn(float f) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -110,7 +98,7 @@ AH_HD inline uint16_t float_to_bf16_rn(float f) {
   asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(b) : "f"(f));
   return b;
 #elif defined(__CUDA_ARCH__)
-  const uint32_t x = float_to_bits(f);  // pre-sm_80: the same integer rounding as the host
+  const uint32_t x = bit_cast<uint32_t>(f);  // pre-sm_80: the same integer rounding as the host
   if ((x & 0x7FFFFFFFu) > 0x7F800000u) return uint16_t((x >> 16) | 0x40u);
   return uint16_t((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
 #else
