@@ -74,7 +74,9 @@ def extension():
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     # at::parallel_for is an inline OpenMP loop in torch's headers: without -fopenmp it runs on
     # one thread. The soname libgomp.so.1 resolves to the runtime torch has already loaded.
-    cxx = opt + ["-fvisibility=hidden", "-Wall", "-fopenmp"]
+    # -ffp-contract=off: no fused multiply-adds, so that float64 kernels (split_pieces) give the
+    # bits of the reference's separate products and sums.
+    cxx = opt + ["-fvisibility=hidden", "-Wall", "-fopenmp", "-ffp-contract=off"]
     kwargs = dict(
         name="activation_hash._C",
         sources=sources,

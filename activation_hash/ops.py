@@ -129,6 +129,26 @@ if HAS_EXTENSION:
         n = codes.shape[0]
         return codes.new_empty((torch.sym_max(n - 1, 0),), dtype=torch.int32)
 
+    if hasattr(_ops, "split_pieces"):
+        @torch.library.register_fake("activation_hash::split_pieces")
+        def _split_pieces_fake(first_dir, group_ptr, flip_ptr, flip_unit, flip_coef, weight_t,
+                               start_value, lo, hi, seg_ptr, negative_slope, tol, max_pieces,
+                               last, first_out):
+            reference.check_split_args(first_dir, group_ptr, flip_ptr, flip_unit, flip_coef,
+                                       weight_t, start_value, lo, hi, seg_ptr, tol, max_pieces)
+            reference.check_first_out(first_out, 0 if last else lo.shape[0], first_dir.shape[1])
+            ctx = torch.library.get_ctx()
+            C, FC = ctx.new_dynamic_size(), ctx.new_dynamic_size()
+            n, P = first_dir.shape[1], lo.shape[0]
+            i64 = dict(dtype=torch.int64)
+            return (lo.new_empty((P + 1,), **i64), lo.new_empty((C,)), lo.new_empty((C,)),
+                    lo.new_empty((C, words_for_bits(n)), **i64),
+                    start_value.new_empty((0 if last else start_value.shape[0], n)),
+                    lo.new_empty((C + 1,), **i64), lo.new_empty((FC,), **i64),
+                    lo.new_empty((FC,)))
+
+HAS_SPLIT = HAS_EXTENSION and hasattr(torch.ops.activation_hash, "split_pieces")
+
 
 class _ReferenceReluPack(torch.autograd.Function):
     """Fallback autograd for relu_pack without the extension (also saves only the words)."""
@@ -258,3 +278,24 @@ def hamming_consecutive(codes: torch.Tensor) -> torch.Tensor:
     if HAS_EXTENSION:
         return _ops.hamming_consecutive.default(codes)
     return reference.hamming_consecutive(codes)
+
+
+# ---- regions (csrc/cpu/regions.cpp) --------------------------------------------------------
+
+def split_pieces(first_dir, group_ptr, flip_ptr, flip_unit, flip_coef, weight_t, start_value,
+                 lo, hi, seg_ptr, negative_slope: float, tol: float, max_pieces: int,
+                 last: bool = False, first_out: torch.Tensor | None = None):
+    """One ReLU-like layer of the layer-by-layer walk of MLP segments (CPU tensors, float64
+    values, int64 offsets): every piece cut at its zero crossings, every child decided at its
+    midpoint. Arguments and results: the schema's comment in csrc/ops.cpp; ``first_out``
+    (float64 ``[P, n]``, ``[0, n]`` when ``last``; allocated when None) is written and
+    returned first, then the op's eight results. activation_hash/regions_layers.py drives it."""
+    if first_out is None:
+        first_out = torch.empty((0 if last else lo.shape[0], first_dir.shape[1]),
+                                dtype=torch.float64)
+    args = (first_dir, group_ptr, flip_ptr, flip_unit, flip_coef, weight_t, start_value, lo,
+            hi, seg_ptr, float(negative_slope), float(tol), check_int(max_pieces, "max_pieces"),
+            bool(last), first_out)
+    if HAS_SPLIT:
+        return (first_out, *_ops.split_pieces.default(*args))
+    return (first_out, *reference.split_pieces(*args))

@@ -7,6 +7,7 @@ int64 word j // 64 at bit j % 64; padding bits are 0. As little-endian bytes thi
 """
 from __future__ import annotations
 
+import math
 import sys
 
 import torch
@@ -259,3 +260,159 @@ def fingerprint_key(codes: torch.Tensor, index_bits: int) -> torch.Tensor:
     low = (1 << index_bits) - 1
     rows = torch.arange(codes.shape[0], dtype=torch.int64, device=codes.device)
     return (fingerprint128(codes)[:, 0] & ~low) | rows
+
+
+# ---- regions: one layer of the layer-by-layer segment walk (csrc/cpu/regions.cpp) --------
+
+def _check_offsets(ptr: torch.Tensor, total: int, name: str) -> None:
+    if ptr[0] != 0:
+        raise ValueError(f"{name}[0] must be 0, got {int(ptr[0])}")
+    if (ptr[1:] < ptr[:-1]).any():
+        raise ValueError(f"{name} must not decrease")
+    if ptr[-1] != total:
+        raise ValueError(f"{name}[-1] must be {total}, got {int(ptr[-1])}")
+
+
+def check_split_args(first_dir, group_ptr, flip_ptr, flip_unit, flip_coef, weight_t,
+                     start_value, lo, hi, seg_ptr, tol, max_pieces) -> None:
+    """The shape and dtype checks of :func:`split_pieces` (also its fake's)."""
+    for name, t, dtype, dim in (("first_dir", first_dir, torch.float64, 2),
+                                ("weight_t", weight_t, torch.float64, 2),
+                                ("start_value", start_value, torch.float64, 2),
+                                ("group_ptr", group_ptr, torch.int64, 1),
+                                ("flip_ptr", flip_ptr, torch.int64, 1),
+                                ("flip_unit", flip_unit, torch.int64, 1),
+                                ("flip_coef", flip_coef, torch.float64, 1),
+                                ("lo", lo, torch.float64, 1), ("hi", hi, torch.float64, 1),
+                                ("seg_ptr", seg_ptr, torch.int64, 1)):
+        if not isinstance(t, torch.Tensor) or t.dtype != dtype:
+            got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+            raise TypeError(f"{name} must be {dtype}, got {got}")
+        if t.dim() != dim:
+            raise ValueError(f"{name} must be {dim}-D, got shape {list(t.shape)}")
+        if t.device.type not in ("cpu", "meta"):
+            raise ValueError(f"{name} must be on the CPU, got {t.device}")
+    n, P = first_dir.shape[1], lo.shape[0]
+    if group_ptr.shape[0] != first_dir.shape[0] + 1:
+        raise ValueError(f"group_ptr must have {first_dir.shape[0] + 1} entries (groups + 1), "
+                         f"got {group_ptr.shape[0]}")
+    if hi.shape[0] != P:
+        raise ValueError(f"lo and hi must have one length, got {P} and {hi.shape[0]}")
+    if flip_ptr.shape[0] != P + 1:
+        raise ValueError(f"flip_ptr must have {P + 1} entries (pieces + 1), got "
+                         f"{flip_ptr.shape[0]}")
+    if flip_coef.shape[0] != flip_unit.shape[0]:
+        raise ValueError(f"flip_unit and flip_coef must have one length, got "
+                         f"{flip_unit.shape[0]} and {flip_coef.shape[0]}")
+    if weight_t.shape[1] != n:
+        raise ValueError(f"weight_t must be [n_in, {n}] (the layer's weight transposed), got "
+                         f"shape {list(weight_t.shape)}")
+    if list(start_value.shape) != [seg_ptr.shape[0] - 1, n]:
+        raise ValueError(f"start_value must be [segments, {n}] = [{seg_ptr.shape[0] - 1}, {n}],"
+                         f" got shape {list(start_value.shape)}")
+    if seg_ptr.shape[0] < 1:
+        raise ValueError("seg_ptr must have segments + 1 >= 1 entries")
+    if not (math.isfinite(tol) and tol >= 0):
+        raise ValueError(f"tol must be finite and >= 0, got {tol}")
+    if max_pieces < 1:
+        raise ValueError(f"max_pieces must be >= 1, got {max_pieces}")
+
+
+def check_first_out(t, rows: int, n: int) -> None:
+    if not isinstance(t, torch.Tensor) or t.dtype != torch.float64:
+        got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+        raise TypeError(f"first_out must be torch.float64, got {got}")
+    if list(t.shape) != [rows, n]:
+        raise ValueError(f"first_out must have shape [{rows}, {n}], got {list(t.shape)}")
+    if not t.is_contiguous():
+        raise ValueError("first_out must be contiguous")
+
+
+def _masked(v: torch.Tensor, on: torch.Tensor, slope: float) -> torch.Tensor:
+    return torch.where(on, v, v * slope if slope != 0.0 else torch.zeros_like(v))
+
+
+def split_pieces(first_dir, group_ptr, flip_ptr, flip_unit, flip_coef, weight_t, start_value,
+                 lo, hi, seg_ptr, negative_slope, tol, max_pieces, last, first_out):
+    """One ReLU-like layer of the layer-by-layer walk of MLP segments: every piece cut at its
+    zero crossings, every child decided at its midpoint. The contract (arguments, first_out
+    written, the eight results) is the schema's comment in csrc/ops.cpp."""
+    check_split_args(first_dir, group_ptr, flip_ptr, flip_unit, flip_coef, weight_t,
+                     start_value, lo, hi, seg_ptr, tol, max_pieces)
+    check_first_out(first_out, 0 if last else lo.shape[0], first_dir.shape[1])
+    G, n = first_dir.shape
+    P, S, F = lo.shape[0], seg_ptr.shape[0] - 1, flip_unit.shape[0]
+    _check_offsets(group_ptr, P, "group_ptr")
+    _check_offsets(flip_ptr, F, "flip_ptr")
+    _check_offsets(seg_ptr, P, "seg_ptr")
+    starts = set(group_ptr.tolist())
+    for s in range(S):
+        if seg_ptr[s] != seg_ptr[s + 1] and int(seg_ptr[s]) not in starts:
+            raise ValueError(f"every segment must begin a group: seg_ptr[{s}] = "
+                             f"{int(seg_ptr[s])} is not in group_ptr")
+    if F and not ((flip_unit >= 0) & (flip_unit < weight_t.shape[0])).all():
+        raise ValueError(f"flip_unit holds a unit that is not a row of weight_t "
+                         f"({weight_t.shape[0]} rows)")
+    slope = float(negative_slope)
+    group_of = torch.repeat_interleave(torch.arange(G), group_ptr.diff())
+    start_out = torch.zeros_like(start_value)
+    child_count = torch.zeros(P, dtype=torch.int64)
+    c_lo, c_hi, c_on, c_flips, c_unit, c_coef = [], [], [], [], [], []
+    for s in range(S):
+        p0, p1 = int(seg_ptr[s]), int(seg_ptr[s + 1])
+        za, zb, children = start_value[s].clone(), None, 0
+        for p in range(p0, p1):
+            if p > p0:
+                za = za + (lo[p] - lo[p - 1]) * zb
+            if p in starts:
+                zb = first_dir[group_of[p]].clone()
+            else:
+                for k in range(int(flip_ptr[p]), int(flip_ptr[p + 1])):
+                    zb = zb + flip_coef[k] * weight_t[flip_unit[k]]
+            tc = lo[p] - za / zb
+            inside = ((tc > lo[p] + tol) & (tc < hi[p] - tol)).nonzero().squeeze(1)
+            tv = torch.sort(tc[inside], stable=True).values
+            keep = torch.ones_like(tv, dtype=torch.bool)
+            keep[1:] = tv[1:] > tv[:-1] + tol
+            edges = torch.cat([lo[p:p + 1], tv[keep], hi[p:p + 1]])
+            child_count[p] = edges.shape[0] - 1
+            children += edges.shape[0] - 1
+            if children > max_pieces:
+                raise ValueError(f"a segment has more than max_pieces={max_pieces} pieces; "
+                                 f"raise max_pieces")
+            prev = None
+            for c in range(edges.shape[0] - 1):
+                nl, nh = edges[c], edges[c + 1]
+                ar = za + (nl - lo[p]) * zb
+                on = ar + (0.5 * (nh - nl)) * zb > 0
+                c_lo.append(nl)
+                c_hi.append(nh)
+                c_on.append(on)
+                if last:
+                    c_flips.append(0)
+                elif c == 0:
+                    first_out[p] = _masked(zb, on, slope)
+                    if p == p0:
+                        start_out[s] = _masked(ar, on, slope)
+                    c_flips.append(0)
+                else:
+                    units = (on != prev).nonzero().squeeze(1)
+                    sign = torch.where(on[units], torch.tensor(1.0 - slope, dtype=torch.float64),
+                                       torch.tensor(slope - 1.0, dtype=torch.float64))
+                    c_unit.append(units)
+                    c_coef.append(sign * zb[units])
+                    c_flips.append(units.shape[0])
+                prev = on
+    f64 = dict(dtype=torch.float64)
+    child_ptr = torch.cat([torch.zeros(1, dtype=torch.int64), child_count.cumsum(0)])
+    flips_ptr = torch.cat([torch.zeros(1, dtype=torch.int64),
+                           torch.tensor(c_flips, dtype=torch.int64).cumsum(0)])
+    words = pack_bits(torch.stack(c_on)) if c_on else torch.zeros(0, words_for_bits(n),
+                                                                   dtype=torch.int64)
+    if last:
+        start_out = start_out[:0]
+    return (child_ptr, torch.stack(c_lo) if c_lo else torch.zeros(0, **f64),
+            torch.stack(c_hi) if c_hi else torch.zeros(0, **f64), words, start_out,
+            flips_ptr[:len(c_flips) + 1],
+            torch.cat(c_unit) if c_unit else torch.zeros(0, dtype=torch.int64),
+            torch.cat(c_coef) if c_coef else torch.zeros(0, **f64))

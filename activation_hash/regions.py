@@ -37,17 +37,15 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from activation_hash.codes import CodeBook
 from activation_hash.grouping import group_rows
 from activation_hash.layout import Layout
-from activation_hash.nn import ReLU
-from activation_hash.ops import pack_signs
 from activation_hash.record import find_sites, record
+from activation_hash.regions_layers import chain_layers, mlp_layers, mlp_stages, plain_chain
 from activation_hash.switches import (TOL, NotPiecewiseLinearError, SwitchMode,  # noqa: F401
-                                      walk_copy)
+                                      check_eval, walk_copy)
 from activation_hash.validation import check_choice, check_int
 
 __all__ = ["segment_regions", "regions_in_interval", "sampled_segment_regions",
@@ -219,149 +217,6 @@ def _walk(wm: nn.Module, x0: torch.Tensor, x1: torch.Tensor, layout: Layout,
             switch_out.rows()[order], kinds or [])
 
 
-# ---- layer by layer (chains) ------------------------------------------------------------
-
-PASS_MODULES = (nn.Flatten, nn.Dropout, nn.Identity, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-                nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
-AFFINE_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
-                  nn.ConvTranspose2d, nn.ConvTranspose3d, nn.BatchNorm1d, nn.BatchNorm2d,
-                  nn.BatchNorm3d)
-
-
-def linear_part(m: nn.Module, d: torch.Tensor) -> torch.Tensor:
-    """The linear part of an affine module (``AFFINE_MODULES``) applied to directions
-    ``d [P, ...]``: no bias, no offset (BatchNorm in eval: the per-channel scale)."""
-    if isinstance(m, nn.Linear):
-        return F.linear(d, m.weight)
-    if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        return m._conv_forward(d, m.weight, None)
-    if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
-        scale = torch.rsqrt(m.running_var + m.eps)
-        if m.weight is not None:
-            scale = scale * m.weight
-        return d * scale.view((1, -1) + (1,) * (d.dim() - 2))
-    return m(d) - m(torch.zeros_like(d[:1]))
-
-
-def plain_chain(model: nn.Module) -> list[nn.Module] | None:
-    """The modules of a plain chain (nested Sequentials flattened), or None."""
-    if not isinstance(model, nn.Sequential):
-        return None
-    out = []
-    for m in model:
-        if isinstance(m, nn.Sequential):
-            sub = plain_chain(m)
-            if sub is None:
-                return None
-            out += sub
-        elif isinstance(m, (nn.ReLU, nn.LeakyReLU, ReLU, *PASS_MODULES, *AFFINE_MODULES)):
-            out.append(m)
-        else:
-            return None
-    return out
-
-
-def _layers(chain: list[nn.Module], x0: torch.Tensor, x1: torch.Tensor, max_pieces: int):
-    """Split every segment at each ReLU-like layer in turn. A piece [lo, hi) carries the
-    layer's input as ``h(t) = a + (t - lo) b`` (``a`` its value at the piece's own start: no
-    extrapolation from t = 0, which would cancel digits far along the segment)."""
-    S = x0.shape[0]
-    seg = torch.arange(S)
-    lo = torch.zeros(S, dtype=torch.float64)
-    hi = torch.ones(S, dtype=torch.float64)
-    a, b = x0, x1 - x0                      # h(t) = a + (t - lo) b  (b: no bias)
-    words: list[torch.Tensor] = []          # per code site: int64 [pieces, w] (for its pieces)
-    parent: list[torch.Tensor] = []         # per site: piece index of the previous stage
-    site_of_split: list[torch.Tensor] = []  # per site: split flag of each new piece
-    k = 0
-    with torch.no_grad():
-        for m in chain:
-            if isinstance(m, PASS_MODULES):
-                a, b = m(a), m(b)  # linear, no offset
-                continue
-            if isinstance(m, AFFINE_MODULES):
-                a, b = _affine(m, a, b, lo, seg)
-                continue
-            slope = float(getattr(m, "negative_slope", 0.0) or 0.0)
-            P = a.shape[0]
-            za, zb = a.reshape(P, -1), b.reshape(P, -1)
-            tc = lo[:, None] - za / zb          # zero crossing of each unit
-            # zb == 0 gives +-inf or nan: never inside
-            inside = (tc > lo[:, None] + TOL).logical_and_(tc < hi[:, None] - TOL)
-            piece, unit = inside.nonzero(as_tuple=True)  # the few crossings inside their piece
-            tv = tc[piece, unit]
-            order = torch.sort(tv, stable=True).indices
-            order = order[torch.sort(piece[order], stable=True).indices]  # by piece, then t
-            piece, tv = piece[order], tv[order]
-            distinct = torch.ones_like(piece, dtype=torch.bool)  # coincident crossings (closer
-            distinct[1:] = (piece[1:] != piece[:-1]) | (tv[1:] > tv[:-1] + TOL)  # than TOL): one
-            cuts = tv[distinct]                 # pieces in order, cuts ascending in each
-            n_new = torch.bincount(piece[distinct], minlength=P) + 1
-            if int(n_new.sum()) > max_pieces * S:
-                raise ValueError(f"more than max_pieces={max_pieces} pieces per segment")
-            rep = torch.repeat_interleave(torch.arange(P), n_new)
-            first = torch.zeros(rep.shape[0], dtype=torch.bool)
-            first[torch.cumsum(n_new, 0)[:-1]] = True
-            first[0] = True
-            new_lo = lo[rep].clone()
-            new_hi = hi[rep].clone()
-            not_first = ~first
-            new_lo[not_first] = cuts
-            last = torch.ones_like(first)
-            last[:-1] = first[1:]
-            new_hi[~last] = cuts
-            shape = (-1,) + (1,) * (a.dim() - 1)
-            br = b.index_select(0, rep)
-            ar = torch.addcmul(a.index_select(0, rep), (new_lo - lo[rep]).view(shape), br)
-            on = torch.addcmul(ar, (0.5 * (new_hi - new_lo)).view(shape), br) > 0  # midpoint
-            if slope == 0.0:
-                a, b = ar.masked_fill_(~on, 0.0), br.masked_fill_(~on, 0.0)
-            else:
-                factor = torch.full_like(ar, slope).masked_fill_(on, 1.0)  # float64 slope
-                a, b = ar.mul_(factor), br.mul_(factor)
-            words.append(pack_signs(on.to(torch.float32) - 0.5))
-            parent.append(rep)
-            site_of_split.append(not_first)
-            seg, lo, hi = seg[rep], new_lo, new_hi
-            k += 1
-    # every site's words to the final pieces: follow parents backwards
-    n_final = seg.shape[0]
-    idx = torch.arange(n_final)
-    final_words = [None] * k
-    split_site = torch.full((n_final,), -1, dtype=torch.int64)
-    for j in range(k - 1, -1, -1):
-        final_words[j] = words[j][idx]
-        hit = site_of_split[j][idx] & (split_site < 0)
-        split_site[hit] = j
-        idx = parent[j][idx]
-    codes = torch.cat(final_words, 1) if final_words else torch.zeros(n_final, 0,
-                                                                       dtype=torch.int64)
-    return seg, lo, codes, split_site
-
-
-def _affine(m: nn.Module, a: torch.Tensor, b: torch.Tensor, lo: torch.Tensor,
-            seg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """An affine layer on every piece: the direction through its linear part (one batched
-    call), the value at each piece's start exactly for the first piece of each segment and by
-    continuity for the others (``z(lo_j) = a_{j-1} + (lo_j - lo_{j-1}) b_{j-1}``): the layer's
-    matrix is applied to the directions only."""
-    bl = linear_part(m, b)
-    P = b.shape[0]
-    new_seg = torch.ones(P, dtype=torch.bool)
-    new_seg[1:] = seg[1:] != seg[:-1]
-    firsts = new_seg.nonzero().squeeze(1)
-    al = torch.empty_like(bl)
-    al[firsts] = m(a[firsts])
-    shape = (-1,) + (1,) * (bl.dim() - 1)
-    step = bl[:-1] * (lo[1:] - lo[:-1]).view(shape)   # step[j - 1]: from piece j - 1 to j
-    ends = torch.cat([firsts[1:], torch.tensor([P])]).tolist()
-    for f, e in zip(firsts.tolist(), ends):
-        if e - f > 1:
-            torch.cumsum(step[f:e - 1], 0, out=al[f + 1:e])
-            al[f + 1:e] += al[f]
-    return al, bl
-
-
 # ---- public -----------------------------------------------------------------------------
 
 def segment_regions(model: nn.Module, x0: torch.Tensor, x1: torch.Tensor, *,
@@ -374,7 +229,7 @@ def segment_regions(model: nn.Module, x0: torch.Tensor, x1: torch.Tensor, *,
         x0, x1: float ``[S, *in_shape]`` (or one input ``[*in_shape]`` each, with a batch
             dimension of 1 added when the model's input is batched: pass ``[1, ...]``).
         method: ``"auto"``, ``"walk"`` (any graph) or ``"layers"`` (plain chains).
-        batch: segments advanced together.
+        batch: segments advanced together (MLPs on the CPU: two per thread).
         max_pieces: ValueError when a segment has more pieces.
         progress: a tqdm bar of the pieces found.
 
@@ -385,22 +240,31 @@ def segment_regions(model: nn.Module, x0: torch.Tensor, x1: torch.Tensor, *,
     batch = check_int(batch, "batch", min=1)
     max_pieces = check_int(max_pieces, "max_pieces", min=1)
     x0, x1 = as_segment_pairs(x0, x1)
-    wm = walk_copy(model)
     if x0.shape[0] == 0:
         raise ValueError("x0 and x1 hold no segment")
-    sites = find_sites(wm, x0[:1])
+    check_eval(model)
+    chain = plain_chain(model)
+    stages = mlp_stages(chain, x0) if chain is not None and method != "walk" else None
+    if stages:  # the MLP path reads the weights: no float64 copy of the model needed
+        wm = model
+        sites = find_sites(model, x0[:1].to(stages[0][0].weight.dtype))
+    else:
+        wm = walk_copy(model)
+        sites = find_sites(wm, x0[:1])
+        chain = plain_chain(wm)
     layout = Layout(tuple(s.name for s in sites), tuple(s.shape for s in sites))
-    chain = plain_chain(wm)
     if method == "layers" and chain is None:
         raise ValueError("method='layers' needs a plain nn.Sequential chain of Linear/Conv/"
                          "BatchNorm/ReLU/LeakyReLU/Flatten/Dropout/AvgPool modules; use "
                          "method='walk'")
     use_layers = chain is not None and method != "walk"
     parts = []
-    for lo in range(0, x0.shape[0], batch):
-        a, b = x0[lo:lo + batch], x1[lo:lo + batch]
+    step = x0.shape[0] if stages else batch  # MLPs: chunks of their own
+    for lo in range(0, x0.shape[0], step):
+        a, b = x0[lo:lo + step], x1[lo:lo + step]
         if use_layers:
-            seg, starts, words, split = _layers(chain, a, b, max_pieces)
+            seg, starts, words, split = (mlp_layers(stages, a, b, max_pieces) if stages else
+                                         chain_layers(chain, a, b, max_pieces))
             parts.append((seg + lo, starts, words, split))
         else:
             seg, starts, words, switch, kinds = _walk(wm, a, b, layout, max_pieces, progress)

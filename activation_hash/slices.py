@@ -38,7 +38,7 @@ from torch import nn
 from activation_hash import polygons as pg
 from activation_hash.layout import Layout
 from activation_hash.record import find_sites
-from activation_hash.regions import plain_chain
+from activation_hash.regions_layers import plain_chain
 from activation_hash.slices_core import (_MIN_AREA, NotPiecewiseLinearError, PlaneRegions,
                                          _as_input, _chain_slice, _codes, _general_slice,
                                          _hint, _outputs, _plane)

@@ -12,7 +12,7 @@ from activation_hash import polygons as pg
 from activation_hash.codes import CodeBook
 from activation_hash.layout import Layout
 from activation_hash.ops import pack_signs
-from activation_hash.regions import AFFINE_MODULES, PASS_MODULES, linear_part
+from activation_hash.regions_layers import AFFINE_MODULES, PASS_MODULES, linear_part
 from activation_hash.switches import NotPiecewiseLinearError, SwitchMode
 from activation_hash.validation import check_float
 

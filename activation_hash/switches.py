@@ -226,8 +226,8 @@ class SwitchMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def walk_copy(model: nn.Module) -> nn.Module:
-    """A float64 copy with torch's activation modules (ours converted back), in eval."""
+def check_eval(model: nn.Module) -> None:
+    """TypeError unless an nn.Module; NotPiecewiseLinearError when a module is in train mode."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
@@ -236,4 +236,9 @@ def walk_copy(model: nn.Module) -> nn.Module:
             f"modules in train mode ({', '.join(training[:3])}{', ...' if len(training) > 3 else ''}"
             f"): call model.eval() first (BatchNorm must use its running statistics, dropout be "
             f"off)" + SAMPLED_HINT)
+
+
+def walk_copy(model: nn.Module) -> nn.Module:
+    """A float64 copy with torch's activation modules (ours converted back), in eval."""
+    check_eval(model)
     return convert(copy.deepcopy(model), reverse=True).double().eval()

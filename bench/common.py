@@ -31,7 +31,13 @@ import tempfile
 import time
 from typing import Callable
 
-import torch
+# numpy's OpenBLAS threads busy-wait about 0.1 s after each call (THREAD_TIMEOUT 2^28 cycles):
+# on 2 cores they took half the machine from whatever a bench timed next (segment_regions ran
+# 2x slower right after the numpy counter). 2^4 cycles: they sleep at once. Read when OpenBLAS
+# loads, so before numpy is imported.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import torch  # noqa: E402
 
 ISAS = ("scalar", "avx2", "avx512")
 _CHILD = "ACTIVATION_HASH_BENCH_CHILD"  # set in the per-ISA subprocesses

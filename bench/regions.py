@@ -14,13 +14,14 @@ walk, and the fraction of the walk's distinct codes that dense sampling (n point
 """
 import time
 
-import numpy as np
-import torch
-from torch import nn
-import torch.nn.functional as F
+from common import cpu_only, median, parse_args, timeit_interleaved, write_json  # first: it
+# sets OPENBLAS_THREAD_TIMEOUT before numpy loads OpenBLAS (bench/common.py says why)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
-from activation_hash.regions import sampled_segment_regions, segment_regions
-from common import cpu_only, median, parse_args, timeit_interleaved, write_json
+from activation_hash.regions import sampled_segment_regions, segment_regions  # noqa: E402
 
 
 def he_mlp(d_in=784, width=512, depth=4, n_out=10, seed=0):

@@ -44,6 +44,28 @@ TORCH_LIBRARY(activation_hash, m) {
   // codes [N, W] -> int32 [max(N - 1, 0)], distance of row i to row i + 1.
   m.def("hamming_consecutive(Tensor codes) -> Tensor");
   // ---- end hamming ----
+  // ---- regions (csrc/cpu/regions.cpp; CPU only) ----
+  // One ReLU-like layer (slope negative_slope) of the layer-by-layer walk of MLP segments, on
+  // P pieces [lo, hi) (float64 [P]) of S segments (seg_ptr int64 [S + 1]) in G groups
+  // (group_ptr [G + 1]; every segment begins a group). A piece's pre-activation is
+  // za + (t - lo) zb over n units: zb = first_dir [G, n] for a group's first piece, else the
+  // previous piece's zb + sum_k flip_coef[k] * weight_t[flip_unit[k]] (k in flip_ptr [P + 1];
+  // weight_t [n_in, n]); za starts at start_value [S, n] and runs by za + (lo' - lo) zb.
+  // Each piece is cut at its zero crossings in (lo + tol, hi - tol) (crossings within tol of
+  // the previous one: one cut); each child is decided at its midpoint (z > 0: on). Writes
+  // first_out [P, n]: the masked zb of each piece's first child (f * zb, f = 1 on, slope off),
+  // and returns (child_ptr [P + 1], child_lo [C], child_hi [C], words int64 [C, ceil(n / 64)],
+  // start_value' [S, n] (masked za at each segment's start), flip_ptr' [C + 1], flip_unit'
+  // (units in [0, n)), flip_coef' (float64, (f_new - f_old) * zb)): the next layer's input
+  // once first_out and start_value' went through its Linear. ValueError when a segment has
+  // more than max_pieces children. last (no next layer): first_out is [0, n], start_value'
+  // is [0, n] and there are no flips (flip_ptr' all 0).
+  m.def("split_pieces(Tensor first_dir, Tensor group_ptr, Tensor flip_ptr, Tensor flip_unit, "
+        "Tensor flip_coef, Tensor weight_t, Tensor start_value, Tensor lo, Tensor hi, "
+        "Tensor seg_ptr, float negative_slope, float tol, int max_pieces, bool last, "
+        "Tensor(a!) first_out) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, "
+        "Tensor)");
+  // ---- end regions ----
   // Which CPU kernels run time dispatch chose: "avx512", "avx2" or "scalar".
   m.def("cpu_isa() -> str", [] { return std::string(activation_hash::cpu::isa_name()); });
   // The kernel family of each op group, "hamming=... pack=... fingerprint=..." (cpu/isa.h).

@@ -19,7 +19,7 @@ LAYERS = {
     5: ["nn"],
     6: ["taps", "record"],
     7: ["extract", "grouping", "collisions", "hamming", "index", "probes"],
-    8: ["distributed", "outofcore", "regions", "switches", "folding", "slices",
+    8: ["distributed", "outofcore", "regions", "regions_layers", "switches", "folding", "slices",
         "slices_core", "slices_sampled", "slices_draw", "polygons"],
     9: ["experiments"],
     10: ["cli", "__main__"],

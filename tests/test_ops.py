@@ -282,14 +282,16 @@ def _cpu_has(flag):
 
 @pytest.mark.parametrize("isa", ISAS)
 def test_cpu_kernels_follow_the_cap(isa):
-    """ACTIVATION_HASH_ISA caps every op group: the pack and fingerprint kernels take AVX-512
-    with F/BW/DQ/VL (no VPOPCNTDQ needed), the Hamming ones only with VPOPCNTDQ."""
-    out = run_with_isa(_KERNELS_SCRIPT, isa).split()[0:3]
+    """ACTIVATION_HASH_ISA caps every op group: the pack, fingerprint and regions kernels take
+    AVX-512 with F/BW/DQ/VL (no VPOPCNTDQ needed), the Hamming ones only with VPOPCNTDQ."""
+    out = run_with_isa(_KERNELS_SCRIPT, isa).split()[0:4]
     got = dict(kv.split("=") for kv in out)
-    want = {"scalar": {"hamming": "scalar", "pack": "scalar", "fingerprint": "scalar"},
-            "avx2": {"hamming": "avx2", "pack": "avx2", "fingerprint": "scalar"},
+    want = {"scalar": {"hamming": "scalar", "pack": "scalar", "fingerprint": "scalar",
+                       "regions": "scalar"},
+            "avx2": {"hamming": "avx2", "pack": "avx2", "fingerprint": "scalar",
+                     "regions": "avx2"},
             "avx512": {"hamming": "avx512" if _cpu_has("avx512_vpopcntdq") else "avx2",
-                       "pack": "avx512", "fingerprint": "avx512"}}[isa]
+                       "pack": "avx512", "fingerprint": "avx512", "regions": "avx512"}}[isa]
     assert got == want
 
 

