@@ -44,9 +44,13 @@ _CHILD = "ACTIVATION_HASH_BENCH_CHILD"  # set in the per-ISA subprocesses
 _NO_SUCH_ISA = 3                        # exit status of a child whose ISA this CPU lacks
 
 
-def parse_args(description: str) -> argparse.Namespace:
+def parse_args(description: str, extra: Callable[[argparse.ArgumentParser], None] | None = None
+               ) -> argparse.Namespace:
+    """The options every bench takes; ``extra(parser)`` adds a bench's own."""
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    if extra is not None:
+        extra(p)
     p.add_argument("--quick", action="store_true", help="small sizes, under a minute")
     p.add_argument("--json", metavar="PATH", help="write results to this JSON file")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")

@@ -88,7 +88,9 @@ def resnet(seed=2):
 def main():
     import regioncam as rc
 
-    args = parse_args(__doc__.splitlines()[0])
+    args = parse_args(__doc__.splitlines()[0], lambda p: p.add_argument(
+        "--mlp-only", action="store_true",
+        help="only the MLP against regioncam and numpy (the full run's CNN walks take ~45 min)"))
     cpu_only(args, "regions", "its baselines, regioncam and numpy, are CPU tools")
     n_seg = 10 if args.quick else 100
     model = he_mlp()
@@ -130,7 +132,9 @@ def main():
     n_cnn = 1 if args.quick else 8
     n_dense = 1_000 if args.quick else 100_000
     frac = 0.05 if args.quick else 1.0  # --quick: the first 5% of each segment (minutes else)
-    for label, make in (("cnn max-pool 3x32x32", cnn_maxpool), ("resnet 2 blocks 3x32x32", resnet)):
+    cnns = () if args.mlp_only else (("cnn max-pool 3x32x32", cnn_maxpool),
+                                     ("resnet 2 blocks 3x32x32", resnet))
+    for label, make in cnns:
         m = make()
         torch.manual_seed(4)
         a, b = torch.randn(n_cnn, 3, 32, 32), torch.randn(n_cnn, 3, 32, 32)
@@ -147,7 +151,8 @@ def main():
                         "pieces_mean": float(r.counts.double().mean()),
                         "distinct_codes_mean": float(r.n_distinct.double().mean()),
                         f"dense_{n_dense}_missed_fraction": missed})
-    write_json(args.json, "regions", {"quick": args.quick, "segments": n_seg,
+    write_json(args.json, "regions", {"quick": args.quick, "mlp_only": args.mlp_only,
+                                      "segments": n_seg,
                                       "numpy_segments_timed": n_np, "repeat": repeat},
                results, ratios)
 
