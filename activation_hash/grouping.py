@@ -10,6 +10,7 @@ counters reuse on keys they sorted themselves.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from activation_hash.codes import as_codes
@@ -17,7 +18,24 @@ from activation_hash.layout import Layout
 from activation_hash.ops import fingerprint128, fingerprint_key
 
 __all__ = ["Groups", "group_codes", "group_rows", "group_sorted", "sort_packed", "split_clashes",
-           "index_bits", "layer_profile", "MAX_FALSE_PAIRS"]
+           "index_bits", "layer_profile", "MAX_FALSE_PAIRS", "where_true", "select"]
+
+
+# On the CPU, numpy's boolean indexing is several times faster than torch's (2M elements, one
+# thread: nonzero 1.5 ms against 4.6, a mask selection 1.8 against 13): the grouping's
+# per-sample masks go through numpy there (no copy: shared memory both ways).
+def where_true(mask: torch.Tensor) -> torch.Tensor:
+    """Positions of the True values of a bool ``[N]`` tensor, int64 ``[K]``."""
+    if mask.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return mask.nonzero().squeeze(1)
+
+
+def select(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``t[mask]`` for a 1-D tensor and a bool mask of its length."""
+    if t.device.type == "cpu" and not t.requires_grad:
+        return torch.from_numpy(t.numpy()[mask.numpy()])
+    return t[mask]
 
 _VERIFY_WORDS = 1 << 24  # words compared per step of the verification (bounds its memory)
 
@@ -49,8 +67,8 @@ class Groups:
             if head.shape[0]:
                 head[:-1] &= ~new[1:]
                 head[-1] = False
-            starts = head.nonzero().squeeze(1)
-            dup = (~new).nonzero().squeeze(1)
+            starts = where_true(head)
+            dup = where_true(~new)
             group = torch.searchsorted(starts, dup, right=True) - 1
             counts = torch.bincount(group, minlength=starts.shape[0]) + 1
             self._shared = (starts, counts, dup, group)
@@ -237,7 +255,7 @@ def _refine(key: torch.Tensor, gid: torch.Tensor | None, codes: torch.Tensor, o:
     bad = []  # sorted positions equal in hash to their neighbour, not in (group, words)
     for lo in range(1, N, step):
         hi = min(N, lo + step)
-        pos = (~new[lo:hi]).nonzero().squeeze(1) + lo
+        pos = where_true(~new[lo:hi]) + lo
         if pos.numel():
             a, z = perm[pos], perm[pos - 1]
             diff = (codes[a, o:e] != codes[z, o:e]).any(dim=1)

@@ -8,7 +8,7 @@ import torch
 
 from activation_hash.codes import CodeBook, as_codes, as_labels
 from activation_hash.collisions import CollisionReport
-from activation_hash.grouping import MAX_FALSE_PAIRS, group_sorted
+from activation_hash.grouping import MAX_FALSE_PAIRS, group_sorted, where_true
 from activation_hash.layout import Layout
 from activation_hash.ops import fingerprint128
 from activation_hash.validation import check_int
@@ -30,7 +30,7 @@ class _LocalGroups:
         verify = rows if rows.shape[1] else None
         g = group_sorted(fp[:, 0].contiguous(), verify)
         self.g, self.offset = g, offset
-        starts = g.new.nonzero().squeeze(1)
+        starts = where_true(g.new)
         U = starts.shape[0]
         first = g.perm[starts]
         count = torch.diff(starts, append=torch.tensor([n], device=dev))

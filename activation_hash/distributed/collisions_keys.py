@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from activation_hash.grouping import Groups, group_sorted, sort_packed
+from activation_hash.grouping import Groups, group_sorted, select, sort_packed
 from activation_hash.ops import fingerprint_key
 from activation_hash.distributed.comm import _I64_MAX, _Comm
 
@@ -110,14 +110,14 @@ def keyed_counts(comm: _Comm, codes: torch.Tensor, offset: int, labels: torch.Te
     s_starts, s_counts, dup, _ = g.shared()    # local groups of 2 samples or more
     # 2. one key per local group (sorted) to its owner; the owners find the keys that came
     #    twice (from two ranks, or a clash split on one) and send them to every rank
-    gkey = sk[g.new]
+    gkey = select(sk, g.new)
     cuts = torch.searchsorted(gkey, _owner_bounds(free, world, dev))
     cuts[0], cuts[-1] = 0, gkey.shape[0]
     recv = comm.all_to_all(gkey, torch.diff(cuts), "records")[0].to(dev)
     cross = recv[:0]
     if world > 1 and recv.numel() > 1:
         k = _merged_runs(recv)
-        cross = torch.unique(k[1:][k[1:] == k[:-1]])
+        cross = torch.unique(select(k[1:], k[1:] == k[:-1]))
     mine_cross = torch.unique(comm.all_to_all(
         cross.repeat(world), torch.full((world,), cross.shape[0], dtype=torch.int64),
         "records")[0].to(dev))
