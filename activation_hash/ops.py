@@ -147,7 +147,13 @@ if HAS_EXTENSION:
                     lo.new_empty((C + 1,), **i64), lo.new_empty((FC,), **i64),
                     lo.new_empty((FC,)))
 
+    if hasattr(_ops, "repeated_in_runs"):
+        @torch.library.register_fake("activation_hash::repeated_in_runs")
+        def _repeated_in_runs_fake(keys, run_ptr):
+            return keys.new_empty((torch.library.get_ctx().new_dynamic_size(),))
+
 HAS_SPLIT = HAS_EXTENSION and hasattr(torch.ops.activation_hash, "split_pieces")
+HAS_RUNS = HAS_EXTENSION and hasattr(torch.ops.activation_hash, "repeated_in_runs")
 
 
 class _ReferenceReluPack(torch.autograd.Function):
@@ -299,3 +305,16 @@ def split_pieces(first_dir, group_ptr, flip_ptr, flip_unit, flip_coef, weight_t,
     if HAS_SPLIT:
         return (first_out, *_ops.split_pieces.default(*args))
     return (first_out, *reference.split_pieces(*args))
+
+
+# ---- runs (csrc/cpu/runs.cpp) --------------------------------------------------------------
+
+def repeated_in_runs(keys: torch.Tensor, run_ptr: torch.Tensor) -> torch.Tensor:
+    """keys int64 ``[n]`` made of sorted runs (``run_ptr`` int64 ``[R + 1]``) -> int64
+    ``[K]``: the distinct values that occur more than once, ascending. CPU: the runs merged
+    (O(n log R), no sort); other devices: a sort."""
+    _tensor(keys, "keys", "repeated_in_runs", "int64 [n]")
+    _tensor(run_ptr, "run_ptr", "repeated_in_runs", "int64 [R + 1]")
+    if HAS_RUNS and keys.device.type == "cpu":
+        return _ops.repeated_in_runs.default(keys, run_ptr)
+    return reference.repeated_in_runs(keys, run_ptr)

@@ -416,3 +416,25 @@ def split_pieces(first_dir, group_ptr, flip_ptr, flip_unit, flip_coef, weight_t,
             flips_ptr[:len(c_flips) + 1],
             torch.cat(c_unit) if c_unit else torch.zeros(0, dtype=torch.int64),
             torch.cat(c_coef) if c_coef else torch.zeros(0, **f64))
+
+
+# ---- runs: repeated keys of sorted runs (csrc/cpu/runs.cpp) ------------------------------
+
+def repeated_in_runs(keys: torch.Tensor, run_ptr: torch.Tensor) -> torch.Tensor:
+    """keys int64 ``[n]`` made of sorted runs (``run_ptr`` ``[R + 1]``) -> int64 ``[K]``,
+    the distinct values that occur more than once, ascending."""
+    for name, t in (("keys", keys), ("run_ptr", run_ptr)):
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.int64:
+            got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+            raise TypeError(f"{name} must be torch.int64, got {got}")
+        if t.dim() != 1:
+            raise ValueError(f"{name} must be 1-D, got shape {list(t.shape)}")
+    if run_ptr.shape[0] < 1:
+        raise ValueError("run_ptr must have runs + 1 >= 1 entries")
+    _check_offsets(run_ptr, keys.shape[0], "run_ptr")
+    for r in range(run_ptr.shape[0] - 1):
+        run = keys[int(run_ptr[r]):int(run_ptr[r + 1])]
+        if (run[1:] < run[:-1]).any():
+            raise ValueError(f"run {r} of keys is not sorted")
+    k = torch.sort(keys).values
+    return torch.unique(k[1:][k[1:] == k[:-1]])

@@ -66,6 +66,11 @@ TORCH_LIBRARY(activation_hash, m) {
         "Tensor(a!) first_out) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, "
         "Tensor)");
   // ---- end regions ----
+  // ---- runs (csrc/cpu/runs.cpp; CPU only) ----
+  // keys int64 [n], R sorted runs (run_ptr int64 [R + 1], from 0 to n) -> int64 [K]: the
+  // distinct values occurring more than once in keys, ascending.
+  m.def("repeated_in_runs(Tensor keys, Tensor run_ptr) -> Tensor");
+  // ---- end runs ----
   // Which CPU kernels run time dispatch chose: "avx512", "avx2" or "scalar".
   m.def("cpu_isa() -> str", [] { return std::string(activation_hash::cpu::isa_name()); });
   // The kernel family of each op group, "hamming=... pack=... fingerprint=..." (cpu/isa.h).

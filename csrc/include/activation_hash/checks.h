@@ -44,6 +44,31 @@ inline std::string torch_dtype_name(at::ScalarType st) {
   return "torch." + std::string(c10::getDtypeNames(st).first);
 }
 
+// A 1-D CPU tensor of dtype st.
+inline void check_1d(const at::Tensor& t, at::ScalarType st, const char* name) {
+  TORCH_CHECK_TYPE(t.scalar_type() == st, name, " must be ", torch_dtype_name(st), ", got ",
+                   torch_dtype_name(t.scalar_type()));
+  TORCH_CHECK_VALUE(t.dim() == 1, name, " must be 1-D, got shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.device().is_cpu(), name, " must be on the CPU, got ", t.device());
+}
+
+// A 2-D CPU float64 tensor.
+inline void check_2d_double(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kDouble, name, " must be torch.float64, got ",
+                   torch_dtype_name(t.scalar_type()));
+  TORCH_CHECK_VALUE(t.dim() == 2, name, " must be 2-D, got shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.device().is_cpu(), name, " must be on the CPU, got ", t.device());
+}
+
+// ptr (contiguous int64 [n + 1]) must go from 0 to total without decreasing.
+inline void check_offsets(const int64_t* ptr, int64_t n, int64_t total, const char* name) {
+  TORCH_CHECK_VALUE(ptr[0] == 0, name, "[0] must be 0, got ", ptr[0]);
+  for (int64_t i = 0; i < n; ++i)
+    TORCH_CHECK_VALUE(ptr[i] <= ptr[i + 1], name, " must not decrease, got ", ptr[i], " then ",
+                      ptr[i + 1], " at ", i);
+  TORCH_CHECK_VALUE(ptr[n] == total, name, "[-1] must be ", total, ", got ", ptr[n]);
+}
+
 // codes must be int64 packed words [N, W].
 inline void check_codes(const at::Tensor& codes, const char* name) {
   TORCH_CHECK_TYPE(codes.scalar_type() == at::kLong, name,
