@@ -204,9 +204,10 @@ def mlp_stages(chain: list[nn.Module], x0: torch.Tensor) -> list[tuple[nn.Linear
 
 
 def _float64_t(lin: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
-    """The weight transposed, float64 ``[in, out]`` contiguous (one copy), and the bias."""
+    """The weight transposed, float64 ``[in, out]`` contiguous, and the bias (transposed in
+    its own dtype, then widened: 2x faster than one strided float64 copy)."""
     w = lin.weight.detach()
-    wt = torch.empty(w.shape[1], w.shape[0], dtype=torch.float64).copy_(w.t())
+    wt = w.t().contiguous().double()
     b = lin.bias
     return wt, (torch.zeros(w.shape[0], dtype=torch.float64) if b is None else
                 b.detach().double())
