@@ -61,20 +61,98 @@ class RefusedPickleError(pickle.UnpicklingError, ValueError):
     no pickle at all (truncated, malformed). A ValueError too: a user error, not a crash."""
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Admits only what numpy arrays need; every other global (a function, a class) raises."""
+_MAX_ELEMENTS = 1 << 31  # an array element count no CIFAR batch comes near (50,000 x 3072)
 
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy", "ndarray"), ("numpy", "dtype"),
-                ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+
+def _plain_dtype(dt) -> np.dtype:
+    """``dt`` as a numpy dtype, if it is a plain bool/int/uint/float one; else refused."""
+    try:
+        dt = np.dtype(dt)
+    except (TypeError, ValueError) as err:
+        raise RefusedPickleError(f"refusing dtype {dt!r} ({err})") from None
+    if dt.kind not in "biuf" or dt.hasobject or dt.itemsize > 16:
+        raise RefusedPickleError(f"refusing dtype {dt}: a CIFAR batch holds only bool, integer "
+                                 f"and float arrays")
+    return dt
+
+
+def _checked_shape(shape) -> tuple:
+    if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise RefusedPickleError(f"refusing array shape {shape!r}")
+    if math.prod(shape) > _MAX_ELEMENTS:
+        raise RefusedPickleError(f"refusing array shape {shape}: over {_MAX_ELEMENTS} elements")
+    return shape
+
+
+def _new_dtype(obj, align=False, copy=False):
+    return _plain_dtype(obj)
+
+
+def _reconstruct(subtype, shape, dtype):
+    if subtype is not np.ndarray:
+        raise RefusedPickleError(f"refusing an array of type {subtype!r}")
+    return np.ndarray(_checked_shape(shape), _plain_dtype(dtype))
+
+
+class _RestrictedUnpickler(pickle._Unpickler):
+    """Admits only what numpy arrays need; every other global (a function, a class) raises.
+
+    The array and dtype globals are replaced by checked versions, and BUILD (``__setstate__``)
+    is admitted only for arrays and dtypes with plain states: an object array of a hostile
+    shape is refused before numpy allocates it (the fuzzer once reached 4 GB that way). This is
+    the pure-Python unpickler, for its BUILD hook; a batch is a handful of opcodes."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+                ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+                ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): _new_dtype,
+                ("numpy.core.numeric", "_frombuffer"): None,
+                ("numpy._core.numeric", "_frombuffer"): None}
+
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def find_class(self, module, name):
         if (module, name) == ("_codecs", "encode"):
             return _latin1_encode  # how protocol-2 pickles written by Python 3 store bytes
         if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
+            checked = self._ALLOWED[(module, name)]
+            return checked if checked is not None else super().find_class(module, name)
         raise RefusedPickleError(f"refusing to load global {module}.{name}: a CIFAR batch "
-                                     f"holds only dicts, lists, bytes, str, int and numpy arrays")
+                                 f"holds only dicts, lists, bytes, str, int and numpy arrays")
+
+    def load_build(self):
+        state, inst = self.stack[-1], self.stack[-2]
+        if isinstance(inst, np.ndarray) and type(inst) is np.ndarray:
+            if not isinstance(state, tuple) or len(state) not in (4, 5):
+                raise RefusedPickleError("refusing an array state that is not a 4/5-tuple")
+            shape, dt = state[-4], state[-3]
+            _checked_shape(shape)
+            if not isinstance(dt, np.dtype):
+                raise RefusedPickleError(f"refusing an array state with dtype {dt!r}")
+            _plain_dtype(dt)
+        elif isinstance(inst, np.dtype):
+            if not isinstance(state, tuple) or len(state) < 5 or \
+                    any(v is not None for v in state[2:5]):
+                raise RefusedPickleError("refusing a dtype state with fields or subarrays")
+        else:
+            raise RefusedPickleError(f"refusing to set the state of a {type(inst).__name__}")
+        pickle._Unpickler.load_build(self)
+
+    dispatch[pickle.BUILD[0]] = load_build
+
+    def __init__(self, raw: bytes):
+        super().__init__(io.BytesIO(raw), encoding="bytes")
+        self._size = len(raw)
+
+    def load_bytearray8(self):
+        """BYTEARRAY8 allocates its declared length before reading: no more than the file."""
+        n, = struct.unpack("<Q", self.read(8))
+        if n > self._size:
+            raise RefusedPickleError(f"a bytearray of {n} bytes in a file of {self._size}")
+        b = bytearray(n)
+        self.readinto(b)
+        self.append(b)
+
+    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
 
 
 def _latin1_encode(text, encoding="latin1"):
@@ -116,12 +194,14 @@ def load_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         check_labels(a[:, 0], 10, path)
         return a[:, 1:].reshape(-1, 3, 32, 32).copy(), a[:, 0].astype(np.int64)
     try:
-        obj = _RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
+        obj = _RestrictedUnpickler(raw).load()
     except RefusedPickleError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, KeyError,
             IndexError, OverflowError, RecursionError, MemoryError, struct.error) as err:
         msg = (str(err).strip().splitlines() or [""])[0]
+        if not msg and isinstance(err, EOFError):
+            msg = "Ran out of input"  # the file ended inside the pickle
         raise RefusedPickleError(f"{path} is not a CIFAR-10 python batch: unpickling failed "
                                  f"({type(err).__name__}: {msg})") from None
     _check_plain(obj)

@@ -32,6 +32,53 @@ def test_every_bad_cifar_pickle_is_a_value_error(tmp_path, raw):
     assert issubclass(RefusedPickleError, pickle.UnpicklingError)
 
 
+class _ObjectArray:
+    """Pickles as numpy's own array reconstruction with an object dtype and a shape of 2^28
+    (2 GB of pointers, all set to None by numpy before anything else could fail)."""
+
+    def __reduce__(self):
+        import numpy as np
+        return (np.ndarray.__reduce__(np.zeros(1, np.uint8))[0], (np.ndarray, (0,), b"b"),
+                (1, (2 ** 28,), np.dtype(object), False, [0]))
+
+
+class _FieldsDtype:
+    """A plain dtype global whose BUILD state smuggles in fields (a structured dtype)."""
+
+    def __reduce__(self):
+        import numpy as np
+        return (np.dtype, ("u1", False, True),
+                (3, "|", None, ("a",), {"a": (np.dtype("u1"), 0)}, 1, 1, 0))
+
+
+@pytest.mark.parametrize("evil, why", [(_ObjectArray, "refusing dtype object"),
+                                       (_FieldsDtype, "fields or subarrays")])
+def test_hostile_cifar_arrays_are_refused_before_numpy_allocates(tmp_path, evil, why):
+    """Found by bench/fuzz.py (cifar_py, 2026-12-02): a 332-byte batch made the reader reach
+    the fuzzer's 4 GB limit. Arrays and dtypes are now checked before numpy builds them."""
+    import resource
+    f = tmp_path / "data_batch_1"
+    f.write_bytes(pickle.dumps({b"data": evil(), b"labels": [0]}, protocol=2))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(RefusedPickleError, match=why):
+        load_cifar_batch(f)
+    grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kb < 200_000, f"the peak resident set grew by {grown_kb} KB"
+
+
+def test_a_huge_declared_bytearray_is_refused_before_it_is_allocated(tmp_path):
+    """Found by bench/fuzz.py (cifar_py, 2026-12-02, after the fix above): BYTEARRAY8
+    declaring 5.8 GB in a 492-byte file; the unpickler allocates the declared length first."""
+    import resource
+    import struct
+    f = tmp_path / "data_batch_1"
+    f.write_bytes(b"\x80\x05" + pickle.BYTEARRAY8 + struct.pack("<Q", 2 ** 33) + b".")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(RefusedPickleError, match="a bytearray of 8589934592 bytes in a file"):
+        load_cifar_batch(f)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000
+
+
 def test_npy_header_tokenizer_error_is_a_value_error(tmp_path):
     import torch
 
