@@ -30,7 +30,7 @@ from activation_hash.codes import CodeBook, as_codes, as_labels
 from activation_hash.layout import Layout
 from activation_hash.memory import check_fits
 from activation_hash.grouping import (Groups, group_codes, group_rows, group_sorted,
-                                      layer_profile)
+                                      largest_first, layer_profile)
 from activation_hash.ops import fingerprint128
 from activation_hash.validation import check_int
 
@@ -109,19 +109,12 @@ def make_report(g: Groups, labels: torch.Tensor | None, top: int, exact: bool) -
         sel = in_cand[group]
         ok = sel >= 0
         lowest.scatter_reduce_(0, sel[ok], g.perm[dup[ok]], reduce="amin")
-        order = torch.sort(lowest, stable=True).indices  # then by size: stable sort on -count
-        order = order[torch.sort(-counts[cand][order], stable=True).indices]
-        big = cand[order[:k]]
+        big = cand[largest_first(counts[cand], lowest)[:k]]
         s_l, c_l = starts[big].tolist(), counts[big].tolist()
         largest = [torch.sort(g.perm[s:s + c])[0].cpu() for s, c in zip(s_l, c_l)]
     mixed_regions = mixed_samples = None
     if labels is not None:
-        labels = labels.to(g.perm.device)
-        head = labels[g.perm[starts]]
-        differs = (labels[g.perm[dup]] != head[group]).to(torch.int64)
-        per_group = torch.zeros(shared, dtype=torch.int64, device=labels.device)
-        per_group.index_add_(0, group, differs)
-        mixed = per_group > 0
+        mixed = g.mixed(labels)
         mixed_regions = int(mixed.sum())
         mixed_samples = int(counts[mixed].sum())
     return CollisionReport(

@@ -18,7 +18,8 @@ from activation_hash.layout import Layout
 from activation_hash.ops import fingerprint128, fingerprint_key
 
 __all__ = ["Groups", "group_codes", "group_rows", "group_sorted", "sort_packed", "split_clashes",
-           "index_bits", "layer_profile", "MAX_FALSE_PAIRS", "where_true", "select"]
+           "index_bits", "layer_profile", "MAX_FALSE_PAIRS", "where_true", "select",
+           "largest_first"]
 
 
 # On the CPU, numpy's boolean indexing is several times faster than torch's (2M elements, one
@@ -74,6 +75,17 @@ class Groups:
             self._shared = (starts, counts, dup, group)
         return self._shared
 
+    def mixed(self, labels: torch.Tensor) -> torch.Tensor:
+        """bool ``[shared groups]``: whether each shared group (``shared()[0]``) holds two
+        labels or more (``labels``: int64 ``[N]``, by sample)."""
+        starts, _, dup, group = self.shared()
+        labels = labels.to(self.perm.device)
+        head = labels[self.perm[starts]]
+        differs = (labels[self.perm[dup]] != head[group]).to(torch.int64)
+        per_group = torch.zeros(starts.shape[0], dtype=torch.int64, device=labels.device)
+        per_group.index_add_(0, group, differs)
+        return per_group > 0
+
     @property
     def n_groups(self) -> int:
         return self.n - self.shared()[2].shape[0]
@@ -84,6 +96,13 @@ class Groups:
         out = torch.empty_like(gid_sorted)
         out[self.perm] = gid_sorted
         return out
+
+
+def largest_first(size: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    """The order of groups by size, largest first, ties by the smallest sample index ``low``
+    (the order of ``largest_groups`` in every collision report)."""
+    order = torch.sort(low, stable=True).indices
+    return order[torch.sort(-size[order], stable=True).indices]
 
 
 MAX_FALSE_PAIRS = 1e5  # expected pairs of distinct keys sharing their high bits (see below)

@@ -262,16 +262,12 @@ def count_collisions_out_of_core(store, *, memory_budget="2GB", per_layer: bool 
                         bucket = bucket.astype(np.uint16 if nb <= 1 << 16 else np.int64)
                         order = np.argsort(bucket, kind="stable")
                         cuts = np.concatenate([[0], np.cumsum(np.bincount(bucket, minlength=nb))])
-                        rec[:, 0:2] = fl[order]
-                        rec[:, 2] = order + lo
-                        if cols == 4:
-                            rec[:, 3] = lab[order]
                     else:
-                        cuts = np.array([0, hi - lo])
-                        rec[:, 0:2] = fl
-                        rec[:, 2] = np.arange(lo, hi, dtype=np.int64)
-                        if cols == 4:
-                            rec[:, 3] = lab
+                        order, cuts = np.arange(hi - lo), np.array([0, hi - lo])
+                    rec[:, 0:2] = fl[order]
+                    rec[:, 2] = order + lo
+                    if cols == 4:
+                        rec[:, 3] = lab[order]
                     for b in range(nb):
                         if cuts[b + 1] > cuts[b]:
                             files[level][b].write(memoryview(rec[cuts[b]:cuts[b + 1]]))

@@ -170,19 +170,10 @@ class Recorder:
     def _add_module_input(self, module: nn.Module, x: torch.Tensor) -> None:
         """A torch activation module's input (its pre-activation), from any model this thread
         runs: only this model's count."""
-        direct = self._direct
-        if direct:  # _add_words inlined: this runs once per site and forward pass
-            i = self._pos
-            if module is not direct[i]:
+        if self._direct:
+            if module is not self._direct[self._pos]:
                 return self._direct_miss(module)
-            self._keys.append(((module, None), x.shape[1:]))
-            self._words.append(pack_signs(x))  # int words: no autograd
-            if i + 1 < len(direct):
-                self._pos = i + 1
-            else:
-                self._pos = 0
-                self._emit()
-            return
+            return self._add_words(module, x, pack_signs(x))  # int words: no autograd
         if self._depth and id(module) in self._facts.modules:
             self._keys.append(((module, None), x.shape[1:]))
             self._words.append(pack_signs(x.detach()))

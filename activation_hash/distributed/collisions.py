@@ -8,7 +8,7 @@ import torch
 
 from activation_hash.codes import CodeBook, as_codes, as_labels
 from activation_hash.collisions import CollisionReport
-from activation_hash.grouping import MAX_FALSE_PAIRS, group_sorted, where_true
+from activation_hash.grouping import MAX_FALSE_PAIRS, group_sorted, largest_first, where_true
 from activation_hash.layout import Layout
 from activation_hash.ops import fingerprint128
 from activation_hash.validation import check_int
@@ -295,8 +295,7 @@ def _reduce_report(comm: _Comm, local: _LocalGroups, m: _Merged, N: int, top: in
         shared = (size > 1).nonzero().squeeze(1)
         if shared.numel():
             s_sh, l_sh = size[shared], m.low[shared]
-            o = torch.sort(l_sh, stable=True).indices
-            o = o[torch.sort(-s_sh[o], stable=True).indices][:top]
+            o = largest_first(s_sh, l_sh)[:top]
             for gi in shared[o].tolist():
                 cands.append((int(size[gi]), int(m.low[gi]), m.reps(gi)))
     parts = comm.all_gather_object((m.n_groups, occupancy, mixed_r, mixed_s, cands))

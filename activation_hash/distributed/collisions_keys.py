@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from activation_hash.grouping import Groups, group_sorted, select, sort_packed
+from activation_hash.grouping import Groups, group_sorted, largest_first, select, sort_packed
 from activation_hash.ops import fingerprint_key, repeated_in_runs
 from activation_hash.distributed.comm import _I64_MAX, _Comm
 
@@ -148,7 +148,7 @@ def keyed_counts(comm: _Comm, codes: torch.Tensor, offset: int, labels: torch.Te
     sizes, lows, keys = [s_counts[s_final]], [g.perm[fs] + offset], sk[fs]
     mixed_r = mixed_s = 0
     if labels is not None and fs.numel():
-        mx = _mixed(g, labels, s_starts, s_counts)[s_final]
+        mx = g.mixed(labels)[s_final]
         mixed_r, mixed_s = int(mx.sum()), int(sizes[0][mx].sum())
     parts_of = None
     if got.shape[0]:
@@ -180,18 +180,6 @@ def _expand(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     return start + torch.arange(start.shape[0], device=lo.device)
 
 
-def _mixed(g: Groups, labels: torch.Tensor, s_starts: torch.Tensor,
-           s_counts: torch.Tensor) -> torch.Tensor:
-    """Whether each shared local group (``s_starts``) holds two labels or more."""
-    gid = torch.repeat_interleave(torch.arange(s_starts.shape[0], device=s_starts.device),
-                                  s_counts)
-    lab = labels[g.perm[_expand(s_starts, s_starts + s_counts)]]
-    first = lab[torch.cumsum(s_counts, 0) - s_counts]
-    diff = torch.zeros(s_starts.shape[0], dtype=torch.bool, device=s_starts.device)
-    diff.index_put_((gid,), lab != first[gid], accumulate=True)
-    return diff
-
-
 def _candidates(size, low, n_final, final_keys, parts_of, top) -> list[tuple]:
     """This rank's ``top`` largest groups (ties: smallest index): ``(size, smallest index,
     [(rep, key) of its local groups])``. Entries below ``n_final`` are final local groups
@@ -199,8 +187,7 @@ def _candidates(size, low, n_final, final_keys, parts_of, top) -> list[tuple]:
     record, their reps and keys, and the merged group of each entry)."""
     if not top or not size.numel():
         return []
-    o = torch.sort(low, stable=True).indices
-    o = o[torch.sort(-size[o], stable=True).indices][:top]
+    o = largest_first(size, low)[:top]
     out = []
     for i in o.tolist():
         if i < n_final:
