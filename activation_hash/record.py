@@ -79,15 +79,15 @@ class Recorder:
         full_layout: layout of every site (``layout`` is its ``layers`` selection).
         sites: the :class:`Site` of each layer of ``full_layout`` (set by the first batch).
         batches: list of int64 ``[B, W]`` codes, one per forward call (``keep=True``).
+        codes: the batches concatenated.
     """
 
     # Defaults of the class: set on the instance only where a recording needs them (a new
     # recorder per forward pass is the common case, and its cost counts).
-    layout: Layout | None = None
-    full_layout: Layout | None = None
-    sites: tuple[Site, ...] = ()
+    _first: tuple | None = None           # the first batch's (signature, sites, full layout,
+                                          # shapes): signature [(key, shape), ...]
+    _layout: Layout | None = None         # the `layers` selection of the full layout
     _selected: list[int] | None = None    # site indices of `layout`
-    _signature: list | None = None        # [(key, shape), ...] of the first batch
     _facts: ModelFacts | None = None
     _depth = 0                            # model forward calls in progress (tap mode)
     _mode: FunctionalActivations | None = None
@@ -114,11 +114,29 @@ class Recorder:
         self.on_batch = on_batch
         self.functional = functional
         self.batches: list[torch.Tensor] = []
-        # the batch in progress: (key, per-sample shape) and the words of each site
-        self._keys: list[tuple[tuple, torch.Size]] = []
+        # the batch in progress: (key, per-sample shape) of each site (direct mode: the shape
+        # only, the keys being the direct modules) and its words
+        self._keys: list = []
         self._words: list[torch.Tensor] = []
 
     # -- results
+    @property
+    def layout(self) -> Layout | None:
+        """The :class:`Layout` of the code rows (None before the first batch)."""
+        if self._layout is not None:
+            return self._layout
+        return None if self._first is None else self._first[2]
+
+    @property
+    def full_layout(self) -> Layout | None:
+        """The layout of every site (``layout`` is its ``layers`` selection)."""
+        return None if self._first is None else self._first[2]
+
+    @property
+    def sites(self) -> tuple[Site, ...]:
+        """The :class:`Site` of each layer of ``full_layout``, in call order."""
+        return () if self._first is None else self._first[1]
+
     @property
     def codes(self) -> torch.Tensor:
         """All recorded codes, int64 ``[N, W]`` (batches concatenated in call order)."""
@@ -135,11 +153,14 @@ class Recorder:
 
     # -- collection (called from our modules, the taps, hooks and the function mode; all
     #    of them run only in the thread that entered this recorder)
-    def _add_words(self, module: nn.Module, x: torch.Tensor, words: torch.Tensor) -> None:
-        """Our ReLU modules hand over the words of their fused kernel."""
+    def _add_words(self, module: nn.Module, x: torch.Tensor, words: torch.Tensor,
+                   theirs: bool = False) -> None:
+        """An activation module hands over the words of its input ``x`` (ours: of the fused
+        kernel; torch's, ``theirs``: from any model this thread runs, only this one's count).
+        The hot path of recording: the fewer steps, the cheaper."""
         direct = self._direct
         if not direct:  # tap mode: inside the model's forward only
-            if self._depth:
+            if self._depth and (not theirs or id(module) in self._facts.modules):
                 self._keys.append(((module, None), x.shape[1:]))
                 self._words.append(words)
             return
@@ -147,13 +168,30 @@ class Recorder:
         i = self._pos
         if module is not direct[i]:
             return self._direct_miss(module)
-        self._keys.append(((module, None), x.shape[1:]))
-        self._words.append(words)
+        shapes = self._keys
+        shapes.append(x.shape[1:])
         if i + 1 < len(direct):
+            self._words.append(words)
             self._pos = i + 1
-        else:
-            self._pos = 0
-            self._emit()
+            return
+        self._pos = 0
+        first = self._first or self._facts.first
+        if shapes != first[3]:  # new shapes: learned on a first batch, refused later
+            self._keys = [((m, None), shape) for m, shape in zip(direct, shapes)]
+            self._words.append(words)
+            return self._emit()
+        shapes.clear()
+        if self._first is None:
+            self._adopt(first)
+        if i or self._selected is not None:
+            batch = self._words
+            batch.append(words)
+            words = self._join(batch)
+            batch.clear()
+        if self.keep:
+            self.batches.append(words)
+        if self.on_batch is not None:
+            self.on_batch(words, self.layout)
 
     def _direct_miss(self, module: nn.Module) -> None:
         if id(module) not in self._facts.modules:
@@ -166,17 +204,6 @@ class Recorder:
             f"order of the model's earlier forward passes); a model that varies it, a "
             f"submodule called on its own, or a forward pass that raised inside the with "
             f"block is recorded batch by batch with record(model, functional=True)")
-
-    def _add_module_input(self, module: nn.Module, x: torch.Tensor) -> None:
-        """A torch activation module's input (its pre-activation), from any model this thread
-        runs: only this model's count."""
-        if self._direct:
-            if module is not self._direct[self._pos]:
-                return self._direct_miss(module)
-            return self._add_words(module, x, pack_signs(x))  # int words: no autograd
-        if self._depth and id(module) in self._facts.modules:
-            self._keys.append(((module, None), x.shape[1:]))
-            self._words.append(pack_signs(x.detach()))
 
     def _add_functional(self, op: str, x: torch.Tensor) -> None:
         if not self._depth:
@@ -212,7 +239,7 @@ class Recorder:
                                   "function", module, fn if fn is not None else op_of(module),
                                   tuple(shape)))
             full = Layout(tuple(s.name for s in sites), tuple(s.shape for s in sites))
-            facts.set_first((list(keys), tuple(sites), full))
+            facts.set_first((list(keys), tuple(sites), full, [shape for _, shape in keys]))
             self._adopt(facts.first)
         if facts.owners is None and self.functional is None:
             facts.set_owners({id(s.module) for s in self.sites if s.kind == "function"})
@@ -222,13 +249,11 @@ class Recorder:
                 self._install(bool(self._facts.owners))
 
     def _adopt(self, first: tuple) -> None:
-        """Take the sites of a first batch: (signature, sites, full layout)."""
-        self._signature, self.sites, self.full_layout = first
-        if self.layers is None:
-            self.layout = self.full_layout
-        else:
-            self._selected = [self.full_layout.index(layer) for layer in self.layers]
-            self.layout, _ = self.full_layout.select(self.layers)
+        """Take the sites of a first batch: (signature, sites, full layout, shapes)."""
+        self._first = first
+        if self.layers is not None:
+            self._selected = [first[2].index(layer) for layer in self.layers]
+            self._layout, _ = first[2].select(self.layers)
 
     def _begin(self) -> None:
         self._depth += 1
@@ -282,15 +307,14 @@ class Recorder:
             words.clear()
 
     def _emit_batch(self, keys: list, words: list) -> None:
-        sig = self._signature
-        if sig is None:
+        if self._first is None:
             first = self._facts.first
             if (first is not None and keys == first[0]
                     and (self._facts.owners is not None or self.functional is not None)):
                 self._adopt(first)  # the sites an earlier recorder found: nothing to learn
             else:
                 self._first_batch(keys, words)
-        elif keys != sig:
+        elif keys != self._first[0]:
             seen: dict[str, int] = {}
             got = [(self._site_name(k, seen), list(s)) for k, s in keys]
             first = [(n_, list(s)) for n_, s in zip(self.full_layout.names,
@@ -387,7 +411,11 @@ class Recorder:
             self._patched = ()
         if self._direct:
             direct, partial = self._direct, self._pos
-            self._direct, self._pos, self._keys, self._words = (), 0, [], []
+            self._direct = ()
+            if partial:
+                self._pos = 0
+                self._keys.clear()
+                self._words.clear()
             if partial and exc_type is None:
                 names = [self._facts.names[id(m)] for m in direct]
                 raise ValueError(f"record(model): the last forward pass ran {names[:partial]} "

@@ -20,6 +20,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from activation_hash.nn import ACTIVE_RECORDERS, ReLU
+from activation_hash.ops import pack_signs, relu_pack
 
 __all__ = ["TORCH_ACTIVATIONS", "RELU_LIKE_FUNCTIONS", "op_of", "FunctionalActivations", "Tap",
            "tap", "untap", "patch_activations", "unpatch_activations", "ModelFacts",
@@ -136,14 +137,28 @@ def untap(tap: Tap) -> None:
 # torch's activation modules hand their inputs to this thread's recorders through their
 # class's forward, replaced while any recorder needs them (counted across threads): one class
 # attribute per type, instead of an instance attribute per module (a change of a module's
-# __dict__ slows its next calls) or hooks (torch's slow call path).
+# __dict__ slows its next calls) or hooks (torch's slow call path). Where the class's forward
+# is torch's own and no gradient is wanted, nn.ReLU and nn.LeakyReLU (slope != 0, not in place)
+# compute their output and its words in one relu_pack pass: the same values as torch's.
 def _handing_forward(cls):
+    torch_own = cls.forward
+    leaky = cls is nn.LeakyReLU
+
     def forward(self, input):
-        if type(self) is cls:  # a subclass is no site
-            recorders = ACTIVE_RECORDERS.get()
-            if recorders:
-                for rec in recorders:
-                    rec._add_module_input(self, input)
+        recorders = ACTIVE_RECORDERS.get()
+        if recorders and type(self) is cls:  # a subclass is no site
+            saved = _SAVED_FORWARD[cls][1]
+            slope = 0.0 if cls is nn.ReLU else self.negative_slope if leaky else None
+            if (slope is not None and saved is torch_own and not self.inplace
+                    and (slope != 0.0 or cls is nn.ReLU)
+                    and not (input.requires_grad and torch.is_grad_enabled())):
+                out, words = relu_pack(input, slope)
+            else:
+                words = pack_signs(input.detach())  # before an in-place forward
+                out = saved(self, input)
+            for rec in recorders:
+                rec._add_words(self, input, words, True)
+            return out
         return _SAVED_FORWARD[cls][1](self, input)
     forward.__doc__ = cls.forward.__doc__
     return forward

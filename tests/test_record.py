@@ -267,6 +267,19 @@ def test_direct_mode_ignores_other_models_and_learns_new_shapes():
     h = cnn[1](cnn[0](big))
     want = torch.cat([ref.pack_signs(cnn[0](big)), ref.pack_signs(cnn[2](h))], 1)
     assert torch.equal(rec.codes, torch.cat([want, want[:1]]))
+    with record(cnn) as rec, torch.no_grad():  # the shapes of the first batch only
+        cnn(small)
+        with pytest.raises(ValueError, match=r"layers \[\('1', \[2, 12, 12\]\).*first one "
+                                             r"\[\('1', \[2, 8, 8\]"):
+            cnn(big)
+        cnn(small[:1])
+    assert torch.equal(rec.codes, torch.cat([by_layers(cnn, small), by_layers(cnn, small[:1])]))
+
+
+def by_layers(cnn, x):
+    with torch.no_grad():
+        z0 = cnn[0](x)
+        return torch.cat([ref.pack_signs(z0), ref.pack_signs(cnn[2](cnn[1](z0)))], 1)
 
 
 def test_torch_activations_are_recorded_through_their_class_and_it_is_restored():
@@ -322,3 +335,47 @@ def test_a_forward_patched_by_someone_else_is_kept_and_used():
         assert nn.ReLU.forward is theirs and len(calls) == 2
     finally:
         nn.ReLU.forward = original
+
+
+_ACTIVATIONS = [lambda: nn.ReLU(), lambda: nn.ReLU(inplace=True), lambda: nn.LeakyReLU(0.2),
+                lambda: nn.LeakyReLU(0.0), lambda: nn.LeakyReLU(0.3, inplace=True),
+                lambda: nn.LeakyReLU(-0.5), lambda: nn.PReLU()]
+
+
+# in place with a negative slope: its signs must be taken before the forward (torch has no
+# backward for it)
+@pytest.mark.parametrize("make, grad", [(m, g) for m in _ACTIVATIONS for g in (False, True)]
+                         + [(lambda: nn.LeakyReLU(-0.5, inplace=True), False)])
+def test_recorded_torch_activations_give_torch_values_and_gradients(make, grad):
+    """While recorded (some through one relu_pack pass), torch's activation modules give
+    their own outputs bit for bit (-0.0, NaN, inf), in place where asked, and their gradients;
+    the code is the signs of their inputs."""
+    torch.manual_seed(5)
+    act = make()
+    model = nn.Sequential(nn.Linear(3, 70), act)
+    x = torch.randn(6, 3)
+    model[0].bias.data[:4] = torch.tensor([float("nan"), -0.0, float("inf"), -float("inf")])
+    inplace = getattr(act, "inplace", False)
+    for recorded in (False, True, True):  # plain, tap mode (learns), direct mode
+        xi = x.clone().requires_grad_(grad)
+        with torch.set_grad_enabled(grad):
+            pre = model[0](xi)
+            want_pre = pre.detach().clone()
+            want = act(pre.clone()) if inplace else act(pre)
+            if recorded:
+                with record(model) as rec:
+                    got = model(xi)
+                assert torch.equal(rec.codes, ref.pack_signs(want_pre))
+            else:
+                got = model(xi)
+        assert _same(got, want)
+        if grad:
+            g, = torch.autograd.grad(got.nan_to_num().sum(), xi)
+            g_want, = torch.autograd.grad(want.nan_to_num().sum(), xi)
+            assert _same(g, g_want)
+
+
+def _same(a, b):
+    """Equal bit for bit up to NaN payloads: values, NaN places and signs."""
+    return (torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
+            and torch.equal(a.signbit(), b.signbit()))
