@@ -5,20 +5,14 @@ torch's ``nn.ReLU``/``nn.LeakyReLU``/``nn.PReLU``) or a functional call (``torch
 ``F.relu``, ``F.leaky_relu``, ``F.prelu``, ``Tensor.relu``) made inside some module's
 ``forward``. Each site contributes the packed signs of its pre-activation (bit 1 where > 0).
 
-What recording costs (about one forward pass): our :class:`~activation_hash.nn.ReLU` /
-:class:`~activation_hash.nn.LeakyReLU` hand over the words their fused kernel computes anyway;
-torch's ``nn.ReLU``/``nn.LeakyReLU``/``nn.PReLU`` hand over their inputs (one ``pack_signs``
-pass each) through their class's ``forward``, replaced while a recorder is active. Once a
-first recorder has seen a model whose every site is an activation module, called once per
-forward in a fixed order (a plain or converted MLP, CNN or ResNet), later recorders of it
-touch nothing else: the modules mark the batches themselves (*direct mode*; a batch is
-complete when its last site ran, and a forward pass that calls the sites in another order, or
-only some of them, raises ValueError; ``functional=True`` records such models batch by
-batch). Otherwise the model's ``forward`` is *tapped* (an instance attribute that marks the
-batches for this thread's recorders; no hooks, so torch's fast call path stays); functional
-calls need a ``TorchFunctionMode`` (it sees every op) and the stack of the modules that make
-them. Whether a model makes functional calls is found once per model, on its first recorded
-batch (hooks on every module and the mode), or declared with ``functional=True/False``.
+Our :class:`~activation_hash.nn.ReLU` / :class:`~activation_hash.nn.LeakyReLU` hand over the
+words their fused kernel computes anyway; torch's activation modules through their class's
+``forward``, replaced while a recorder is active. Once a first recorder has seen a model whose
+every site is an activation module called once per forward in a fixed order, later recorders
+touch nothing else (*direct mode*: the modules mark the batches; a forward that calls them in
+another order raises ValueError, ``functional=True`` records it batch by batch); otherwise the
+model's ``forward`` is *tapped*, and functional calls need a ``TorchFunctionMode``. How and
+why: docs/design.md, section 8.
 
 Threads: a recorder belongs to the thread that entered it; other threads running the same
 model are not recorded by it (each thread may use its own recorder at the same time).
@@ -82,23 +76,12 @@ class Recorder:
         codes: the batches concatenated.
     """
 
-    # Defaults of the class: set on the instance only where a recording needs them (a new
-    # recorder per forward pass is the common case, and its cost counts).
-    _first: tuple | None = None           # the first batch's (signature, sites, full layout,
-                                          # shapes): signature [(key, shape), ...]
-    _layout: Layout | None = None         # the `layers` selection of the full layout
-    _selected: list[int] | None = None    # site indices of `layout`
-    _facts: ModelFacts | None = None
-    _depth = 0                            # model forward calls in progress (tap mode)
-    _mode: FunctionalActivations | None = None
-    _mode_on = False
-    _token = None
-    _direct: tuple[nn.Module, ...] = ()   # direct mode: the sites' modules, in call order
-    _pos = 0                              # direct mode: sites seen of this batch
-    _taps: tuple | list = ()
-    _handles: tuple | list = ()
-    _stack: list | tuple = ()             # modules whose forward is running (functional)
-    _patched: tuple = ()                  # torch's activation classes handing inputs to us
+    # Slots, every one set in __init__: no instance dict to build (a recorder per forward
+    # pass is the common case, and its cost counts), the same attributes in either mode.
+    __slots__ = ("model", "layers", "keep", "on_batch", "functional", "batches",
+                 "_keys", "_words", "_first", "_layout", "_selected", "_facts", "_depth",
+                 "_mode", "_mode_on", "_token", "_direct", "_pos", "_taps", "_handles",
+                 "_stack", "_patched")
 
     def __init__(self, model: nn.Module, layers: Iterable[int | str] | None = None,
                  keep: bool = True,
@@ -118,6 +101,21 @@ class Recorder:
         # only, the keys being the direct modules) and its words
         self._keys: list = []
         self._words: list[torch.Tensor] = []
+        self._first: tuple | None = None       # the first batch's (signature, sites, full
+        #                                        layout, shapes); signature [(key, shape), ...]
+        self._layout: Layout | None = None     # the `layers` selection of the full layout
+        self._selected: list[int] | None = None  # site indices of `layout`
+        self._facts: ModelFacts | None = None
+        self._token = None                     # of ACTIVE_RECORDERS, while entered
+        self._patched: tuple = ()              # torch's activation classes handing us inputs
+        self._direct: tuple[nn.Module, ...] = ()  # direct mode: the sites' modules, in order
+        self._pos = 0                          # direct mode: sites seen of this batch
+        self._depth = 0                        # tap mode: model forward calls in progress
+        self._taps: list = []
+        self._mode: FunctionalActivations | None = None  # functional sites: the mode
+        self._mode_on = False
+        self._handles: list = []               # its module-stack hooks
+        self._stack: list = []                 # modules whose forward is running
 
     # -- results
     @property
@@ -392,7 +390,7 @@ class Recorder:
         if self.functional is not True and facts.direct is not None:
             # every site is an activation module, each called once per forward, all known:
             # they mark the batches themselves (no tap on the model: no hooks, no wrapper)
-            self._direct, self._pos = facts.direct, 0
+            self._direct = facts.direct
             self._token = ACTIVE_RECORDERS.set(ACTIVE_RECORDERS.get() + (self,))
             return self
         self._taps = [tap(self.model, facts.taps)]

@@ -140,33 +140,40 @@ def untap(tap: Tap) -> None:
 # __dict__ slows its next calls) or hooks (torch's slow call path). Where the class's forward
 # is torch's own and no gradient is wanted, nn.ReLU and nn.LeakyReLU (slope != 0, not in place)
 # compute their output and its words in one relu_pack pass: the same values as torch's.
-def _handing_forward(cls):
-    torch_own = cls.forward
+class _ClassPatch:
+    """The patch of one of torch's activation classes: its users (across threads), the
+    forward it had (restored when the last one leaves) and the handing forward."""
+
+    __slots__ = ("cls", "torch_forward", "users", "own", "saved", "fuse", "forward")
+
+    def __init__(self, cls):
+        self.cls, self.torch_forward, self.users = cls, cls.forward, 0
+        self.own = self.saved = None  # its own forward (None: inherited), the one it had
+        self.fuse = False             # while patched: one relu_pack pass may replace `saved`
+        self.forward = _handing_forward(self, cls)
+
+
+def _handing_forward(patch: _ClassPatch, cls):
     leaky = cls is nn.LeakyReLU
 
     def forward(self, input):
         recorders = ACTIVE_RECORDERS.get()
         if recorders and type(self) is cls:  # a subclass is no site
-            saved = _SAVED_FORWARD[cls][1]
-            slope = 0.0 if cls is nn.ReLU else self.negative_slope if leaky else None
-            if (slope is not None and saved is torch_own and not self.inplace
-                    and (slope != 0.0 or cls is nn.ReLU)
+            if (patch.fuse and not self.inplace and (not leaky or self.negative_slope != 0.0)
                     and not (input.requires_grad and torch.is_grad_enabled())):
-                out, words = relu_pack(input, slope)
+                out, words = relu_pack(input, self.negative_slope if leaky else 0.0)
             else:
                 words = pack_signs(input.detach())  # before an in-place forward
-                out = saved(self, input)
+                out = patch.saved(self, input)
             for rec in recorders:
                 rec._add_words(self, input, words, True)
             return out
-        return _SAVED_FORWARD[cls][1](self, input)
+        return patch.saved(self, input)
     forward.__doc__ = cls.forward.__doc__
     return forward
 
 
-_HANDING_FORWARD = {cls: _handing_forward(cls) for cls in TORCH_ACTIVATIONS}
-_SAVED_FORWARD: dict = {}  # cls -> (its own forward or None if inherited, the one it had)
-_PATCH_USERS = {cls: 0 for cls in TORCH_ACTIVATIONS}
+_PATCHES = {cls: _ClassPatch(cls) for cls in TORCH_ACTIVATIONS}
 
 
 def patch_activations(classes) -> None:
@@ -175,24 +182,26 @@ def patch_activations(classes) -> None:
     the thread that runs them."""
     with _TAP_LOCK:
         for cls in classes:
-            n = _PATCH_USERS[cls]
-            if n == 0:  # the forward it has now (someone else's patch included) is restored
-                _SAVED_FORWARD[cls] = (cls.__dict__.get("forward"), cls.forward)
-                cls.forward = _HANDING_FORWARD[cls]
-            _PATCH_USERS[cls] = n + 1
+            p = _PATCHES[cls]
+            if p.users == 0:  # the forward it has now (someone else's patch included) is kept
+                p.own, p.saved = cls.__dict__.get("forward"), cls.forward
+                p.fuse = cls in (nn.ReLU, nn.LeakyReLU) and p.saved is p.torch_forward
+                cls.forward = p.forward
+            p.users += 1
 
 
 def unpatch_activations(classes) -> None:
     with _TAP_LOCK:
         for cls in classes:
-            n = _PATCH_USERS[cls] - 1
-            _PATCH_USERS[cls] = n
-            if n == 0:
-                own = _SAVED_FORWARD.pop(cls)[0]
-                if own is None:
+            p = _PATCHES[cls]
+            p.users -= 1
+            if p.users == 0:
+                if p.own is None:
                     del cls.forward
                 else:
-                    cls.forward = own
+                    cls.forward = p.own
+                # p.saved stays: a call that found the handing forward just before may still
+                # be on its way to it (another thread)
 
 
 # Bumped whenever any module anywhere registers a submodule (torch's global registration
