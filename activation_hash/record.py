@@ -39,7 +39,7 @@ from activation_hash.codes import unpack_codes
 from activation_hash.layout import Layout
 from activation_hash.nn import ACTIVE_RECORDERS
 from activation_hash.ops import pack_signs
-from activation_hash.taps import (FunctionalActivations, ModelFacts, model_facts, op_of,
+from activation_hash.taps import (FirstBatch, FunctionalWatch, ModelFacts, model_facts, op_of,
                                   patch_activations, tap, unpatch_activations, untap)
 from activation_hash.validation import check_bool
 
@@ -80,8 +80,7 @@ class Recorder:
     # pass is the common case, and its cost counts), the same attributes in either mode.
     __slots__ = ("model", "layers", "keep", "on_batch", "functional", "batches",
                  "_keys", "_words", "_first", "_layout", "_selected", "_facts", "_depth",
-                 "_mode", "_mode_on", "_token", "_direct", "_pos", "_taps", "_handles",
-                 "_stack", "_patched")
+                 "_watch", "_token", "_direct", "_pos", "_taps", "_patched")
 
     def __init__(self, model: nn.Module, layers: Iterable[int | str] | None = None,
                  keep: bool = True,
@@ -101,8 +100,7 @@ class Recorder:
         # only, the keys being the direct modules) and its words
         self._keys: list = []
         self._words: list[torch.Tensor] = []
-        self._first: tuple | None = None       # the first batch's (signature, sites, full
-        #                                        layout, shapes); signature [(key, shape), ...]
+        self._first: FirstBatch | None = None  # the sites of the first batch
         self._layout: Layout | None = None     # the `layers` selection of the full layout
         self._selected: list[int] | None = None  # site indices of `layout`
         self._facts: ModelFacts | None = None
@@ -112,10 +110,7 @@ class Recorder:
         self._pos = 0                          # direct mode: sites seen of this batch
         self._depth = 0                        # tap mode: model forward calls in progress
         self._taps: list = []
-        self._mode: FunctionalActivations | None = None  # functional sites: the mode
-        self._mode_on = False
-        self._handles: list = []               # its module-stack hooks
-        self._stack: list = []                 # modules whose forward is running
+        self._watch: FunctionalWatch | None = None  # tap mode: of the functional sites
 
     # -- results
     @property
@@ -123,17 +118,17 @@ class Recorder:
         """The :class:`Layout` of the code rows (None before the first batch)."""
         if self._layout is not None:
             return self._layout
-        return None if self._first is None else self._first[2]
+        return None if self._first is None else self._first.layout
 
     @property
     def full_layout(self) -> Layout | None:
         """The layout of every site (``layout`` is its ``layers`` selection)."""
-        return None if self._first is None else self._first[2]
+        return None if self._first is None else self._first.layout
 
     @property
     def sites(self) -> tuple[Site, ...]:
         """The :class:`Site` of each layer of ``full_layout``, in call order."""
-        return () if self._first is None else self._first[1]
+        return () if self._first is None else self._first.sites
 
     @property
     def codes(self) -> torch.Tensor:
@@ -174,7 +169,7 @@ class Recorder:
             return
         self._pos = 0
         first = self._first or self._facts.first
-        if shapes != first[3]:  # new shapes: learned on a first batch, refused later
+        if shapes != first.shapes:  # new shapes: learned on a first batch, refused later
             self._keys = [((m, None), shape) for m, shape in zip(direct, shapes)]
             self._words.append(words)
             return self._emit()
@@ -206,7 +201,7 @@ class Recorder:
     def _add_functional(self, op: str, x: torch.Tensor) -> None:
         if not self._depth:
             return
-        owner = self._stack[-1] if self._stack else self.model
+        owner = self._watch.owner() or self.model
         if op_of(owner) is not None:
             return  # an activation module records itself (torch's nn.ReLU calls F.relu)
         self._keys.append(((owner, op), x.shape[1:]))
@@ -226,7 +221,7 @@ class Recorder:
         """Learn the sites from this recorder's first batch (or take an earlier recorder's,
         when this batch calls the same ones)."""
         facts = self._facts
-        if facts.first is not None and keys == facts.first[0]:
+        if facts.first is not None and keys == facts.first.signature:
             self._adopt(facts.first)
         else:
             seen: dict[str, int] = {}
@@ -237,7 +232,8 @@ class Recorder:
                                   "function", module, fn if fn is not None else op_of(module),
                                   tuple(shape)))
             full = Layout(tuple(s.name for s in sites), tuple(s.shape for s in sites))
-            facts.set_first((list(keys), tuple(sites), full, [shape for _, shape in keys]))
+            facts.set_first(FirstBatch(list(keys), tuple(sites), full,
+                                       [shape for _, shape in keys]))
             self._adopt(facts.first)
         if facts.owners is None and self.functional is None:
             facts.set_owners({id(s.module) for s in self.sites if s.kind == "function"})
@@ -247,32 +243,26 @@ class Recorder:
                 self._install(bool(self._facts.owners))
 
     def _adopt(self, first: tuple) -> None:
-        """Take the sites of a first batch: (signature, sites, full layout, shapes)."""
+        """Take the sites of a first batch."""
         self._first = first
         if self.layers is not None:
-            self._selected = [first[2].index(layer) for layer in self.layers]
-            self._layout, _ = first[2].select(self.layers)
+            self._selected = [first.layout.index(layer) for layer in self.layers]
+            self._layout, _ = first.layout.select(self.layers)
 
     def _begin(self) -> None:
         self._depth += 1
         if self._depth == 1:
             self._keys, self._words = [], []
-            if self._mode is not None:
-                self._stack = []
-                self._mode.__enter__()
-                self._mode_on = True
+            if self._watch is not None:
+                self._watch.start()
 
     def _abort(self) -> None:
         """The forward raised: nothing of this batch is kept."""
         self._depth -= 1
         if self._depth == 0:
             self._keys, self._words = [], []
-            self._mode_off()
-
-    def _mode_off(self) -> None:
-        if self._mode_on:
-            self._mode_on = False
-            self._mode.__exit__(None, None, None)
+            if self._watch is not None:
+                self._watch.stop()
 
     def _run(self, forward, args, kwargs):
         """One batch: ``forward(*args, **kwargs)`` of the model (not nested), recorded."""
@@ -289,8 +279,8 @@ class Recorder:
         self._depth -= 1
         if self._depth:
             return
-        if self._mode_on:
-            self._mode_off()
+        if self._watch is not None:
+            self._watch.stop()
         if self._keys:
             self._emit()
 
@@ -307,12 +297,12 @@ class Recorder:
     def _emit_batch(self, keys: list, words: list) -> None:
         if self._first is None:
             first = self._facts.first
-            if (first is not None and keys == first[0]
+            if (first is not None and keys == first.signature
                     and (self._facts.owners is not None or self.functional is not None)):
                 self._adopt(first)  # the sites an earlier recorder found: nothing to learn
             else:
                 self._first_batch(keys, words)
-        elif keys != self._first[0]:
+        elif keys != self._first.signature:
             seen: dict[str, int] = {}
             got = [(self._site_name(k, seen), list(s)) for k, s in keys]
             first = [(n_, list(s)) for n_, s in zip(self.full_layout.names,
@@ -337,43 +327,21 @@ class Recorder:
             return torch.zeros(n, 0, dtype=torch.int64, device=device)
         return torch.cat(words, dim=1) if len(words) > 1 else words[0]
 
-    # -- what runs per batch
-    def _stack_hooks(self, module: nn.Module) -> None:
-        def pre(mod, args):
-            if self._depth and self._mine():
-                self._stack.append(mod)
-
-        def post(mod, args, output):
-            if self._stack and self._stack[-1] is mod and self._mine():
-                self._stack.pop()
-        self._handles.append(module.register_forward_pre_hook(pre))
-        self._handles.append(module.register_forward_hook(post, always_call=True))
-
-    def _mine(self) -> bool:
-        """Is this hook call in the thread that entered the recorder?"""
-        return self in ACTIVE_RECORDERS.get()
-
     def _install(self, functional: bool | str) -> None:
-        """(Re)install what each batch needs: the module stack and the function mode for
-        functional sites (``"discover"``: every module, to find them; True: the modules that
-        own them; False: none)."""
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        """(Re)install what each batch needs for functional sites (``"discover"``: watch
+        every module, to find them; True: the modules that own them; False: nothing)."""
+        if self._watch is not None:
+            self._watch.remove()
+            self._watch = None
         if functional is False:
-            self._mode = None
             return
         facts = self._facts
-        if functional == "discover" or (functional is True and facts.owners is None):
-            stacked = list(facts.modules.values())
-        elif functional:
-            stacked = [m for m in facts.modules.values()
-                       if id(m) in facts.owners or op_of(m) is not None]
+        if functional == "discover" or facts.owners is None:
+            watched = list(facts.modules.values())
         else:
-            stacked = []
-        for m in stacked:
-            self._stack_hooks(m)
-        self._mode = FunctionalActivations(self) if functional else None
+            watched = [m for m in facts.modules.values()
+                       if id(m) in facts.owners or op_of(m) is not None]
+        self._watch = FunctionalWatch(self, watched)
 
     # -- context
     def __enter__(self) -> "Recorder":
@@ -421,15 +389,12 @@ class Recorder:
                                  f"model that varies them is recorded batch by batch with "
                                  f"record(model, functional=True)")
             return
-        self._mode_off()
-        if self._handles:
-            for h in self._handles:
-                h.remove()
-            self._handles = []
+        if self._watch is not None:
+            self._watch.remove()
+            self._watch = None
         for t in self._taps:
             untap(t)
         self._taps = []
-        self._mode = None
         self._depth = 0
 
 

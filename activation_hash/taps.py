@@ -6,25 +6,28 @@ fast call path stays) and marks the batches for the recorders this thread entere
 across threads. :func:`patch_activations` makes torch's activation classes hand their inputs
 to those recorders.
 :class:`FunctionalActivations` (a ``TorchFunctionMode``) sees the functional ReLU-like calls
-(``RELU_LIKE_FUNCTIONS``). :func:`model_facts` caches what a model's structure tells (module
+(``RELU_LIKE_FUNCTIONS``); :class:`FunctionalWatch` pairs it with the stack of the modules
+that make them. :func:`model_facts` caches what a model's structure tells (module
 names, torch activation modules, DataParallel, the sites of a first batch, whether the model
 can be recorded in direct mode) until any module anywhere registers a submodule.
 """
 from __future__ import annotations
 
 import threading
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from activation_hash.layout import Layout
 from activation_hash.nn import ACTIVE_RECORDERS, ReLU
 from activation_hash.ops import pack_signs, relu_pack
 
-__all__ = ["TORCH_ACTIVATIONS", "RELU_LIKE_FUNCTIONS", "op_of", "FunctionalActivations", "Tap",
-           "tap", "untap", "patch_activations", "unpatch_activations", "ModelFacts",
-           "model_facts"]
+__all__ = ["TORCH_ACTIVATIONS", "RELU_LIKE_FUNCTIONS", "op_of", "FunctionalActivations",
+           "FunctionalWatch", "Tap", "tap", "untap", "patch_activations", "unpatch_activations",
+           "FirstBatch", "ModelFacts", "model_facts"]
 
 # torch's activation modules that are sites, and their op names
 TORCH_ACTIVATIONS = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.PReLU: "prelu"}
@@ -62,6 +65,48 @@ class FunctionalActivations(TorchFunctionMode):
             if isinstance(x, torch.Tensor):
                 self.recorder._add_functional(op, x)
         return func(*args, **kwargs)
+
+
+class FunctionalWatch:
+    """What a tapped recorder needs to see functional sites: the function mode, on while the
+    model's forward runs, and the stack of the watched modules whose ``forward`` is running
+    (hooks that act only in the recorder's own thread), which tells who made a call."""
+
+    def __init__(self, recorder, modules):
+        self.recorder, self.stack, self.on = recorder, [], False
+        self.mode = FunctionalActivations(recorder)
+        self.handles = []
+        for m in modules:
+            self.handles.append(m.register_forward_pre_hook(self._pre))
+            self.handles.append(m.register_forward_hook(self._post, always_call=True))
+
+    def _pre(self, module, args):
+        if self.recorder._depth and self.recorder in ACTIVE_RECORDERS.get():
+            self.stack.append(module)
+
+    def _post(self, module, args, output):
+        if self.stack and self.stack[-1] is module and self.recorder in ACTIVE_RECORDERS.get():
+            self.stack.pop()
+
+    def owner(self) -> nn.Module | None:
+        """The innermost watched module whose forward is running (None: the model's own)."""
+        return self.stack[-1] if self.stack else None
+
+    def start(self) -> None:
+        self.stack = []
+        self.mode.__enter__()
+        self.on = True
+
+    def stop(self) -> None:
+        if self.on:
+            self.on = False
+            self.mode.__exit__(None, None, None)
+
+    def remove(self) -> None:
+        self.stop()
+        for h in self.handles:
+            h.remove()
+        self.handles = []
 
 
 class Tap:
@@ -216,6 +261,15 @@ def _bump(module, name, submodule):
 nn.modules.module.register_module_module_registration_hook(_bump)
 
 
+class FirstBatch(NamedTuple):
+    """What a model's first recorded batch showed, reused by its later recorders."""
+
+    signature: list   # [(key, per-sample shape)]; key (module, None) or (owner, function op)
+    sites: tuple      # the Site of each layer
+    layout: Layout    # the full layout
+    shapes: list      # the per-sample shapes alone
+
+
 class ModelFacts:
     """What one model's structure tells, computed once per model (and again after any module
     registration): module names, torch activation modules, DataParallel, functional owners,
@@ -237,11 +291,11 @@ class ModelFacts:
         self.torch_classes = tuple({type(m): None for m in self.torch_activations})
         self.data_parallel = any(isinstance(m, nn.DataParallel) for _, m in named)
         self.owners: set[int] | None = None  # modules that make functional calls (discovered)
-        self.first: tuple | None = None      # (signature, sites, full layout) of a first batch
+        self.first: FirstBatch | None = None  # the sites of a first batch
         self.direct: tuple[nn.Module, ...] | None = None
         self.ours = [m for _, m in named if isinstance(m, ReLU)]
 
-    def set_first(self, first: tuple) -> None:
+    def set_first(self, first: FirstBatch) -> None:
         self.first = first
         self._update_direct()
 
@@ -257,7 +311,7 @@ class ModelFacts:
         self.direct = None
         if self.first is None or self.owners is None or self.owners:
             return
-        sites = self.first[1]
+        sites = self.first.sites
         modules = tuple(s.module for s in sites)
         if (sites and all(s.kind == "module" for s in sites)
                 and len({id(m) for m in modules}) == len(modules)
