@@ -174,13 +174,16 @@ class Recorder:
             self._words.append(words)
             return self._emit()
         shapes.clear()
-        if self._first is None:
-            self._adopt(first)
-        if i or self._selected is not None:
+        if i or self._first is None or self._selected is not None:
             batch = self._words
             batch.append(words)
-            words = self._join(batch)
-            batch.clear()
+            try:  # (the lists are reused by the next batch, whatever happens here)
+                if self._first is None:
+                    self._adopt(first)
+                if i or self._selected is not None:
+                    words = self._join(batch)
+            finally:
+                batch.clear()
         if self.keep:
             self.batches.append(words)
         if self.on_batch is not None:
@@ -242,7 +245,7 @@ class Recorder:
                 # that torch.compile traces: there the hooks stay as they are)
                 self._install(bool(self._facts.owners))
 
-    def _adopt(self, first: tuple) -> None:
+    def _adopt(self, first: FirstBatch) -> None:
         """Take the sites of a first batch."""
         self._first = first
         if self.layers is not None:

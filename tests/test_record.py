@@ -379,3 +379,33 @@ def _same(a, b):
     """Equal bit for bit up to NaN payloads: values, NaN places and signs."""
     return (torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
             and torch.equal(a.signbit(), b.signbit()))
+
+
+def test_direct_mode_recovers_after_a_batch_it_refused():
+    """A batch whose sites disagree on the batch size raises, and leaves nothing behind for
+    the next batch of the same recorder."""
+
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.r1, self.r2 = nn.Linear(3, 4), ReLU(), ReLU()
+            self.rows = None
+
+        def forward(self, x):
+            h = self.r1(self.a(x))
+            return self.r2(h[:self.rows])
+
+    torch.manual_seed(6)
+    model = Odd().eval()
+    x = torch.randn(5, 3)
+    with record(model), torch.no_grad():  # learns the sites: direct mode from now on
+        model(x)
+    with record(model) as rec, torch.no_grad():
+        model.rows = 2
+        with pytest.raises(ValueError, match="disagree on the batch size"):
+            model(x)
+        model.rows = None
+        model(x)
+        z = model.a(x)
+    want = torch.cat([ref.pack_signs(z), ref.pack_signs(torch.relu(z))], 1)
+    assert torch.equal(rec.codes, want)
