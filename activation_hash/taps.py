@@ -195,10 +195,11 @@ class _ClassPatch:
         self.cls, self.torch_forward, self.users = cls, cls.forward, 0
         self.own = self.saved = None  # its own forward (None: inherited), the one it had
         self.fuse = False             # while patched: one relu_pack pass may replace `saved`
-        self.forward = _handing_forward(self, cls)
+        self.forward = _handing_forward(self)
 
 
-def _handing_forward(patch: _ClassPatch, cls):
+def _handing_forward(patch: _ClassPatch):
+    cls = patch.cls
     leaky = cls is nn.LeakyReLU
 
     def forward(self, input):
@@ -267,7 +268,7 @@ class FirstBatch(NamedTuple):
     signature: list   # [(key, per-sample shape)]; key (module, None) or (owner, function op)
     sites: tuple      # the Site of each layer
     layout: Layout    # the full layout
-    shapes: list      # the per-sample shapes alone
+    shapes: list      # the signature's shapes alone (what the direct mode compares)
 
 
 class ModelFacts:

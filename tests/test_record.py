@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from activation_hash import reference as ref
+from helpers import assert_same_values
 from activation_hash.nn import ReLU, convert
 from activation_hash.record import find_sites, record
 
@@ -368,17 +369,11 @@ def test_recorded_torch_activations_give_torch_values_and_gradients(make, grad):
                 assert torch.equal(rec.codes, ref.pack_signs(want_pre))
             else:
                 got = model(xi)
-        assert _same(got, want)
+        assert_same_values(got, want)
         if grad:
             g, = torch.autograd.grad(got.nan_to_num().sum(), xi)
             g_want, = torch.autograd.grad(want.nan_to_num().sum(), xi)
-            assert _same(g, g_want)
-
-
-def _same(a, b):
-    """Equal bit for bit up to NaN payloads: values, NaN places and signs."""
-    return (torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
-            and torch.equal(a.signbit(), b.signbit()))
+            assert_same_values(g, g_want)
 
 
 def test_direct_mode_recovers_after_a_batch_it_refused():
