@@ -40,7 +40,7 @@ from activation_hash.layout import Layout
 from activation_hash.nn import ACTIVE_RECORDERS
 from activation_hash.ops import pack_signs
 from activation_hash.taps import (FirstBatch, FunctionalWatch, ModelFacts, model_facts, op_of,
-                                  patch_activations, tap, unpatch_activations, untap)
+                                  hand_inputs, stop_handing, tap, untap)
 from activation_hash.validation import check_bool
 
 __all__ = ["record", "Recorder", "Site", "find_sites"]
@@ -80,7 +80,7 @@ class Recorder:
     # pass is the common case, and its cost counts), the same attributes in either mode.
     __slots__ = ("model", "layers", "keep", "on_batch", "functional", "batches",
                  "_keys", "_words", "_first", "_layout", "_selected", "_facts", "_depth",
-                 "_watch", "_token", "_direct", "_pos", "_taps", "_patched")
+                 "_watch", "_token", "_direct", "_expected", "_pos", "_taps", "_handing")
 
     def __init__(self, model: nn.Module, layers: Iterable[int | str] | None = None,
                  keep: bool = True,
@@ -105,8 +105,9 @@ class Recorder:
         self._selected: list[int] | None = None  # site indices of `layout`
         self._facts: ModelFacts | None = None
         self._token = None                     # of ACTIVE_RECORDERS, while entered
-        self._patched: tuple = ()              # torch's activation classes handing us inputs
+        self._handing: list | tuple = ()       # torch's activation modules handing us inputs
         self._direct: tuple[nn.Module, ...] = ()  # direct mode: the sites' modules, in order
+        self._expected: FirstBatch | None = None  # direct mode: the sites each batch should have
         self._pos = 0                          # direct mode: sites seen of this batch
         self._depth = 0                        # tap mode: model forward calls in progress
         self._taps: list = []
@@ -166,28 +167,33 @@ class Recorder:
             self._pos = i + 1
             return
         self._pos = 0
-        first = self._first or self._facts.first
-        if shapes != first.shapes:  # new shapes: learned on a first batch, refused later
-            self._keys = [((m, None), shape) for m, shape in zip(direct, shapes)]
-            self._words.append(words)
-            return self._emit()
+        expected = self._expected
+        if shapes != expected.shapes:
+            return self._direct_new_shapes(words)
         shapes.clear()
+        if self._first is not expected:  # this recorder's first batch
+            self._adopt(expected)
         # delivered here as _emit_batch does, not through a shared helper: on the 784-64 MLP
         # of bench/record.py one call more measured about 0.03 lower ratios
-        if i or self._first is None or self._selected is not None:
+        if i or self._selected is not None:
             batch = self._words
             batch.append(words)
-            try:  # (the lists are reused by the next batch, whatever happens here)
-                if self._first is None:
-                    self._adopt(first)
-                if i or self._selected is not None:
-                    words = self._join(batch)
+            try:  # (the list is reused by the next batch, whatever happens here)
+                words = self._join(batch)
             finally:
                 batch.clear()
         if self.keep:
             self.batches.append(words)
         if self.on_batch is not None:
             self.on_batch(words, self.layout)
+
+    def _direct_new_shapes(self, words: torch.Tensor) -> None:
+        """A direct batch whose shapes differ from the expected ones: learned when it is this
+        recorder's first batch, refused later (ValueError)."""
+        self._keys = [((m, None), shape) for m, shape in zip(self._direct, self._keys)]
+        self._words.append(words)
+        self._emit()
+        self._expected = self._first
 
     def _direct_miss(self, module: nn.Module) -> None:
         if id(module) not in self._facts.modules:
@@ -355,13 +361,12 @@ class Recorder:
             raise TypeError("record() cannot see the replicas nn.DataParallel runs in its worker "
                             "threads: record model.module on one device, or use "
                             "DistributedDataParallel (one process per device)")
-        if facts.torch_classes:
-            patch_activations(facts.torch_classes)
-            self._patched = facts.torch_classes
+        if facts.torch_activations:
+            self._handing = hand_inputs(facts.torch_activations, facts.handings)
         if self.functional is not True and facts.direct is not None:
             # every site is an activation module, each called once per forward, all known:
             # they mark the batches themselves (no tap on the model: no hooks, no wrapper)
-            self._direct = facts.direct
+            self._direct, self._expected = facts.direct, self._first or facts.first
             self._token = ACTIVE_RECORDERS.set(ACTIVE_RECORDERS.get() + (self,))
             return self
         self._taps = [tap(self.model, facts.taps)]
@@ -375,9 +380,17 @@ class Recorder:
     def __exit__(self, exc_type, exc, tb) -> None:
         ACTIVE_RECORDERS.reset(self._token)
         self._token = None
-        if self._patched:
-            unpatch_activations(self._patched)
-            self._patched = ()
+        if not self._direct:
+            if self._watch is not None:
+                self._watch.remove()
+                self._watch = None
+            for t in self._taps:
+                untap(t)
+            self._taps = []
+            self._depth = 0
+        if self._handing:  # after untap: a model that is itself a torch activation is tapped
+            stop_handing(self._handing)  # over its Handing
+            self._handing = ()
         if self._direct:
             direct, partial = self._direct, self._pos
             self._direct = ()
@@ -391,14 +404,6 @@ class Recorder:
                                  f"of the activations {names} of the model's earlier ones; a "
                                  f"model that varies them is recorded batch by batch with "
                                  f"record(model, functional=True)")
-            return
-        if self._watch is not None:
-            self._watch.remove()
-            self._watch = None
-        for t in self._taps:
-            untap(t)
-        self._taps = []
-        self._depth = 0
 
 
 def record(model: nn.Module, *, layers: Iterable[int | str] | None = None, keep: bool = True,

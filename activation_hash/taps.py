@@ -3,8 +3,8 @@
 A :class:`Tap` stands in for a recorded model's ``forward`` (an instance attribute, so torch's
 fast call path stays) and marks the batches for the recorders this thread entered
 (``nn.ACTIVE_RECORDERS``); :func:`tap` / :func:`untap` install and remove it, counting users
-across threads. :func:`patch_activations` makes torch's activation classes hand their inputs
-to those recorders.
+across threads. :func:`hand_inputs` gives torch's activation modules a forward (a
+:class:`Handing`) that hands their inputs to those recorders.
 :class:`FunctionalActivations` (a ``TorchFunctionMode``) sees the functional ReLU-like calls
 (``RELU_LIKE_FUNCTIONS``); :class:`FunctionalWatch` pairs it with the stack of the modules
 that make them. :func:`model_facts` caches what a model's structure tells (module
@@ -14,6 +14,7 @@ can be recorded in direct mode) until any module anywhere registers a submodule.
 from __future__ import annotations
 
 import threading
+from types import MethodType
 from typing import NamedTuple
 
 import torch
@@ -26,7 +27,7 @@ from activation_hash.nn import ACTIVE_RECORDERS, ReLU
 from activation_hash.ops import pack_signs, relu_pack
 
 __all__ = ["TORCH_ACTIVATIONS", "RELU_LIKE_FUNCTIONS", "op_of", "FunctionalActivations",
-           "FunctionalWatch", "Tap", "tap", "untap", "patch_activations", "unpatch_activations",
+           "FunctionalWatch", "Tap", "tap", "untap", "Handing", "hand_inputs", "stop_handing",
            "FirstBatch", "ModelFacts", "model_facts"]
 
 # torch's activation modules that are sites, and their op names
@@ -179,75 +180,93 @@ def untap(tap: Tap) -> None:
                 tap.module.__dict__["forward"] = tap.inner
 
 
-# torch's activation modules hand their inputs to this thread's recorders through their
-# class's forward, replaced while any recorder needs them (counted across threads): one class
-# attribute per type, instead of an instance attribute per module (a change of a module's
-# __dict__ slows its next calls) or hooks (torch's slow call path). Where the class's forward
-# is torch's own and no gradient is wanted, nn.ReLU and nn.LeakyReLU (slope != 0, not in place)
-# compute their output and its words in one relu_pack pass: the same values as torch's.
-class _ClassPatch:
-    """The patch of one of torch's activation classes: its users (across threads), the
-    forward it had (restored when the last one leaves) and the handing forward."""
-
-    __slots__ = ("cls", "torch_forward", "users", "own", "saved", "fuse", "forward")
-
-    def __init__(self, cls):
-        self.cls, self.torch_forward, self.users = cls, cls.forward, 0
-        self.own = self.saved = None  # its own forward (None: inherited), the one it had
-        self.fuse = False             # while patched: one relu_pack pass may replace `saved`
-        self.forward = _handing_forward(self)
+# torch's activation modules hand their inputs to this thread's recorders through a forward
+# of their own, an instance attribute like a Tap, installed while any recorder needs it (counted
+# across threads). Not by replacing their class's forward: a class changed on every recorder
+# entered and left made each recorded forward pass of the 784-64 MLP of bench/record.py about
+# 3 us slower (the interpreter's caches of the class start over), nor by hooks (torch's slow
+# call path). Where the forward it had is torch's own and no gradient is wanted, nn.ReLU and
+# nn.LeakyReLU (slope != 0, not in place) compute their output and its words in one relu_pack
+# pass: the same values as torch's.
+_TORCH_FORWARDS = {cls: cls.forward for cls in TORCH_ACTIVATIONS}
 
 
-def _handing_forward(patch: _ClassPatch):
-    cls = patch.cls
-    leaky = cls is nn.LeakyReLU
+class Handing:
+    """Stands in for the ``forward`` of one of torch's activation modules while some recorder
+    needs it, in any thread: it hands the module's input (its packed signs) to the recorders
+    this thread entered, and runs the forward the module had."""
 
-    def forward(self, input):
-        recorders = ACTIVE_RECORDERS.get()
-        if recorders and type(self) is cls:  # a subclass is no site
-            if (patch.fuse and not self.inplace and (not leaky or self.negative_slope != 0.0)
-                    and not (input.requires_grad and torch.is_grad_enabled())):
-                out, words = relu_pack(input, self.negative_slope if leaky else 0.0)
-            else:
-                words = pack_signs(input.detach())  # before an in-place forward
-                out = patch.saved(self, input)
-            for rec in recorders:
-                rec._add_words(self, input, words, True)
-            return out
-        return patch.saved(self, input)
-    forward.__doc__ = cls.forward.__doc__
-    return forward
+    __slots__ = ("module", "users", "inner", "saved", "fuse", "leaky", "forward")
+
+    def __init__(self, module: nn.Module):
+        self.module, self.users = module, 0
+        self.inner = module.__dict__.get("forward")  # an earlier instance attribute, if any
+        self.leaky = type(module) is nn.LeakyReLU
+        self.saved, self.fuse = module.forward, False
+        self.forward = MethodType(_hand_inputs, self)
+
+    def install(self) -> None:
+        """(its first user, under _TAP_LOCK) Runs the forward the module has now: its class's
+        (someone else's patch included) or an earlier instance attribute."""
+        module = self.module
+        self.saved = module.forward
+        cls = type(module)
+        self.fuse = (self.inner is None and cls in (nn.ReLU, nn.LeakyReLU)
+                     and cls.forward is _TORCH_FORWARDS[cls])
+        module.__dict__["forward"] = self.forward
+
+    def uninstall(self) -> None:
+        """(its last user, under _TAP_LOCK)"""
+        if self.inner is None:
+            del self.module.__dict__["forward"]
+        else:
+            self.module.__dict__["forward"] = self.inner
 
 
-_PATCHES = {cls: _ClassPatch(cls) for cls in TORCH_ACTIVATIONS}
+def _hand_inputs(handing: Handing, input: torch.Tensor) -> torch.Tensor:
+    recorders = ACTIVE_RECORDERS.get()
+    if not recorders:
+        return handing.saved(input)
+    module = handing.module
+    if (handing.fuse and not module.inplace
+            and (not handing.leaky or module.negative_slope != 0.0)
+            and not (input.requires_grad and torch.is_grad_enabled())):
+        out, words = relu_pack(input, module.negative_slope if handing.leaky else 0.0)
+    else:
+        words = pack_signs(input.detach())  # before an in-place forward
+        out = handing.saved(input)
+    for rec in recorders:
+        rec._add_words(module, input, words, True)
+    return out
 
 
-def patch_activations(classes) -> None:
-    """While one call is not matched by :func:`unpatch_activations`, the modules of these of
-    torch's activation classes (``TORCH_ACTIVATIONS``) hand their inputs to the recorders of
-    the thread that runs them."""
+def hand_inputs(modules, cache: dict) -> list[Handing]:
+    """While the list returned is not given to :func:`stop_handing`, these of torch's
+    activation modules (``TORCH_ACTIVATIONS``, exact types) hand their inputs to the recorders
+    of the thread that runs them. ``cache`` (id -> Handing, a model's facts) keeps the
+    :class:`Handing` objects between recorders."""
+    handings = []
     with _TAP_LOCK:
-        for cls in classes:
-            p = _PATCHES[cls]
-            if p.users == 0:  # the forward it has now (someone else's patch included) is kept
-                p.own, p.saved = cls.__dict__.get("forward"), cls.forward
-                p.fuse = cls in (nn.ReLU, nn.LeakyReLU) and p.saved is p.torch_forward
-                cls.forward = p.forward
-            p.users += 1
+        for module in modules:
+            current = module.__dict__.get("forward")
+            handing = getattr(current, "__self__", None)
+            if type(handing) is not Handing or handing.module is not module:
+                # not handing yet (another model's recorder may have made it hand: shared)
+                handing = cache.get(id(module))
+                if handing is None or handing.module is not module or handing.inner is not current:
+                    handing = cache[id(module)] = Handing(module)
+                handing.install()
+            handing.users += 1
+            handings.append(handing)
+    return handings
 
 
-def unpatch_activations(classes) -> None:
+def stop_handing(handings: list[Handing]) -> None:
     with _TAP_LOCK:
-        for cls in classes:
-            p = _PATCHES[cls]
-            p.users -= 1
-            if p.users == 0:
-                if p.own is None:
-                    del cls.forward
-                else:
-                    cls.forward = p.own
-                # p.saved stays: a call that found the handing forward just before may still
-                # be on its way to it (another thread)
+        for handing in handings:
+            handing.users -= 1
+            if not handing.users:
+                handing.uninstall()
 
 
 # Bumped whenever any module anywhere registers a submodule (torch's global registration
@@ -289,7 +308,7 @@ class ModelFacts:
         self.names = {id(m): name for name, m in named}
         self.modules = {id(m): m for _, m in named}
         self.torch_activations = [m for _, m in named if type(m) in TORCH_ACTIVATIONS]
-        self.torch_classes = tuple({type(m): None for m in self.torch_activations})
+        self.handings: dict[int, Handing] = {}  # of the torch activations (hand_inputs)
         self.data_parallel = any(isinstance(m, nn.DataParallel) for _, m in named)
         self.owners: set[int] | None = None  # modules that make functional calls (discovered)
         self.first: FirstBatch | None = None  # the sites of a first batch

@@ -283,7 +283,7 @@ def by_layers(cnn, x):
         return torch.cat([ref.pack_signs(z0), ref.pack_signs(cnn[2](cnn[1](z0)))], 1)
 
 
-def test_torch_activations_are_recorded_through_their_class_and_it_is_restored():
+def test_torch_activations_are_recorded_through_a_forward_of_their_own_and_it_is_removed():
     torch.manual_seed(4)
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.LeakyReLU(0.2),
                           nn.Linear(5, 3), nn.PReLU()).eval()
@@ -296,16 +296,19 @@ def test_torch_activations_are_recorded_through_their_class_and_it_is_restored()
     want = torch.cat([ref.pack_signs(h) for h in (h1, h2, h3)], 1)
     with record(model) as first, torch.no_grad():  # learns the sites (tap mode)
         model(x)
+    assert all("forward" not in m.__dict__ for m in model)
     with pytest.raises(KeyError):
         with record(model) as rec, torch.no_grad():
-            assert "forward" not in model.__dict__  # direct mode: nothing on the instances
-            assert all("forward" not in m.__dict__ for m in model)
+            assert "forward" not in model.__dict__  # direct mode: no tap on the model
+            assert [i for i, m in enumerate(model) if "forward" in m.__dict__] == [1, 3, 5]
+            assert {cls: cls.forward for cls in originals} == originals  # classes untouched
             model(x)
             model(x[:2])
             raise KeyError("leaves the block")
     assert torch.equal(first.codes, want)
     assert torch.equal(rec.codes, torch.cat([want, want[:2]]))
-    assert {cls: cls.forward for cls in originals} == originals  # restored, also on an error
+    assert all("forward" not in m.__dict__ for m in model)  # removed, also on an error
+    assert {cls: cls.forward for cls in originals} == originals
 
     class Mine(nn.ReLU):  # a subclass is no module site: its F.relu call is (once)
         pass
@@ -317,7 +320,19 @@ def test_torch_activations_are_recorded_through_their_class_and_it_is_restored()
     assert torch.equal(rec.codes, ref.pack_signs(other[0](x)))
 
 
-def test_a_forward_patched_by_someone_else_is_kept_and_used():
+def test_a_torch_activation_recorded_as_the_model_is_tapped_over_its_own_forward():
+    act, x = nn.LeakyReLU(0.1), torch.randn(5, 67)
+    for _ in range(3):  # tap mode (learns), then direct mode twice
+        with record(act) as rec, torch.no_grad():
+            y = act(x)
+            act(x[:2])
+        assert torch.equal(y, torch.nn.functional.leaky_relu(x, 0.1))
+        assert torch.equal(rec.codes, ref.pack_signs(torch.cat([x, x[:2]])))
+        assert "forward" not in act.__dict__
+
+
+@pytest.mark.parametrize("where", ["class", "instance"])
+def test_a_forward_patched_by_someone_else_is_kept_and_used(where):
     original = nn.ReLU.forward
     calls = []
 
@@ -325,15 +340,20 @@ def test_a_forward_patched_by_someone_else_is_kept_and_used():
         calls.append(1)
         return original(self, input)
 
-    nn.ReLU.forward = theirs
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+    if where == "class":
+        nn.ReLU.forward = theirs
+    else:
+        model[1].forward = theirs.__get__(model[1])
+    patched = model[1].forward
     try:
-        model = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
         x = torch.randn(2, 3)
         for _ in range(2):  # tap mode, then direct mode
             with record(model) as rec, torch.no_grad():
                 model(x)
             assert torch.equal(rec.codes, ref.pack_signs(model[0](x)))
-        assert nn.ReLU.forward is theirs and len(calls) == 2
+        assert model[1].forward == patched and len(calls) == 2
+        assert nn.ReLU.forward is (theirs if where == "class" else original)
     finally:
         nn.ReLU.forward = original
 
