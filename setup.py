@@ -84,7 +84,8 @@ def extension():
         extra_compile_args={"cxx": cxx},
         extra_link_args=["-fopenmp"],
         define_macros=[],
-        py_limited_api=True,
+        # not py_limited_api: csrc/eager.cpp uses torch's Python bindings (libtorch_python),
+        # so the module is built for this Python (as torch itself is)
     )
     if build_cuda:
         kwargs["sources"] += sorted(glob.glob("csrc/cuda/*.cu"))
@@ -104,5 +105,4 @@ else:
     setup(
         ext_modules=[ext],
         cmdclass={"build_ext": build_ext.with_options(use_ninja=True)},
-        options={"bdist_wheel": {"py_limited_api": "cp39"}},
     )

@@ -183,28 +183,31 @@ def _tensor(x, name: str, fn: str, want: str) -> None:
 
 
 # The ops called once per activation per forward pass (a recorded model's, a converted one's)
-# are called through their overload's C++ entry in eager mode: on a 64 x 64 input right after
-# a forward pass, the public relu_pack cost about 6 us through `_ops.relu_pack.default(...)`
-# and about 4 us so (torch.relu: about 2 us). torch.compile traces the overload itself.
-def _eager_entry(overload):
-    return getattr(overload, "_op", overload)  # what OpOverload.__call__ calls for a C++ op
-
-
+# have eager entry points of their own (csrc/eager.cpp): on a 64 x 64 input right after a forward
+# pass, relu_pack cost about 6 us through `_ops.relu_pack.default(...)`, whose arguments go
+# through the schema to a boxed call. The entries call the same op through the dispatcher, but
+# see no __torch_function__: they are used for a plain torch.Tensor with no TorchFunctionMode
+# on, outside torch.compile (which traces the overload); everything else calls the overload.
 if HAS_EXTENSION:
     _PACK_SIGNS, _RELU_PACK = _ops.pack_signs.default, _ops.relu_pack.default
-    _PACK_SIGNS_EAGER, _RELU_PACK_EAGER = _eager_entry(_PACK_SIGNS), _eager_entry(_RELU_PACK)
+    from activation_hash._C import pack_signs_eager as _pack_signs_eager
+    from activation_hash._C import relu_pack_eager as _relu_pack_eager
 _is_compiling = torch.compiler.is_compiling
+_function_mode_on = getattr(torch._C, "_is_torch_function_mode_enabled", lambda: True)
+_Tensor = torch.Tensor
 
 
 def pack_signs(x: torch.Tensor) -> torch.Tensor:
     """Packed signs of a batch. x ``[B, ...]`` float -> int64 ``[B, ceil(n / 64)]`` where n is
     the per-sample size and bit j is ``x[b].flatten()[j] > 0`` (logical C order, any memory
     format; -0.0 and NaN give 0)."""
-    if not isinstance(x, torch.Tensor):
-        _tensor(x, "x", "pack_signs", "float [B, ...]")
     if not HAS_EXTENSION:
+        _tensor(x, "x", "pack_signs", "float [B, ...]")
         return reference.pack_signs(x)
-    return _PACK_SIGNS(x) if _is_compiling() else _PACK_SIGNS_EAGER(x)
+    if type(x) is _Tensor and not (_is_compiling() or _function_mode_on()):
+        return _pack_signs_eager(x)
+    _tensor(x, "x", "pack_signs", "float [B, ...]")
+    return _PACK_SIGNS(x)
 
 
 def relu_pack(x: torch.Tensor, negative_slope: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,14 +217,14 @@ def relu_pack(x: torch.Tensor, negative_slope: float = 0.0) -> tuple[torch.Tenso
     (same values, same memory format), words as :func:`pack_signs`. Differentiable in x;
     autograd saves only the words for backward.
     """
-    if not isinstance(x, torch.Tensor):  # (checked inline: this is the hot path of a forward)
-        _tensor(x, "x", "relu_pack", "float [B, ...]")
     negative_slope = float(negative_slope)
     if not HAS_EXTENSION:
+        _tensor(x, "x", "relu_pack", "float [B, ...]")
         return _ReferenceReluPack.apply(x, negative_slope)
-    if _is_compiling():
-        return _RELU_PACK(x, negative_slope)
-    return _RELU_PACK_EAGER(x, negative_slope)
+    if type(x) is _Tensor and not (_is_compiling() or _function_mode_on()):
+        return _relu_pack_eager(x, negative_slope)
+    _tensor(x, "x", "relu_pack", "float [B, ...]")
+    return _RELU_PACK(x, negative_slope)
 
 
 def relu_mask_backward(grad_y: torch.Tensor, words: torch.Tensor,

@@ -6,13 +6,13 @@ torch's ``nn.ReLU``/``nn.LeakyReLU``/``nn.PReLU``) or a functional call (``torch
 ``forward``. Each site contributes the packed signs of its pre-activation (bit 1 where > 0).
 
 Our :class:`~activation_hash.nn.ReLU` / :class:`~activation_hash.nn.LeakyReLU` hand over the
-words their fused kernel computes anyway; torch's activation modules through their class's
-``forward``, replaced while a recorder is active. Once a first recorder has seen a model whose
-every site is an activation module called once per forward in a fixed order, later recorders
-touch nothing else (*direct mode*: the modules mark the batches; a forward that calls them in
-another order raises ValueError, ``functional=True`` records it batch by batch); otherwise the
-model's ``forward`` is *tapped*, and functional calls need a ``TorchFunctionMode``. How and
-why: docs/design.md, section 8.
+words their fused kernel computes anyway; torch's activation modules through a ``forward`` of
+their own (an instance attribute), there while a recorder is active. Once a first recorder has
+seen a model whose every site is an activation module called once per forward in a fixed order,
+later recorders touch nothing else (*direct mode*: the modules mark the batches; a forward
+that calls them in another order raises ValueError, ``functional=True`` records it batch by
+batch); otherwise the model's ``forward`` is *tapped*, and functional calls need a
+``TorchFunctionMode``. How and why: docs/design.md, section 8.
 
 Threads: a recorder belongs to the thread that entered it; other threads running the same
 model are not recorded by it (each thread may use its own recorder at the same time).
@@ -29,7 +29,6 @@ Example::
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
@@ -39,50 +38,49 @@ from activation_hash.codes import unpack_codes
 from activation_hash.layout import Layout
 from activation_hash.nn import ACTIVE_RECORDERS
 from activation_hash.ops import pack_signs
-from activation_hash.taps import (FirstBatch, FunctionalWatch, ModelFacts, model_facts, op_of,
+from activation_hash.taps import (FirstBatch, FunctionalWatch, Site, model_facts, op_of,
                                   hand_inputs, stop_handing, tap, untap)
 from activation_hash.validation import check_bool
 
 __all__ = ["record", "Recorder", "Site", "find_sites"]
 
-@dataclass(frozen=True, eq=False)
-class Site:
-    """One ReLU-like activation of a forward pass, in call order.
-
-    Attributes:
-        name: its layer name in the Layout (module path; functional calls
-            ``"<module path>.<function>"``; a repeated call gets ``#k``).
-        kind: ``"module"`` (an activation module) or ``"function"`` (a functional call).
-        module: the activation module, or the module whose ``forward`` makes the call.
-        op: ``"relu"``, ``"leaky_relu"`` or ``"prelu"``.
-        shape: per-sample pre-activation shape (C order gives the bit order).
-    """
-
-    name: str
-    kind: str
-    module: nn.Module
-    op: str
-    shape: tuple[int, ...]
-
-
 class Recorder:
-    """What :func:`record` collects: one packed code per forward call of the model.
+    """Record the neural code of every batch ``model`` sees inside the ``with`` block:
+    ``with record(model) as rec:`` (``record`` is this class; one packed code per forward call).
+
+    Every ReLU-like site of the forward pass contributes the packed signs of its
+    pre-activation (bit 1 where it is > 0): our :class:`~activation_hash.nn.ReLU` /
+    :class:`~activation_hash.nn.LeakyReLU` (free, from the fused kernel), unconverted
+    ``nn.ReLU``/``nn.LeakyReLU``/``nn.PReLU`` and functional ``torch.relu``/``F.relu``/
+    ``F.leaky_relu``/``F.prelu``/``Tensor.relu`` calls made inside the model's forward. Works
+    in eval and train mode and under ``torch.no_grad()``.
+
+    Args:
+        model: the network; each call of ``model(...)`` is one batch.
+        layers: keep only these layers (names or indices into the full layout), in that order.
+        keep: keep the codes in memory (``rec.batches`` / ``rec.codes``).
+        on_batch: called with ``(codes [B, W], layout)`` after each batch (for streaming).
+        functional: whether the model makes functional activation calls: None (default)
+            finds out on the first batch; False never watches them (cheapest); True always
+            (and marks batches by the model's forward, never in direct mode).
 
     Attributes:
+        codes: all recorded codes, int64 ``[N, W]`` (the batches concatenated).
         layout: :class:`Layout` of the code rows (set by the first batch).
         full_layout: layout of every site (``layout`` is its ``layers`` selection).
         sites: the :class:`Site` of each layer of ``full_layout`` (set by the first batch).
         batches: list of int64 ``[B, W]`` codes, one per forward call (``keep=True``).
-        codes: the batches concatenated.
     """
 
-    # Slots, every one set in __init__: no instance dict to build (a recorder per forward
-    # pass is the common case, and its cost counts), the same attributes in either mode.
+    # Slots: no instance dict to build (a recorder per forward pass is the common case, and
+    # its cost counts); __init__ sets all but the state that entering sets (_facts, _taps,
+    # _expected, _shapes, _inputs).
     __slots__ = ("model", "layers", "keep", "on_batch", "functional", "batches",
                  "_keys", "_words", "_first", "_layout", "_selected", "_facts", "_depth",
-                 "_watch", "_token", "_direct", "_expected", "_pos", "_taps", "_handing")
+                 "_watch", "_token", "_direct", "_expected", "_shapes", "_inputs", "_odd", "_pos",
+                 "_taps", "_handing")
 
-    def __init__(self, model: nn.Module, layers: Iterable[int | str] | None = None,
+    def __init__(self, model: nn.Module, *, layers: Iterable[int | str] | None = None,
                  keep: bool = True,
                  on_batch: Callable[[torch.Tensor, Layout], None] | None = None,
                  functional: bool | None = None):
@@ -96,21 +94,22 @@ class Recorder:
         self.on_batch = on_batch
         self.functional = functional
         self.batches: list[torch.Tensor] = []
-        # the batch in progress: (key, per-sample shape) of each site (direct mode: the shape
-        # only, the keys being the direct modules) and its words
-        self._keys: list = []
+        # the batch in progress: (key, per-sample shape) of each site (tap mode; direct mode
+        # only for a batch of odd shapes) and its words; _keys is a list once a batch starts
+        self._keys: list | tuple = ()
         self._words: list[torch.Tensor] = []
         self._first: FirstBatch | None = None  # the sites of the first batch
         self._layout: Layout | None = None     # the `layers` selection of the full layout
         self._selected: list[int] | None = None  # site indices of `layout`
-        self._facts: ModelFacts | None = None
         self._token = None                     # of ACTIVE_RECORDERS, while entered
         self._handing: list | tuple = ()       # torch's activation modules handing us inputs
         self._direct: tuple[nn.Module, ...] = ()  # direct mode: the sites' modules, in order
-        self._expected: FirstBatch | None = None  # direct mode: the sites each batch should have
+        # direct mode, set on entering: _expected, the sites each batch should have; _shapes,
+        # their shapes (None: this batch's differ, collected in _odd); _inputs, the cache of
+        # their input shapes (FirstBatch.inputs)
+        self._odd: list | None = None
         self._pos = 0                          # direct mode: sites seen of this batch
         self._depth = 0                        # tap mode: model forward calls in progress
-        self._taps: list = []
         self._watch: FunctionalWatch | None = None  # tap mode: of the functional sites
 
     # -- results
@@ -160,19 +159,21 @@ class Recorder:
         i = self._pos
         if module is not direct[i]:
             return self._direct_miss(module)
-        shapes = self._keys
-        shapes.append(x.shape[1:])
+        shape = x.shape
+        if shape != self._inputs[i]:  # (cheaper than comparing the per-sample shape each time)
+            if shape[1:] != self._shapes[i]:
+                return self._direct_odd_shape(shape[1:], words)
+            self._inputs[i] = shape
         if i + 1 < len(direct):
             self._words.append(words)
             self._pos = i + 1
             return
         self._pos = 0
-        expected = self._expected
-        if shapes != expected.shapes:
-            return self._direct_new_shapes(words)
-        shapes.clear()
-        if self._first is not expected:  # this recorder's first batch
-            self._adopt(expected)
+        if self._first is not self._expected:  # this recorder's first batch (_adopt, inline)
+            if self.layers is None:
+                self._first = self._expected
+            else:
+                self._adopt(self._expected)
         # delivered here as _emit_batch does, not through a shared helper: on the 784-64 MLP
         # of bench/record.py one call more measured about 0.03 lower ratios
         if i or self._selected is not None:
@@ -187,20 +188,39 @@ class Recorder:
         if self.on_batch is not None:
             self.on_batch(words, self.layout)
 
-    def _direct_new_shapes(self, words: torch.Tensor) -> None:
-        """A direct batch whose shapes differ from the expected ones: learned when it is this
+    def _direct_odd_shape(self, shape: torch.Size, words: torch.Tensor) -> None:
+        """A site of a direct batch whose shape is not the expected one: the batch's shapes are
+        collected (the later sites come here too) and, at its end, learned when it is this
         recorder's first batch, refused later (ValueError)."""
-        self._keys = [((m, None), shape) for m, shape in zip(self._direct, self._keys)]
-        self._words.append(words)
+        i = self._pos
+        if self._odd is None:  # the first odd site of this batch
+            self._odd = list(self._expected.shapes[:i])
+            self._shapes = self._inputs = [None] * len(self._direct)  # no shape equals None
+        self._odd.append(shape)
+        if i + 1 < len(self._direct):
+            self._words.append(words)
+            self._pos = i + 1
+            return
+        shapes, batch = self._odd, self._words
+        self._reset_direct_batch()
+        self._keys = [((m, None), s) for m, s in zip(self._direct, shapes)]
+        self._words = batch
+        batch.append(words)
         self._emit()
         self._expected = self._first
+        self._shapes, self._inputs = self._first.shapes, self._first.inputs
+
+    def _reset_direct_batch(self) -> None:
+        """Direct mode: the batch in progress is dropped (the next site starts a new one)."""
+        self._pos, self._keys, self._words, self._odd = 0, [], [], None
+        self._shapes, self._inputs = self._expected.shapes, self._expected.inputs
 
     def _direct_miss(self, module: nn.Module) -> None:
         if id(module) not in self._facts.modules:
             return  # a module of another model, run inside this one's recording
         expected = self._facts.names[id(self._direct[self._pos])]
         got = self._facts.names[id(module)]
-        self._pos, self._keys, self._words = 0, [], []
+        self._reset_direct_batch()
         raise ValueError(
             f"record(model): the activation {got!r} ran where {expected!r} was expected (the "
             f"order of the model's earlier forward passes); a model that varies it, a "
@@ -242,7 +262,7 @@ class Recorder:
                                   tuple(shape)))
             full = Layout(tuple(s.name for s in sites), tuple(s.shape for s in sites))
             facts.set_first(FirstBatch(list(keys), tuple(sites), full,
-                                       [shape for _, shape in keys]))
+                                       [shape for _, shape in keys], [None] * len(sites)))
             self._adopt(facts.first)
         if facts.owners is None and self.functional is None:
             facts.set_owners({id(s.module) for s in self.sites if s.kind == "function"})
@@ -357,16 +377,18 @@ class Recorder:
         if self._token is not None:
             raise RuntimeError("this recorder is already in use; make a new record(model)")
         facts = self._facts = model_facts(self.model)
-        if facts.data_parallel:
+        direct = facts.direct  # (None for a model with DataParallel: it never had a batch)
+        if direct is None and facts.data_parallel:
             raise TypeError("record() cannot see the replicas nn.DataParallel runs in its worker "
                             "threads: record model.module on one device, or use "
                             "DistributedDataParallel (one process per device)")
         if facts.torch_activations:
             self._handing = hand_inputs(facts.torch_activations, facts.handings)
-        if self.functional is not True and facts.direct is not None:
+        if direct is not None and self.functional is not True:
             # every site is an activation module, each called once per forward, all known:
             # they mark the batches themselves (no tap on the model: no hooks, no wrapper)
-            self._direct, self._expected = facts.direct, self._first or facts.first
+            expected = self._expected = self._first or facts.first
+            self._direct, self._shapes, self._inputs = direct, expected.shapes, expected.inputs
             self._token = ACTIVE_RECORDERS.set(ACTIVE_RECORDERS.get() + (self,))
             return self
         self._taps = [tap(self.model, facts.taps)]
@@ -395,9 +417,7 @@ class Recorder:
             direct, partial = self._direct, self._pos
             self._direct = ()
             if partial:
-                self._pos = 0
-                self._keys.clear()
-                self._words.clear()
+                self._reset_direct_batch()
             if partial and exc_type is None:
                 names = [self._facts.names[id(m)] for m in direct]
                 raise ValueError(f"record(model): the last forward pass ran {names[:partial]} "
@@ -406,32 +426,9 @@ class Recorder:
                                  f"record(model, functional=True)")
 
 
-def record(model: nn.Module, *, layers: Iterable[int | str] | None = None, keep: bool = True,
-           on_batch: Callable[[torch.Tensor, Layout], None] | None = None,
-           functional: bool | None = None) -> Recorder:
-    """Record the neural code of every batch ``model`` sees inside the ``with`` block.
-
-    Every ReLU-like site of the forward pass contributes the packed signs of its
-    pre-activation (bit 1 where it is > 0): our :class:`~activation_hash.nn.ReLU` /
-    :class:`~activation_hash.nn.LeakyReLU` (free, from the fused kernel), unconverted
-    ``nn.ReLU``/``nn.LeakyReLU``/``nn.PReLU`` and functional ``torch.relu``/``F.relu``/
-    ``F.leaky_relu``/``F.prelu``/``Tensor.relu`` calls made inside the model's forward. Works
-    in eval and train mode and under ``torch.no_grad()``.
-
-    Args:
-        model: the network; each call of ``model(...)`` is one batch.
-        layers: keep only these layers (names or indices into the full layout), in that order.
-        keep: keep the codes in memory (``rec.batches`` / ``rec.codes``).
-        on_batch: called with ``(codes [B, W], layout)`` after each batch (for streaming).
-        functional: whether the model makes functional activation calls: None (default)
-            finds out on the first batch; False never watches them (cheapest); True always
-            (and marks batches by the model's forward, never in direct mode).
-
-    Returns:
-        a :class:`Recorder`; ``rec.codes`` is int64 ``[N, W]``, ``rec.layout`` its layout,
-        ``rec.sites`` the :class:`Site` of each layer.
-    """
-    return Recorder(model, layers, keep, on_batch, functional)
+# record(model, ...) is the class itself: a function returning one would cost a call more per
+# recorder, and a recorder per forward pass is the common case
+record = Recorder
 
 
 def find_sites(model: nn.Module, *inputs, **kwargs) -> tuple[Site, ...]:

@@ -14,6 +14,7 @@ can be recorded in direct mode) until any module anywhere registers a submodule.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from types import MethodType
 from typing import NamedTuple
 
@@ -28,7 +29,7 @@ from activation_hash.ops import pack_signs, relu_pack
 
 __all__ = ["TORCH_ACTIVATIONS", "RELU_LIKE_FUNCTIONS", "op_of", "FunctionalActivations",
            "FunctionalWatch", "Tap", "tap", "untap", "Handing", "hand_inputs", "stop_handing",
-           "FirstBatch", "ModelFacts", "model_facts"]
+           "Site", "FirstBatch", "ModelFacts", "model_facts"]
 
 # torch's activation modules that are sites, and their op names
 TORCH_ACTIVATIONS = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.PReLU: "prelu"}
@@ -281,6 +282,26 @@ def _bump(module, name, submodule):
 nn.modules.module.register_module_module_registration_hook(_bump)
 
 
+@dataclass(frozen=True, eq=False)
+class Site:
+    """One ReLU-like activation of a forward pass, in call order.
+
+    Attributes:
+        name: its layer name in the Layout (module path; functional calls
+            ``"<module path>.<function>"``; a repeated call gets ``#k``).
+        kind: ``"module"`` (an activation module) or ``"function"`` (a functional call).
+        module: the activation module, or the module whose ``forward`` makes the call.
+        op: ``"relu"``, ``"leaky_relu"`` or ``"prelu"``.
+        shape: per-sample pre-activation shape (C order gives the bit order).
+    """
+
+    name: str
+    kind: str
+    module: nn.Module
+    op: str
+    shape: tuple[int, ...]
+
+
 class FirstBatch(NamedTuple):
     """What a model's first recorded batch showed, reused by its later recorders."""
 
@@ -288,6 +309,8 @@ class FirstBatch(NamedTuple):
     sites: tuple      # the Site of each layer
     layout: Layout    # the full layout
     shapes: list      # the signature's shapes alone (what the direct mode compares)
+    inputs: list      # direct mode's cache: the last input shape (batch size too) seen at
+                      # each site whose per-sample shape was checked
 
 
 class ModelFacts:

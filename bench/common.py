@@ -196,16 +196,17 @@ def timeit(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> list[f
 
 
 def timeit_interleaved(fns: dict[str, Callable[[], object]], repeat: int = 5,
-                       warmup: int = 1, number: int | str = 1) -> dict[str, list[float]]:
+                       warmup: int = 1, number: int | str = 1,
+                       seconds: float = 2e-3) -> dict[str, list[float]]:
     """Like :func:`timeit` for several functions at once, timed in rounds (each round calls
     every function once, in turn): a slow spell of a noisy machine then hits them all alike
     instead of whichever happened to run during it. A timing is ``number`` calls (the seconds
-    per call are kept); ``number="auto"``: per function, as many calls as take about 2 ms
-    (1 for slow ones), for calls of a few microseconds."""
+    per call are kept); ``number="auto"``: per function, as many calls as take about
+    ``seconds`` (1 for slow ones), for calls of a few microseconds."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
-    calls = {name: calls_per_timing(fn) if number == "auto" else int(number)
+    calls = {name: calls_per_timing(fn, seconds) if number == "auto" else int(number)
              for name, fn in fns.items()}
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeat):

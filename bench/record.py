@@ -9,8 +9,9 @@ ResNet of ``experiments.models`` on 3x32x32 at batch 128):
                          cost for a user who converts to record
 And ``extract_codes`` over a DataLoader of 60k MNIST-sized random inputs (10k with --quick)
 against the same loop without recording (``plain_loop``). Every recorded code is checked
-against the pure-PyTorch sign pattern before timing. Interleaved rounds (each timing about 2 ms
-of calls), medians.
+against the pure-PyTorch sign pattern before timing. Interleaved rounds (each timing about 10 ms
+of calls: the ratios are within a few percent of 1, and shorter timings spread them by about as
+much on a noisy machine), medians.
 --device DEV: the same cases with the models and inputs on that device (the loader's batches
 moved there by extract_codes, as by the plain loop), each timing synchronized; --smoke: 512
 loader samples, one round.
@@ -56,7 +57,7 @@ def check_codes(model, x, codes) -> None:
 def main():
     args = parse_args(__doc__.splitlines()[0])
     dev = args.device or torch.device("cpu")
-    repeat = 1 if args.smoke else 15 if args.quick else 31
+    repeat = 1 if args.smoke else 15 if args.quick else 41
     results, ratios = [], {}
     with torch.no_grad():
         for label, conv_model, x in models(dev):
@@ -69,7 +70,7 @@ def main():
                 "record": lambda: recorded(conv_model, x),
                 "plain_torch": lambda: torch_model(x),
                 "record_hooks": lambda: recorded(torch_model, x),
-            }.items()}, repeat=repeat, warmup=2, number="auto")
+            }.items()}, repeat=repeat, warmup=2, number="auto", seconds=1e-3 if args.smoke else 1e-2)
             t = {k: median(v) for k, v in times.items()}
             for k, v in t.items():
                 results.append({"label": f"{label} {k}", "seconds": v, "batch": x.shape[0]})
@@ -95,7 +96,7 @@ def main():
     assert len(cb) == n and torch.equal(cb.labels.cpu(), data.tensors[1])
     times = timeit_interleaved({"plain_loop": synced(plain_loop, args.device),
                                 "extract_codes": synced(extract, args.device)},
-                               repeat=1 if args.smoke else 3 if args.quick else 5, warmup=1)
+                               repeat=1 if args.smoke else 3 if args.quick else 9, warmup=1)
     t = {k: median(v) for k, v in times.items()}
     for k, v in t.items():
         results.append({"label": f"loader {n} x 784, mlp 784-512x3, {k}", "seconds": v})

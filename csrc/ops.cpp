@@ -6,11 +6,14 @@
 #include <torch/library.h>
 
 #include "cpu/isa.h"
+#include "eager.h"
 
 extern "C" {
-// `import activation_hash._C` loads this shared library and so runs the registrations below.
+// `import activation_hash._C` loads this shared library and so runs the registrations below;
+// the module's own methods are the eager entry points of csrc/eager.cpp.
 __attribute__((visibility("default"))) PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1,
+                                          activation_hash::eager_methods()};
   return PyModule_Create(&module_def);
 }
 }

@@ -3,6 +3,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -206,6 +207,81 @@ def test_opcheck(device, slope):
     g = torch.randn(4, 3, 70, device=device, requires_grad=True)
     torch.library.opcheck(torch.ops.activation_hash.relu_mask_backward, (g, words, slope))
     torch.library.opcheck(torch.ops.activation_hash.unpack_bits, (words, 210))
+
+
+class _Seen(torch.Tensor):
+    """A tensor subclass whose __torch_function__ notes every call it sees."""
+
+    seen: list = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        cls.seen.append(func)
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+class _SeeingMode(torch.overrides.TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.seen.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+def test_eager_entries_agree_with_the_overload_and_overrides_still_see_the_ops(device):
+    """A plain tensor takes the eager entry (csrc/eager.cpp): the same values, words and
+    gradients as the op called through torch.ops; a __torch_function__ subclass or mode still
+    sees the op, and a non-tensor gets a TypeError."""
+    if ah.backend() != "extension":
+        pytest.skip("reference backend: no custom ops")
+    ops = torch.ops.activation_hash
+    x = activations((5, 3, 67), torch.float32, device, seed=4)
+    for slope in (0.0, 0.2, 1):
+        a = x.clone().requires_grad_()
+        b = x.clone().requires_grad_()
+        y, words = ah.relu_pack(a, slope)
+        y_op, words_op = ops.relu_pack.default(b, float(slope))
+        assert_same_values(y, y_op)
+        assert torch.equal(words, words_op) and torch.equal(ah.pack_signs(x), words_op)
+        g = torch.randn_like(y)
+        (y * g).sum().backward()
+        (y_op * g).sum().backward()
+        assert_same_values(a.grad, b.grad)
+    sub = x.as_subclass(_Seen)
+    _Seen.seen.clear()
+    ah.relu_pack(sub)
+    ah.pack_signs(sub)
+    assert ops.relu_pack.default in _Seen.seen and ops.pack_signs.default in _Seen.seen
+    with _SeeingMode() as mode:
+        ah.relu_pack(x, 0.1)
+        ah.pack_signs(x)
+    assert mode.seen == [ops.relu_pack.default, ops.pack_signs.default]
+    with pytest.raises(TypeError, match="relu_pack: x must be a torch.Tensor"):
+        ah.relu_pack([1.0, -1.0])
+    with pytest.raises(TypeError, match="pack_signs: x must be a torch.Tensor"):
+        ah.pack_signs(np.ones((2, 3), dtype=np.float32))
+
+
+def test_eager_entries_run_from_threads_at_once():
+    """They release the GIL around the kernel, as torch's bindings do: threads get their own
+    results."""
+    xs = [activations((64, 1000), torch.float32, "cpu", seed=s) for s in range(4)]
+    got = [None] * len(xs)
+
+    def run(i):
+        for _ in range(20):
+            got[i] = ah.relu_pack(xs[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for x, (y, words) in zip(xs, got):
+        assert_same_values(y, torch.relu(x))
+        assert torch.equal(words, ref.pack_signs(x))
 
 
 def test_extension_is_in_use():

@@ -252,6 +252,37 @@ def test_direct_mode_refuses_a_changed_order_and_a_partial_batch():
             raise KeyError("mine")
 
 
+class _FixedThenFree(nn.Module):
+    """Two sites: the first always 4 units wide, the second as wide as the input."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.r1, self.r2 = nn.Linear(3, 4), ReLU(), ReLU()
+
+    def forward(self, x):
+        return self.r1(self.lin(x[:, :3])).sum(1, keepdim=True) + self.r2(x)
+
+
+def test_direct_mode_learns_a_new_shape_of_a_later_site_and_refuses_it_later():
+    torch.manual_seed(6)
+    model = _FixedThenFree().eval()
+    narrow, wide = torch.randn(3, 5), torch.randn(2, 7)
+
+    def want(x):
+        return torch.cat([ref.pack_signs(model.lin(x[:, :3])), ref.pack_signs(x)], 1)
+
+    with record(model), torch.no_grad():  # learns the sites (tap mode)
+        model(narrow)
+    with record(model) as rec, torch.no_grad():  # direct: the first site as before, not the second
+        model(wide)
+        with pytest.raises(ValueError, match=r"first one \[\('r1', \[4\]\), \('r2', \[7\]\)"):
+            model(narrow)
+        model(wide[:1])  # the refused batch left nothing behind
+    assert [s.shape for s in rec.sites] == [(4,), (7,)]
+    with torch.no_grad():
+        assert torch.equal(rec.codes, torch.cat([want(wide), want(wide[:1])]))
+
+
 def test_direct_mode_ignores_other_models_and_learns_new_shapes():
     torch.manual_seed(3)
     cnn = convert(nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(),
