@@ -169,11 +169,8 @@ class Recorder:
             self._pos = i + 1
             return
         self._pos = 0
-        if self._first is not self._expected:  # this recorder's first batch (_adopt, inline)
-            if self.layers is None:
-                self._first = self._expected
-            else:
-                self._adopt(self._expected)
+        if self._first is not self._expected:  # this recorder's first batch
+            self._adopt(self._expected)
         # delivered here as _emit_batch does, not through a shared helper: on the 784-64 MLP
         # of bench/record.py one call more measured about 0.03 lower ratios
         if i or self._selected is not None:
@@ -402,7 +399,8 @@ class Recorder:
     def __exit__(self, exc_type, exc, tb) -> None:
         ACTIVE_RECORDERS.reset(self._token)
         self._token = None
-        if not self._direct:
+        direct = self._direct
+        if not direct:
             if self._watch is not None:
                 self._watch.remove()
                 self._watch = None
@@ -413,9 +411,8 @@ class Recorder:
         if self._handing:  # after untap: a model that is itself a torch activation is tapped
             stop_handing(self._handing)  # over its Handing
             self._handing = ()
-        if self._direct:
-            direct, partial = self._direct, self._pos
-            self._direct = ()
+        if direct:
+            partial, self._direct = self._pos, ()
             if partial:
                 self._reset_direct_batch()
             if partial and exc_type is None:

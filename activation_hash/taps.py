@@ -111,36 +111,90 @@ class FunctionalWatch:
         self.handles = []
 
 
-class Tap:
-    """Stands in for the recorded model's ``forward`` (an instance attribute, so torch's fast
-    call path stays: no hooks) while some recorder in tap mode needs it, in any thread: it
-    marks the start and end of a batch for the recorders of this model that this thread
-    entered (``ACTIVE_RECORDERS``)."""
+_TAP_LOCK = threading.Lock()
+
+
+class _StandIn:
+    """An instance ``forward`` put over a module's own while it has users, in any thread
+    (counted under _TAP_LOCK; an instance attribute keeps torch's fast call path: no hooks).
+    ``inner``: the instance attribute it covers (None: the class's forward); ``saved``: the
+    forward it runs, taken when installed (someone else's patch included). A subclass says what
+    it installs (``entry``) and how to recognise an installed one (``found``)."""
+
+    __slots__ = ("module", "users", "inner", "saved")
 
     def __init__(self, module: nn.Module):
         self.module, self.users = module, 0
-        self.inner = module.__dict__.get("forward")  # an earlier instance attribute, if any
-        self.forward = module.forward
+        self.inner = module.__dict__.get("forward")
+        self.saved = module.forward
+
+    def install(self) -> None:
+        self.saved = self.module.forward
+        self.module.__dict__["forward"] = self.entry  # not nn.Module.__setattr__: plain
+
+    def uninstall(self) -> None:
+        if self.inner is None:
+            del self.module.__dict__["forward"]
+        else:
+            self.module.__dict__["forward"] = self.inner
+
+
+def _attach(kind: type, module: nn.Module, cache: dict) -> _StandIn:
+    """(under _TAP_LOCK) One user more of the ``kind`` stand-in of ``module``: the one
+    installed (shared, e.g. with another model's recorder), else the one in ``cache`` (id ->
+    stand-in, a model's facts) when it still covers the same forward, else a new one."""
+    current = module.__dict__.get("forward")
+    standin = kind.found(current)
+    if standin is None or standin.module is not module:
+        standin = cache.get(id(module))
+        if standin is None or standin.module is not module or standin.inner is not current:
+            standin = cache[id(module)] = kind(module)
+        standin.install()
+    standin.users += 1
+    return standin
+
+
+def _detach(standin: _StandIn) -> None:
+    """(under _TAP_LOCK) One user less; the last one removes it."""
+    standin.users -= 1
+    if not standin.users:
+        standin.uninstall()
+
+
+class Tap(_StandIn):
+    """Stands in for the recorded model's ``forward`` while some recorder in tap mode needs
+    it: it marks the start and end of a batch for the recorders of this model that this thread
+    entered (``ACTIVE_RECORDERS``)."""
+
+    __slots__ = ()
+
+    @property
+    def entry(self):
+        return self
+
+    @staticmethod
+    def found(current) -> "Tap | None":
+        return current if type(current) is Tap else None
 
     def __call__(self, *args, **kwargs):
         recorders = ACTIVE_RECORDERS.get()
         if not recorders:
-            return self.forward(*args, **kwargs)
+            return self.saved(*args, **kwargs)
         if len(recorders) == 1:  # the common case: one recorder, of this model, not nested
             rec = recorders[0]
             if rec.model is not self.module:  # another model's recorder (we run inside it)
-                return self.forward(*args, **kwargs)
+                return self.saved(*args, **kwargs)
             if not rec._depth:
-                return rec._run(self.forward, args, kwargs)
+                return rec._run(self.saved, args, kwargs)
             mine = recorders
         else:
             mine = [rec for rec in recorders if rec.model is self.module]
             if not mine:
-                return self.forward(*args, **kwargs)
+                return self.saved(*args, **kwargs)
         for rec in mine:
             rec._begin()
         try:
-            out = self.forward(*args, **kwargs)
+            out = self.saved(*args, **kwargs)
         except BaseException:
             for rec in mine:
                 rec._abort()
@@ -150,78 +204,50 @@ class Tap:
         return out
 
 
-_TAP_LOCK = threading.Lock()
-
-
 def tap(module: nn.Module, cache: dict | None = None) -> Tap:
     """Install (or share) the tap of ``module``; ``cache`` (id -> Tap, e.g. a model's facts)
     keeps taps between recorders, so that entering one costs a dict lookup."""
     with _TAP_LOCK:
-        tap = module.__dict__.get("forward")
-        if not isinstance(tap, Tap):
-            cached = cache.get(id(module)) if cache is not None else None
-            if cached is not None and cached.module is module and cached.inner is tap:
-                tap = cached
-            else:
-                tap = Tap(module)
-                if cache is not None:
-                    cache[id(module)] = tap
-            module.__dict__["forward"] = tap  # not nn.Module.__setattr__: a plain attribute
-        tap.users += 1
-        return tap
+        return _attach(Tap, module, {} if cache is None else cache)
 
 
 def untap(tap: Tap) -> None:
     with _TAP_LOCK:
-        tap.users -= 1
-        if tap.users == 0:
-            if tap.inner is None:
-                del tap.module.__dict__["forward"]
-            else:
-                tap.module.__dict__["forward"] = tap.inner
+        _detach(tap)
 
 
 # torch's activation modules hand their inputs to this thread's recorders through a forward
-# of their own, an instance attribute like a Tap, installed while any recorder needs it (counted
-# across threads). Not by replacing their class's forward: a class changed on every recorder
-# entered and left made each recorded forward pass of the 784-64 MLP of bench/record.py about
-# 3 us slower (the interpreter's caches of the class start over), nor by hooks (torch's slow
-# call path). Where the forward it had is torch's own and no gradient is wanted, nn.ReLU and
-# nn.LeakyReLU (slope != 0, not in place) compute their output and its words in one relu_pack
-# pass: the same values as torch's.
+# of their own (a Handing), installed while any recorder needs it. Not by replacing their
+# class's forward: a class changed on every recorder entered and left made each recorded
+# forward pass of the 784-64 MLP of bench/record.py about 3 us slower (the interpreter's caches
+# of the class start over). Where the forward it had is torch's own and no gradient is wanted,
+# nn.ReLU and nn.LeakyReLU (slope != 0, not in place) compute their output and its words in
+# one relu_pack pass: the same values as torch's.
 _TORCH_FORWARDS = {cls: cls.forward for cls in TORCH_ACTIVATIONS}
 
 
-class Handing:
+class Handing(_StandIn):
     """Stands in for the ``forward`` of one of torch's activation modules while some recorder
-    needs it, in any thread: it hands the module's input (its packed signs) to the recorders
-    this thread entered, and runs the forward the module had."""
+    needs it: it hands the module's input (its packed signs) to the recorders this thread
+    entered, and runs the forward the module had."""
 
-    __slots__ = ("module", "users", "inner", "saved", "fuse", "leaky", "forward")
+    __slots__ = ("fuse", "leaky", "entry")
 
     def __init__(self, module: nn.Module):
-        self.module, self.users = module, 0
-        self.inner = module.__dict__.get("forward")  # an earlier instance attribute, if any
-        self.leaky = type(module) is nn.LeakyReLU
-        self.saved, self.fuse = module.forward, False
-        self.forward = MethodType(_hand_inputs, self)
+        super().__init__(module)
+        self.leaky, self.fuse = type(module) is nn.LeakyReLU, False
+        self.entry = MethodType(_hand_inputs, self)
+
+    @staticmethod
+    def found(current) -> "Handing | None":
+        handing = getattr(current, "__self__", None)
+        return handing if type(handing) is Handing else None
 
     def install(self) -> None:
-        """(its first user, under _TAP_LOCK) Runs the forward the module has now: its class's
-        (someone else's patch included) or an earlier instance attribute."""
-        module = self.module
-        self.saved = module.forward
-        cls = type(module)
+        super().install()
+        cls = type(self.module)
         self.fuse = (self.inner is None and cls in (nn.ReLU, nn.LeakyReLU)
                      and cls.forward is _TORCH_FORWARDS[cls])
-        module.__dict__["forward"] = self.forward
-
-    def uninstall(self) -> None:
-        """(its last user, under _TAP_LOCK)"""
-        if self.inner is None:
-            del self.module.__dict__["forward"]
-        else:
-            self.module.__dict__["forward"] = self.inner
 
 
 def _hand_inputs(handing: Handing, input: torch.Tensor) -> torch.Tensor:
@@ -246,28 +272,14 @@ def hand_inputs(modules, cache: dict) -> list[Handing]:
     activation modules (``TORCH_ACTIVATIONS``, exact types) hand their inputs to the recorders
     of the thread that runs them. ``cache`` (id -> Handing, a model's facts) keeps the
     :class:`Handing` objects between recorders."""
-    handings = []
     with _TAP_LOCK:
-        for module in modules:
-            current = module.__dict__.get("forward")
-            handing = getattr(current, "__self__", None)
-            if type(handing) is not Handing or handing.module is not module:
-                # not handing yet (another model's recorder may have made it hand: shared)
-                handing = cache.get(id(module))
-                if handing is None or handing.module is not module or handing.inner is not current:
-                    handing = cache[id(module)] = Handing(module)
-                handing.install()
-            handing.users += 1
-            handings.append(handing)
-    return handings
+        return [_attach(Handing, module, cache) for module in modules]
 
 
 def stop_handing(handings: list[Handing]) -> None:
     with _TAP_LOCK:
         for handing in handings:
-            handing.users -= 1
-            if not handing.users:
-                handing.uninstall()
+            _detach(handing)
 
 
 # Bumped whenever any module anywhere registers a submodule (torch's global registration
