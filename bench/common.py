@@ -199,19 +199,22 @@ def timeit_interleaved(fns: dict[str, Callable[[], object]], repeat: int = 5,
                        warmup: int = 1, number: int | str = 1,
                        seconds: float = 2e-3) -> dict[str, list[float]]:
     """Like :func:`timeit` for several functions at once, timed in rounds (each round calls
-    every function once, in turn): a slow spell of a noisy machine then hits them all alike
-    instead of whichever happened to run during it. A timing is ``number`` calls (the seconds
-    per call are kept); ``number="auto"``: per function, as many calls as take about
-    ``seconds`` (1 for slow ones), for calls of a few microseconds."""
+    every function once, in turn, starting one further each round): a slow spell of a noisy
+    machine then hits them all alike instead of whichever happened to run during it. A timing
+    is ``number`` calls (the seconds per call are kept); ``number="auto"``: per function, as
+    many calls as take about ``seconds`` (1 for slow ones), for calls of a few microseconds."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     calls = {name: calls_per_timing(fn, seconds) if number == "auto" else int(number)
              for name, fn in fns.items()}
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            n = calls[name]
+    names = list(fns)
+    for r in range(repeat):
+        # round r starts with function r mod len: each one follows each other one alike
+        # (the state one call leaves, the heap's above all, does not always fall on the same)
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn, n = fns[name], calls[name]
             t0 = time.perf_counter()
             for _ in range(n):
                 fn()
@@ -225,6 +228,27 @@ def calls_per_timing(fn: Callable[[], object], seconds: float = 2e-3) -> int:
     t0 = time.perf_counter()
     fn()
     return max(1, min(1000, int(seconds / max(time.perf_counter() - t0, 1e-7))))
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def steady_heap(trim: int = 1 << 30, mmap: int = 1 << 28) -> str:
+    """Keep freed memory in this process's heap instead of returning it to the OS (glibc:
+    ``mallopt``; the fixed thresholds also stop glibc's adjusting them as it runs). With the
+    defaults, each large forward pass on the CPU maps its activations afresh and page-faults
+    on them: the ResNet of bench/record.py then takes 30-45 ms a batch, varying by process,
+    instead of 20 ms. What this process's heap is, for the JSON config: ``"steady"``, or
+    ``"default"`` where the C library is not glibc."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        ok = libc.mallopt(_M_TRIM_THRESHOLD, trim) and libc.mallopt(_M_MMAP_THRESHOLD, mmap)
+    except (OSError, AttributeError):  # no mallopt: not glibc
+        return "default"
+    return "steady" if ok else "default"
 
 
 def median(times: list[float]) -> float:

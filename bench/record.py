@@ -12,6 +12,11 @@ against the same loop without recording (``plain_loop``). Every recorded code is
 against the pure-PyTorch sign pattern before timing. Interleaved rounds (each timing about 10 ms
 of calls: the ratios are within a few percent of 1, and shorter timings spread them by about as
 much on a noisy machine), medians.
+The heap is kept steady (common.steady_heap: freed memory stays in the process): with glibc's
+defaults the ResNet's forward page-faults on its activations afresh in every batch, by an
+amount that varies from process to process and from one function to the next, and that alone
+moved its ratios between 0.77 and 1.06 in runs where recording cost microseconds of a 20 ms
+forward. --default-heap: glibc's defaults.
 --device DEV: the same cases with the models and inputs on that device (the loader's batches
 moved there by extract_codes, as by the plain loop), each timing synchronized; --smoke: 512
 loader samples, one round.
@@ -25,7 +30,7 @@ import activation_hash as ah
 from activation_hash import reference as ref
 from activation_hash.experiments.models import MLP, ResNet
 from activation_hash.nn import convert
-from common import median, parse_args, synced, timeit_interleaved, write_json
+from common import median, parse_args, steady_heap, synced, timeit_interleaved, write_json
 
 
 def models(device):
@@ -55,7 +60,10 @@ def check_codes(model, x, codes) -> None:
 
 
 def main():
-    args = parse_args(__doc__.splitlines()[0])
+    args = parse_args(__doc__.splitlines()[0], lambda p: p.add_argument(
+        "--default-heap", action="store_true",
+        help="glibc's malloc defaults (the heap trimmed and large blocks mapped afresh)"))
+    heap = "default" if args.default_heap else steady_heap()
     dev = args.device or torch.device("cpu")
     repeat = 1 if args.smoke else 15 if args.quick else 41
     results, ratios = [], {}
@@ -102,7 +110,7 @@ def main():
         results.append({"label": f"loader {n} x 784, mlp 784-512x3, {k}", "seconds": v})
     ratios["plain_loop"] = t["plain_loop"] / t["extract_codes"]
     config = {"quick": args.quick, "smoke": args.smoke, "repeat": repeat, "samples": n,
-              "device": str(dev)}
+              "device": str(dev), "heap": heap}
     if dev.type == "cuda":
         config["gpu"] = torch.cuda.get_device_name(dev)
     write_json(args.json, "record", config, results, ratios)
