@@ -234,13 +234,14 @@ def calls_per_timing(fn: Callable[[], object], seconds: float = 2e-3) -> int:
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
-def steady_heap(trim: int = 1 << 30, mmap: int = 1 << 28) -> str:
+def steady_heap(trim: int = 1 << 30, mmap: int = 1 << 25) -> str:
     """Keep freed memory in this process's heap instead of returning it to the OS (glibc:
-    ``mallopt``; the fixed thresholds also stop glibc's adjusting them as it runs). With the
-    defaults, each large forward pass on the CPU maps its activations afresh and page-faults
-    on them: the ResNet of bench/record.py then takes 30-45 ms a batch, varying by process,
-    instead of 20 ms. What this process's heap is, for the JSON config: ``"steady"``, or
-    ``"default"`` where the C library is not glibc."""
+    ``mallopt``; fixed thresholds also stop glibc's adjusting them as it runs; 32 MiB is the
+    largest mmap threshold every glibc accepts). With the defaults, each large forward pass on
+    the CPU maps its activations afresh and page-faults on them: the ResNet of bench/record.py
+    then takes 29-44 ms a batch, varying by process, instead of 20 ms. What this process's
+    heap is, for the JSON config: ``"steady"``, or ``"default"`` where the C library is not
+    glibc or refused a threshold."""
     import ctypes
 
     try:

@@ -12,11 +12,8 @@ against the same loop without recording (``plain_loop``). Every recorded code is
 against the pure-PyTorch sign pattern before timing. Interleaved rounds (each timing about 10 ms
 of calls: the ratios are within a few percent of 1, and shorter timings spread them by about as
 much on a noisy machine), medians.
-The heap is kept steady (common.steady_heap: freed memory stays in the process): with glibc's
-defaults the ResNet's forward page-faults on its activations afresh in every batch, by an
-amount that varies from process to process and from one function to the next, and that alone
-moved its ratios between 0.77 and 1.06 in runs where recording cost microseconds of a 20 ms
-forward. --default-heap: glibc's defaults.
+The heap is kept steady (common.steady_heap): with glibc's defaults the ResNet's page faults
+alone moved its ratios between 0.77 and 1.06; --default-heap keeps the defaults.
 --device DEV: the same cases with the models and inputs on that device (the loader's batches
 moved there by extract_codes, as by the plain loop), each timing synchronized; --smoke: 512
 loader samples, one round.
