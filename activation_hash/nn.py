@@ -26,6 +26,7 @@ __all__ = ["ReLU", "LeakyReLU", "convert"]
 # The recorders active in this thread (activation_hash.record pushes and pops them). A context
 # variable, not a global list: each thread sees only the recorders it entered itself.
 ACTIVE_RECORDERS: ContextVar[tuple] = ContextVar("activation_hash_recorders", default=())
+_is_compiling = torch.compiler.is_compiling
 
 
 class ReLU(nn.Module):
@@ -48,8 +49,12 @@ class ReLU(nn.Module):
         y, words = relu_pack(x, self.negative_slope)
         recorders = ACTIVE_RECORDERS.get()
         if recorders:
-            for rec in recorders:
-                rec._add_words(self, x, words)
+            if _is_compiling():  # torch.compile traces Python, not the C core's fast path
+                for rec in recorders:
+                    rec._add_words_general(self, x, words)
+            else:
+                for rec in recorders:
+                    rec._add_words(self, x, words)
         return y
 
     def extra_repr(self) -> str:

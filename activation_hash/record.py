@@ -29,7 +29,7 @@ Example::
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+import inspect
 
 import torch
 from torch import nn
@@ -38,79 +38,18 @@ from activation_hash.codes import unpack_codes
 from activation_hash.layout import Layout
 from activation_hash.nn import ACTIVE_RECORDERS
 from activation_hash.ops import pack_signs
+from activation_hash.record_core import PyRecorderCore, RecorderCore
 from activation_hash.taps import (FirstBatch, FunctionalWatch, Site, model_facts, op_of,
                                   hand_inputs, stop_handing, tap, untap)
-from activation_hash.validation import check_bool
 
 __all__ = ["record", "Recorder", "Site", "find_sites"]
 
-class Recorder:
-    """Record the neural code of every batch ``model`` sees inside the ``with`` block:
-    ``with record(model) as rec:`` (``record`` is this class; one packed code per forward call).
+class _Recording:
+    """What a recorder does, on the state of its core (record_core: the fields, and the entry
+    points that take direct mode's common case and hand every other call to the ``*_general``
+    methods here)."""
 
-    Every ReLU-like site of the forward pass contributes the packed signs of its
-    pre-activation (bit 1 where it is > 0): our :class:`~activation_hash.nn.ReLU` /
-    :class:`~activation_hash.nn.LeakyReLU` (free, from the fused kernel), unconverted
-    ``nn.ReLU``/``nn.LeakyReLU``/``nn.PReLU`` and functional ``torch.relu``/``F.relu``/
-    ``F.leaky_relu``/``F.prelu``/``Tensor.relu`` calls made inside the model's forward. Works
-    in eval and train mode and under ``torch.no_grad()``.
-
-    Args:
-        model: the network; each call of ``model(...)`` is one batch.
-        layers: keep only these layers (names or indices into the full layout), in that order.
-        keep: keep the codes in memory (``rec.batches`` / ``rec.codes``).
-        on_batch: called with ``(codes [B, W], layout)`` after each batch (for streaming).
-        functional: whether the model makes functional activation calls: None (default)
-            finds out on the first batch; False never watches them (cheapest); True always
-            (and marks batches by the model's forward, never in direct mode).
-
-    Attributes:
-        codes: all recorded codes, int64 ``[N, W]`` (the batches concatenated).
-        layout: :class:`Layout` of the code rows (set by the first batch).
-        full_layout: layout of every site (``layout`` is its ``layers`` selection).
-        sites: the :class:`Site` of each layer of ``full_layout`` (set by the first batch).
-        batches: list of int64 ``[B, W]`` codes, one per forward call (``keep=True``).
-    """
-
-    # Slots: no instance dict to build (a recorder per forward pass is the common case, and
-    # its cost counts); __init__ sets all but the state that entering sets (_facts, _taps,
-    # _expected, _shapes, _inputs).
-    __slots__ = ("model", "layers", "keep", "on_batch", "functional", "batches",
-                 "_keys", "_words", "_first", "_layout", "_selected", "_facts", "_depth",
-                 "_watch", "_token", "_direct", "_expected", "_shapes", "_inputs", "_odd", "_pos",
-                 "_taps", "_handing")
-
-    def __init__(self, model: nn.Module, *, layers: Iterable[int | str] | None = None,
-                 keep: bool = True,
-                 on_batch: Callable[[torch.Tensor, Layout], None] | None = None,
-                 functional: bool | None = None):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"record expects an nn.Module, got {type(model).__name__}")
-        if functional is not None:
-            check_bool(functional, "functional")
-        self.model = model
-        self.layers = None if layers is None else list(layers)
-        self.keep = keep
-        self.on_batch = on_batch
-        self.functional = functional
-        self.batches: list[torch.Tensor] = []
-        # the batch in progress: (key, per-sample shape) of each site (tap mode; direct mode
-        # only for a batch of odd shapes) and its words; _keys is a list once a batch starts
-        self._keys: list | tuple = ()
-        self._words: list[torch.Tensor] = []
-        self._first: FirstBatch | None = None  # the sites of the first batch
-        self._layout: Layout | None = None     # the `layers` selection of the full layout
-        self._selected: list[int] | None = None  # site indices of `layout`
-        self._token = None                     # of ACTIVE_RECORDERS, while entered
-        self._handing: list | tuple = ()       # torch's activation modules handing us inputs
-        self._direct: tuple[nn.Module, ...] = ()  # direct mode: the sites' modules, in order
-        # direct mode, set on entering: _expected, the sites each batch should have; _shapes,
-        # their shapes (None: this batch's differ, collected in _odd); _inputs, the cache of
-        # their input shapes (FirstBatch.inputs)
-        self._odd: list | None = None
-        self._pos = 0                          # direct mode: sites seen of this batch
-        self._depth = 0                        # tap mode: model forward calls in progress
-        self._watch: FunctionalWatch | None = None  # tap mode: of the functional sites
+    __slots__ = ()
 
     # -- results
     @property
@@ -144,11 +83,12 @@ class Recorder:
 
     # -- collection (called from our modules, the taps, hooks and the function mode; all
     #    of them run only in the thread that entered this recorder)
-    def _add_words(self, module: nn.Module, x: torch.Tensor, words: torch.Tensor,
-                   theirs: bool = False) -> None:
+    def _add_words_general(self, module: nn.Module, x: torch.Tensor, words: torch.Tensor,
+                           theirs: bool = False) -> None:
         """An activation module hands over the words of its input ``x`` (ours: of the fused
         kernel; torch's, ``theirs``: from any model this thread runs, only this one's count).
-        The hot path of recording: the fewer steps, the cheaper."""
+        (``_add_words`` of the core; with the extension, the direct mode's common case does
+        not come here.)"""
         direct = self._direct
         if not direct:  # tap mode: inside the model's forward only
             if self._depth and (not theirs or id(module) in self._facts.modules):
@@ -370,7 +310,7 @@ class Recorder:
         self._watch = FunctionalWatch(self, watched)
 
     # -- context
-    def __enter__(self) -> "Recorder":
+    def _enter_general(self) -> "Recorder":
         if self._token is not None:
             raise RuntimeError("this recorder is already in use; make a new record(model)")
         facts = self._facts = model_facts(self.model)
@@ -396,7 +336,7 @@ class Recorder:
         self._token = ACTIVE_RECORDERS.set(ACTIVE_RECORDERS.get() + (self,))
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def _exit_general(self, exc_type, exc, tb) -> None:
         ACTIVE_RECORDERS.reset(self._token)
         self._token = None
         direct = self._direct
@@ -422,6 +362,40 @@ class Recorder:
                                  f"model that varies them is recorded batch by batch with "
                                  f"record(model, functional=True)")
 
+
+class Recorder(_Recording, RecorderCore):
+    """Record the neural code of every batch ``model`` sees inside the ``with`` block:
+    ``with record(model) as rec:`` (``record`` is this class; one packed code per forward call).
+
+    Every ReLU-like site of the forward pass contributes the packed signs of its
+    pre-activation (bit 1 where it is > 0): our :class:`~activation_hash.nn.ReLU` /
+    :class:`~activation_hash.nn.LeakyReLU` (free, from the fused kernel), unconverted
+    ``nn.ReLU``/``nn.LeakyReLU``/``nn.PReLU`` and functional ``torch.relu``/``F.relu``/
+    ``F.leaky_relu``/``F.prelu``/``Tensor.relu`` calls made inside the model's forward. Works
+    in eval and train mode and under ``torch.no_grad()``.
+
+    Args:
+        model: the network; each call of ``model(...)`` is one batch.
+        layers: keep only these layers (names or indices into the full layout), in that order.
+        keep: keep the codes in memory (``rec.batches`` / ``rec.codes``).
+        on_batch: called with ``(codes [B, W], layout)`` after each batch (for streaming).
+        functional: whether the model makes functional activation calls: None (default)
+            finds out on the first batch; False never watches them (cheapest); True always
+            (and marks batches by the model's forward, never in direct mode).
+
+    Attributes:
+        codes: all recorded codes, int64 ``[N, W]`` (the batches concatenated).
+        layout: :class:`Layout` of the code rows (set by the first batch).
+        full_layout: layout of every site (``layout`` is its ``layers`` selection).
+        sites: the :class:`Site` of each layer of ``full_layout`` (set by the first batch).
+        batches: list of int64 ``[B, W]`` codes, one per forward call (``keep=True``).
+    """
+
+    __slots__ = ()
+
+
+Recorder.__signature__ = inspect.signature(PyRecorderCore.__init__).replace(parameters=list(
+    inspect.signature(PyRecorderCore.__init__).parameters.values())[1:])  # for help()
 
 # record(model, ...) is the class itself: a function returning one would cost a call more per
 # recorder, and a recorder per forward pass is the common case

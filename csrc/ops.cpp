@@ -7,14 +7,18 @@
 
 #include "cpu/isa.h"
 #include "eager.h"
+#include "recorder.h"
 
 extern "C" {
 // `import activation_hash._C` loads this shared library and so runs the registrations below;
-// the module's own methods are the eager entry points of csrc/eager.cpp.
+// the module's own methods are the eager entry points of csrc/eager.cpp, and it holds the
+// recorder's core (csrc/recorder.cpp).
 __attribute__((visibility("default"))) PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1,
                                           activation_hash::eager_methods()};
-  return PyModule_Create(&module_def);
+  PyObject* module = PyModule_Create(&module_def);
+  if (module != nullptr && !activation_hash::add_recorder_core(module)) Py_CLEAR(module);
+  return module;
 }
 }
 

@@ -17,7 +17,7 @@ LAYERS = {
     3: ["manifest", "store"],
     4: ["codes"],
     5: ["nn"],
-    6: ["taps", "record"],
+    6: ["taps", "record_core", "record"],
     7: ["extract", "grouping", "collisions", "hamming", "index", "probes"],
     8: ["distributed", "outofcore", "regions", "regions_layers", "switches", "folding", "slices",
         "slices_core", "slices_sampled", "slices_draw", "polygons"],

@@ -1,5 +1,11 @@
-"""record(): sites, functional discovery, threads, DataParallel, failures inside a forward."""
+"""record(): sites, functional discovery, threads, DataParallel, failures inside a forward.
+
+Every test runs on the recorder of the package (the C core, where the extension is built) and on
+the pure-Python core (record_core.PyRecorderCore), which has no fast path."""
+import gc
+import importlib
 import threading
+import weakref
 
 import pytest
 import torch
@@ -9,7 +15,29 @@ from torch import nn
 from activation_hash import reference as ref
 from helpers import assert_same_values
 from activation_hash.nn import ReLU, convert
-from activation_hash.record import find_sites, record
+from activation_hash.ops import HAS_EXTENSION
+from activation_hash.record import Recorder, _Recording, find_sites
+from activation_hash.record_core import RECORDER_FIELDS, PyRecorderCore
+
+
+class PyRecorder(_Recording, PyRecorderCore):
+    """The recorder on the pure-Python core: every call takes the general methods."""
+
+    __slots__ = ()
+
+
+record_module = importlib.import_module("activation_hash.record")  # (ah.record is the class)
+CORES = {"core": Recorder, **({"python-core": PyRecorder} if HAS_EXTENSION else {})}
+record = Recorder  # (the fixture below sets it for each test)
+
+
+@pytest.fixture(autouse=True, params=list(CORES))
+def recorder_class(request, monkeypatch):
+    """``record`` of this module (and of find_sites) is each recorder class in turn."""
+    cls = CORES[request.param]
+    monkeypatch.setitem(globals(), "record", cls)
+    monkeypatch.setattr(record_module, "record", cls)
+    return cls
 
 
 class Block(nn.Module):
@@ -455,3 +483,107 @@ def test_direct_mode_recovers_after_a_batch_it_refused():
         z = model.a(x)
     want = torch.cat([ref.pack_signs(z), ref.pack_signs(torch.relu(z))], 1)
     assert torch.equal(rec.codes, want)
+
+
+class Counting:
+    """Counts the calls of the general methods (the C core hands them every uncommon case)."""
+
+    NAMES = ("_enter_general", "_exit_general", "_add_words_general")
+
+    def __init__(self, monkeypatch):
+        self.calls = dict.fromkeys(self.NAMES, 0)
+        for name in self.NAMES:
+            original = getattr(_Recording, name)
+
+            def counted(rec, *args, _name=name, _original=original, **kwargs):
+                self.calls[_name] += 1
+                return _original(rec, *args, **kwargs)
+
+            monkeypatch.setattr(_Recording, name, counted)
+
+
+def test_the_core_takes_direct_modes_common_case_itself(recorder_class, monkeypatch):
+    """Past the first recorder of a converted model, the C core makes, enters and leaves a
+    recorder and takes every site's words without a Python method (the cost bench/record.py
+    measures); the first recorder, a new input shape, a layer selection and on_batch go to the
+    general methods, with the same codes."""
+    torch.manual_seed(3)
+    model = convert(nn.Sequential(nn.Linear(5, 9), nn.ReLU(), nn.Linear(9, 70), nn.ReLU(),
+                                  nn.Linear(70, 3), nn.ReLU())).eval()
+    xs = [torch.randn(4, 5), torch.randn(4, 5), torch.randn(2, 5)]
+    count = Counting(monkeypatch)
+    with torch.no_grad():
+        with record(model) as first:
+            model(xs[0])
+        general = sum(count.calls.values())
+        assert count.calls["_enter_general"] == 1 and count.calls["_exit_general"] == 1
+        with record(model) as rec:  # direct mode; its first batch fills the shape cache
+            model(xs[0])
+            general = sum(count.calls.values())
+            model(xs[1])
+        fast = recorder_class is Recorder and HAS_EXTENSION
+        assert sum(count.calls.values()) == general + (0 if fast else 3 + 1)
+        general = sum(count.calls.values())
+        with record(model) as again:
+            model(xs[1])
+            model(xs[0])
+        assert sum(count.calls.values()) == general + (0 if fast else 2 + 6)
+        with record(model) as odd:  # a new batch size: the first site's call is general
+            model(xs[2])
+        with record(model, layers=[2, 0]) as sel, torch.no_grad():
+            model(xs[1])
+        seen = []
+        with record(model, on_batch=lambda c, lay: seen.append(c)) as streamed:
+            model(xs[1])
+    by_site = [torch.cat([ref.pack_signs(z) for z in pre], 1) for pre in (
+        [model[0](x), model[2](model[1](model[0](x))),
+         model[4](model[3](model[2](model[1](model[0](x)))))] for x in xs)]
+    assert torch.equal(first.codes, by_site[0])
+    assert torch.equal(rec.codes, torch.cat(by_site[:2]))
+    assert torch.equal(again.codes, torch.cat([by_site[1], by_site[0]]))
+    assert again.layout == rec.layout == first.layout and again.sites == first.sites
+    assert torch.equal(odd.codes, by_site[2])
+    assert first.full_layout.words_per_layer == (1, 2, 1)  # 9, 70 and 3 units
+    assert torch.equal(sel.codes, torch.cat([by_site[1][:, 3:], by_site[1][:, :1]], 1))
+    assert len(seen) == 1 and torch.equal(seen[0], by_site[1]) and torch.equal(streamed.codes, seen[0])
+
+
+def test_the_cores_agree_on_fields_arguments_and_errors(recorder_class):
+    model = nn.Sequential(nn.Linear(2, 3), ReLU())
+    rec = recorder_class(model, layers=(0,), keep=False)
+    for name in RECORDER_FIELDS:
+        if name not in ("_facts", "_taps", "_expected", "_shapes", "_inputs"):  # set on entering
+            getattr(rec, name)
+    assert rec.layers == [0] and rec.keep is False and rec.batches == [] and rec._pos == 0
+    assert not hasattr(rec, "__dict__")
+    with pytest.raises(TypeError, match="record expects an nn.Module, got list"):
+        recorder_class([model])
+    with pytest.raises(TypeError, match="functional must be True or False, got int 1"):
+        recorder_class(model, functional=1)
+    with pytest.raises(TypeError):
+        recorder_class(model, [0])  # layers is keyword-only
+    with pytest.raises(TypeError):
+        recorder_class(model, lyers=[0])
+    with pytest.raises(TypeError, match="not iterable"):
+        recorder_class(model, layers=3)
+    with rec, torch.no_grad():
+        with pytest.raises(RuntimeError, match="already in use"):
+            rec.__enter__()
+        model(torch.randn(2, 2))
+    assert rec.batches == [] and rec.layout.names == ("1",)
+
+
+def test_a_recorder_in_a_reference_cycle_is_collected(recorder_class):
+    class Sentinel:
+        pass
+
+    model = convert(nn.Sequential(nn.Linear(2, 3), nn.ReLU()))
+    rec = recorder_class(model)
+    sentinel = Sentinel()
+    rec.on_batch = lambda codes, layout, _keep=(rec, sentinel): None  # rec -> lambda -> rec
+    gone = weakref.ref(sentinel)
+    with rec, torch.no_grad():
+        model(torch.randn(1, 2))
+    del rec, sentinel
+    gc.collect()
+    assert gone() is None
