@@ -262,8 +262,12 @@ def _hand_inputs(handing: Handing, input: torch.Tensor) -> torch.Tensor:
     else:
         words = pack_signs(input.detach())  # before an in-place forward
         out = handing.saved(input)
-    for rec in recorders:  # (the core's _add_words hands torch's modules' words over to it)
-        rec._add_words_general(module, input, words, True)
+    if torch.compiler.is_compiling():  # torch.compile traces Python, not the C core
+        for rec in recorders:
+            rec._add_words_general(module, input, words, True)
+    else:
+        for rec in recorders:
+            rec._add_words(module, input, words, True)
     return out
 
 

@@ -326,8 +326,8 @@ bool same_sizes(PyObject* x, PyObject* shape) {
   return true;
 }
 
-// _add_words(module, x, words[, theirs]): in direct mode, the expected site with the input
-// shape seen before, and (at the batch's last site) no layer selection and no on_batch;
+// _add_words(module, x, words[, theirs]): in direct mode (where `theirs` changes nothing), the
+// expected site with the input shape seen before, and (at the batch's last site) no layer selection and no on_batch;
 // otherwise _add_words_general.
 PyObject* core_add_words(RecorderCore* self, PyObject* const* args, size_t nargsf,
                          PyObject* kwnames) {
@@ -335,7 +335,7 @@ PyObject* core_add_words(RecorderCore* self, PyObject* const* args, size_t nargs
   const Py_ssize_t nargs = kwnames == nullptr ? PyVectorcall_NARGS(nargsf) : -1;
   PyObject* direct = self->direct;
   const Py_ssize_t i = self->pos;
-  bool fast = nargs == 3 && direct != nullptr && PyTuple_CheckExact(direct) && i >= 0 &&
+  bool fast = (nargs == 3 || nargs == 4) && direct != nullptr && PyTuple_CheckExact(direct) && i >= 0 &&
               i < PyTuple_GET_SIZE(direct) && PyTuple_GET_ITEM(direct, i) == args[0] &&
               THPVariable_Check(args[1]) && self->inputs != nullptr &&
               PyList_CheckExact(self->inputs) && i < PyList_GET_SIZE(self->inputs) &&

@@ -587,3 +587,27 @@ def test_a_recorder_in_a_reference_cycle_is_collected(recorder_class):
     del rec, sentinel
     gc.collect()
     assert gone() is None
+
+
+def test_torch_activations_words_take_the_cores_common_case(recorder_class, monkeypatch):
+    """torch's nn.ReLU in direct mode: entering and leaving are general (the modules' forwards
+    are installed and removed), each site's words are not (for the C core)."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 4), nn.ReLU()).eval()
+    x = torch.randn(5, 3)
+    count = Counting(monkeypatch)
+    with torch.no_grad():
+        for _ in range(2):  # learns the sites, then fills direct mode's shape cache
+            with record(model):
+                model(x)
+        before = dict(count.calls)
+        with record(model) as rec:
+            model(x)
+            model(x[:2])
+    fast = recorder_class is Recorder and HAS_EXTENSION
+    added = {k: count.calls[k] - before[k] for k in count.calls}
+    assert added == {"_enter_general": 1, "_exit_general": 1,
+                     "_add_words_general": 2 if fast else 4}  # (x[:2]: a new batch size)
+    want = [torch.cat([ref.pack_signs(model[0](b)), ref.pack_signs(model[2](model[1](model[0](b))))],
+                      1) for b in (x, x[:2])]
+    assert torch.equal(rec.codes, torch.cat(want))
