@@ -12,7 +12,9 @@ seen a model whose every site is an activation module called once per forward in
 later recorders touch nothing else (*direct mode*: the modules mark the batches; a forward
 that calls them in another order raises ValueError, ``functional=True`` records it batch by
 batch); otherwise the model's ``forward`` is *tapped*, and functional calls need a
-``TorchFunctionMode``. How and why: docs/design.md, section 8.
+``TorchFunctionMode``. The recorder's fields and per-forward entry points are its core
+(``record_core``: C where the extension is built), which hands all but direct mode's common
+case to the ``*_general`` methods here. How and why: docs/design.md, section 8.
 
 Threads: a recorder belongs to the thread that entered it; other threads running the same
 model are not recorded by it (each thread may use its own recorder at the same time).
