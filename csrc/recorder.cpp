@@ -233,7 +233,7 @@ PyObject* push_active(RecorderCore* self) {  // ACTIVE_RECORDERS += (self,); its
 PyObject* core_enter(RecorderCore* self, PyObject*) {
   PyObject* self_obj = reinterpret_cast<PyObject*>(self);
   if (g.active == nullptr || self->token != Py_None || self->functional == Py_True ||
-      self->first == nullptr) {
+      self->first == nullptr || self->model == nullptr) {
     return PyObject_CallMethodNoArgs(self_obj, n.enter_general);
   }
   PyObject* facts = current_facts(self->model);
@@ -313,6 +313,8 @@ PyObject* core_exit(RecorderCore* self, PyObject* const* args, size_t nargsf, Py
 bool same_sizes(PyObject* x, PyObject* shape) {
   if (!PyTuple_Check(shape)) return false;
   const at::Tensor& t = THPVariable_Unpack(x);
+  // sizes() throws for symbolic and nested tensors: those take the general path
+  if (t.is_nested() || t.unsafeGetTensorImpl()->has_symbolic_sizes_strides()) return false;
   const Py_ssize_t dim = PyTuple_GET_SIZE(shape);
   if (t.dim() != dim) return false;
   const auto sizes = t.sizes();
@@ -337,7 +339,7 @@ PyObject* core_add_words(RecorderCore* self, PyObject* const* args, size_t nargs
   const Py_ssize_t i = self->pos;
   bool fast = (nargs == 3 || nargs == 4) && direct != nullptr && PyTuple_CheckExact(direct) && i >= 0 &&
               i < PyTuple_GET_SIZE(direct) && PyTuple_GET_ITEM(direct, i) == args[0] &&
-              THPVariable_Check(args[1]) && self->inputs != nullptr &&
+              THPVariable_CheckExact(args[1]) && self->inputs != nullptr &&
               PyList_CheckExact(self->inputs) && i < PyList_GET_SIZE(self->inputs) &&
               same_sizes(args[1], PyList_GET_ITEM(self->inputs, i)) && self->words != nullptr &&
               PyList_CheckExact(self->words);
@@ -345,7 +347,7 @@ PyObject* core_add_words(RecorderCore* self, PyObject* const* args, size_t nargs
   if (last) {  // (a recorder's first batch adopts the expected sites: _adopt, no layers)
     fast = (self->first == self->expected || self->layers == Py_None) &&
            self->selected == Py_None && self->on_batch == Py_None && self->batches != nullptr &&
-           PyList_CheckExact(self->batches) && self->expected != nullptr;
+           PyList_CheckExact(self->batches) && self->expected != nullptr && self->keep != nullptr;
   }
   if (!fast) {
     return call_general(self_obj, n.add_words_general, args, nargsf, kwnames);
@@ -364,10 +366,10 @@ PyObject* core_add_words(RecorderCore* self, PyObject* const* args, size_t nargs
     Py_INCREF(batch);
     code = PyList_Append(batch, words) < 0 ? nullptr
                                            : PyObject_CallMethodOneArg(self_obj, n.join, batch);
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
+    PyObject *type = nullptr, *value = nullptr, *tb = nullptr;
+    if (code == nullptr) PyErr_Fetch(&type, &value, &tb);  // _join's error, kept
     const int cleared = PyList_SetSlice(batch, 0, PyList_GET_SIZE(batch), nullptr);
-    PyErr_Restore(type, value, tb);
+    if (code == nullptr) PyErr_Restore(type, value, tb);
     Py_DECREF(batch);
     if (code == nullptr) return nullptr;
     if (cleared < 0) {
